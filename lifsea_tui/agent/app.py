@@ -1,0 +1,389 @@
+"""The agent's HTTP and websocket API: routes, authorization, the one error shape, metrics."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lifsea_tui import __version__
+from lifsea_tui.agent.audit import AuditLog, AuditUnavailable, verify
+from lifsea_tui.agent.auth import RULES, Authenticator, AuthError, Identity
+from lifsea_tui.agent.config import AgentConfig
+from lifsea_tui.agent.errors import ApiError
+from lifsea_tui.agent.events import EventHub
+from lifsea_tui.agent.node import history, node_info
+from lifsea_tui.agent.ostree import OstreeBackend
+from lifsea_tui.agent.systemd import SystemdBackend
+from lifsea_tui.agent.updates import UpdateManager
+from lifsea_tui.api import (
+    ActionRequest,
+    AuditPage,
+    AuditVerify,
+    DeploymentList,
+    ErrorBody,
+    EventKind,
+    HistoryList,
+    NodeInfo,
+    OperationResult,
+    StageRequest,
+    UpdateStatus,
+)
+from lifsea_tui.api import routes as r
+from lifsea_tui.api.routes import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
+
+log = logging.getLogger("lifsea.agent")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "malformed request",
+        401: "no or unknown token",
+        403: "the caller's role may not do this",
+        413: "request body too large",
+        503: "a backend of the node is unavailable",
+    }.items()
+}
+ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    409: {"model": ErrorBody, "description": "the node is in the wrong state for this"},
+    423: {"model": ErrorBody, "description": "another operation is in progress"},
+    502: {"model": ErrorBody, "description": "the backend command failed"},
+}
+
+
+class Agent:
+    """Everything one agent process holds: its backends, audit log, events and counters."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.audit = AuditLog(config.audit_dir, config.node_name)
+        self.events = EventHub()
+        self.ostree = OstreeBackend(config.sysroot, config.host_root, config.osname)
+        self.systemd = SystemdBackend(config.system_bus)
+        self.updates = UpdateManager(self.ostree, self.systemd, self.audit, self.events, config.pull_timeout)
+        self.authn = Authenticator(config.tokens)
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.started = time.monotonic()
+        self._last_deployments: Any = None
+        self._last_booted: str | None = None
+
+    async def start(self) -> None:
+        await self.updates.recover()
+        for record in self.audit.records():
+            if record.action == "node.booted" and isinstance(record.params.get("checksum"), str):
+                self._last_booted = record.params["checksum"]
+
+    async def watch(self) -> None:
+        """Notice what changes on disk and in the node (reboots) and tell subscribers; audit new boots."""
+        while True:
+            try:
+                await self.observe()
+            except ApiError:
+                pass  # the sysroot is unreadable for now; the capability says why
+            except Exception:
+                log.exception("watch failed")
+            await asyncio.sleep(self.config.watch_interval)
+
+    async def observe(self) -> None:
+        if self.ostree.unavailable_reason() is not None:
+            return
+        deployments, _ = await self.ostree.deployments()
+        snapshot = [d.model_dump(mode="json") for d in deployments]
+        if snapshot == self._last_deployments:
+            return
+        self._last_deployments = snapshot
+        booted = next((d for d in deployments if d.booted), None)
+        if booted is not None and booted.checksum != self._last_booted:
+            self._last_booted = booted.checksum
+            with contextlib.suppress(AuditUnavailable):
+                self.audit.append(
+                    actor="system",
+                    role=None,
+                    action="node.booted",
+                    reason=None,
+                    params={"checksum": booted.checksum, "version": booted.version},
+                    outcome="ok",
+                )
+        self.events.publish(EventKind.deployments, {"deployments": snapshot})
+        await self.updates.publish()
+
+    def metrics(self) -> str:
+        lines = [
+            "# HELP lifsea_agent_requests_total HTTP requests by method, route and status.",
+            "# TYPE lifsea_agent_requests_total counter",
+        ]
+        for (method, route, status), count in sorted(self.requests.items()):
+            lines.append(f'lifsea_agent_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}')
+        lines += [
+            "# HELP lifsea_agent_audit_head_seq Sequence number of the newest audit record.",
+            "# TYPE lifsea_agent_audit_head_seq gauge",
+            f"lifsea_agent_audit_head_seq {self.audit.head.seq}",
+            "# HELP lifsea_agent_event_subscribers Open /v1/events connections.",
+            "# TYPE lifsea_agent_event_subscribers gauge",
+            f"lifsea_agent_event_subscribers {self.events.subscribers}",
+            "# HELP lifsea_agent_uptime_seconds Seconds since the agent started.",
+            "# TYPE lifsea_agent_uptime_seconds gauge",
+            f"lifsea_agent_uptime_seconds {time.monotonic() - self.started:.3f}",
+            "# HELP lifsea_agent_info Agent version.",
+            "# TYPE lifsea_agent_info gauge",
+            f'lifsea_agent_info{{version="{__version__}",node="{self.config.node_name}"}} 1',
+        ]
+        return "\n".join(lines) + "\n"
+
+
+class LimitsMiddleware:
+    """Refuses oversize bodies before they are read, and counts requests for /metrics."""
+
+    def __init__(self, app: ASGIApp, agent: Agent) -> None:
+        self.app = app
+        self.agent = agent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.agent.config.max_body_bytes
+        method, path = scope["method"], scope["path"]
+        route = path if (method, path) in RULES else "other"
+        status = 500
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            declared = next((int(v) for k, v in scope["headers"] if k == b"content-length"), 0)
+        except ValueError:
+            declared = limit + 1
+        if declared > limit:
+            response = JSONResponse({"error": "too_large", "detail": f"body over {limit} bytes"}, status_code=413)
+            await response(scope, receive, counting_send)
+        else:
+            seen = 0
+
+            async def limited_receive() -> Message:
+                nonlocal seen
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ApiError("too_large", f"body over {limit} bytes")
+                return message
+
+            await self.app(scope, limited_receive, counting_send)
+        self.agent.requests[(method, route, status)] += 1
+
+
+def create_app(config: AgentConfig) -> FastAPI:
+    agent = Agent(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await agent.start()
+        watcher = asyncio.create_task(agent.watch())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await agent.updates.shutdown()
+            agent.systemd.close()
+
+    app = FastAPI(title="lifsea-agent", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.agent = agent
+
+    def authorize(conn: HTTPConnection) -> Identity:
+        route = conn.scope.get("route")
+        path = getattr(route, "path", conn.scope["path"])
+        identity = agent.authn.identify(conn.headers.get("authorization"))
+        conn.state.identity = identity
+        agent.authn.authorize(conn.scope["method"], path, identity)
+        return identity
+
+    Caller = Annotated[Identity, Depends(authorize)]
+    api = APIRouter(responses=ERRORS)
+
+    def answer(status: UpdateStatus, seq: int, operation: str, accepted: bool = True) -> OperationResult:
+        return OperationResult(operation=operation, accepted=accepted, audit_seq=seq, status=status)
+
+    @api.get(r.HEALTHZ, responses={200: {"content": {"text/plain": {}}}}, response_class=PlainTextResponse)
+    async def healthz() -> str:
+        return "ok\n"
+
+    @api.get(r.METRICS, response_class=PlainTextResponse)
+    async def metrics(who: Caller) -> str:
+        return agent.metrics()
+
+    @api.get(r.NODE)
+    async def get_node(who: Caller) -> NodeInfo:
+        return await node_info(config.node_name, config.host_root, agent.ostree, agent.systemd)
+
+    @api.get(r.DEPLOYMENTS)
+    async def get_deployments(who: Caller) -> DeploymentList:
+        deployments, booted_known = await agent.ostree.deployments()
+        return DeploymentList(deployments=deployments, booted_known=booted_known)
+
+    @api.get(r.HISTORY)
+    async def get_history(who: Caller) -> HistoryList:
+        return HistoryList(entries=await history(agent.audit, agent.ostree))
+
+    @api.get(r.UPGRADES)
+    async def get_upgrades(who: Caller) -> UpdateStatus:
+        return await agent.updates.status()
+
+    @api.post(r.UPGRADES_CHECK, responses=ACTION_ERRORS)
+    async def check(body: ActionRequest, who: Caller) -> OperationResult:
+        status, seq = await agent.updates.check(who, body.reason)
+        return answer(status, seq, "check")
+
+    @api.post(r.UPGRADES_STAGE, status_code=202, responses=ACTION_ERRORS)
+    async def stage(body: StageRequest, who: Caller) -> OperationResult:
+        status, seq = await agent.updates.stage(who, body.reason, body.checksum)
+        return answer(status, seq, "stage")
+
+    @api.post(r.UPGRADES_CANCEL, responses=ACTION_ERRORS)
+    async def cancel(body: ActionRequest, who: Caller) -> OperationResult:
+        status, seq = await agent.updates.cancel(who, body.reason)
+        return answer(status, seq, "cancel")
+
+    @api.post(r.ROLLBACK, responses=ACTION_ERRORS)
+    async def rollback(body: ActionRequest, who: Caller) -> OperationResult:
+        status, seq = await agent.updates.rollback(who, body.reason)
+        return answer(status, seq, "rollback")
+
+    @api.post(r.REBOOT, responses=ACTION_ERRORS)
+    async def reboot(body: ActionRequest, who: Caller) -> OperationResult:
+        status, seq = await agent.updates.reboot(who, body.reason)
+        return answer(status, seq, "reboot")
+
+    @api.get(r.AUDIT)
+    async def get_audit(
+        who: Caller,
+        before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+        after: Annotated[int | None, Query(ge=-1, le=2**62)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AuditPage:
+        records = await asyncio.to_thread(agent.audit.page, before=before, after=after, limit=limit)
+        head = agent.audit.head
+        return AuditPage(records=records, head_seq=head.seq, head_hash=head.hash if head.seq >= 0 else None)
+
+    @api.get(r.AUDIT_VERIFY)
+    async def get_audit_verify(who: Caller) -> AuditVerify:
+        return await asyncio.to_thread(verify, agent.audit.path)
+
+    app.include_router(api)
+
+    @app.websocket(r.EVENTS)
+    async def events(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            identity = agent.authn.identify(websocket.headers.get("authorization"))
+            agent.authn.authorize("WS", r.EVENTS, identity)
+        except AuthError as error:
+            code = CLOSE_UNAUTHORIZED if error.status == 401 else CLOSE_FORBIDDEN
+            await websocket.close(code, error.detail[:120])
+            return
+        with agent.events.subscribe() as queue:
+            try:
+                deployments, booted_known = await agent.ostree.deployments()
+                hello: dict[str, Any] = {
+                    "node": config.node_name,
+                    "audit_head": {"seq": agent.audit.head.seq, "hash": agent.audit.head.hash},
+                    "deployments": [d.model_dump(mode="json") for d in deployments],
+                    "booted_known": booted_known,
+                    "update": (await agent.updates.status()).model_dump(mode="json"),
+                }
+            except ApiError as error:
+                hello = {"node": config.node_name, "error": error.detail}
+            await websocket.send_json({"kind": "hello", "data": hello})
+            receiver = asyncio.create_task(_drain(websocket))
+            try:
+                while not receiver.done():
+                    getter = asyncio.create_task(queue.get())
+                    done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()
+                        break
+                    await websocket.send_text(getter.result().model_dump_json())
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
+            finally:
+                receiver.cancel()
+
+    # -- one error shape ---------------------------------------------------------------------------------
+
+    def audit_refusal(request: Request, status: int, detail: str) -> None:
+        """A refused change is audited too: who tried what, and why it was refused."""
+        if request.method in ("GET", "HEAD", "OPTIONS") or (request.method, request.url.path) not in RULES:
+            return
+        identity = getattr(request.state, "identity", None)
+        if identity is None:
+            try:
+                identity = agent.authn.identify(request.headers.get("authorization"))
+            except AuthError:
+                identity = Identity("unknown-token", None)
+        with contextlib.suppress(AuditUnavailable):
+            agent.audit.append(
+                actor=identity.actor,
+                role=identity.role,
+                action=request.url.path.removeprefix("/v1/").replace("/", "."),
+                reason=None,
+                params={"status": status},
+                outcome=f"refused: {detail}"[:500],
+            )
+
+    def error(status: int, code: str, detail: str) -> JSONResponse:
+        return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if not exc.audited:
+            audit_refusal(request, exc.status, exc.detail)
+        return error(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(AuthError)
+    async def on_auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        audit_refusal(request, exc.status, exc.detail)
+        return error(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for item in exc.errors()[:5]:
+            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
+            problems.append(f"{where}: {item.get('msg', 'invalid')}")
+        detail = "; ".join(problems) or "malformed request"
+        audit_refusal(request, 400, detail)
+        return error(400, "bad_request", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error(500, "internal", f"internal error ({type(exc).__name__}); see the agent's log")
+
+    app.add_middleware(LimitsMiddleware, agent=agent)
+    return app
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read and ignore what the client sends; returns when it goes away."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return

@@ -1,0 +1,88 @@
+"""Who is calling, and may they: bearer tokens and the rules table.
+
+Every route of the app has exactly one entry in RULES naming the roles that may call it. A route
+without an entry is refused (deny by default), and a test walks the app's routes to prove none lacks
+one. Tokens are stored as SHA-256 digests; the agent never holds the token itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from lifsea_tui.agent.config import TokenEntry, hash_token
+from lifsea_tui.api import Role
+from lifsea_tui.api import routes as r
+
+PUBLIC: frozenset[Role] = frozenset()  # no identity needed
+READ = frozenset({Role.reader, Role.operator, Role.admin})
+OPERATE = frozenset({Role.operator, Role.admin})
+
+RULES: dict[tuple[str, str], frozenset[Role]] = {
+    ("GET", r.HEALTHZ): PUBLIC,
+    ("GET", r.OPENAPI): PUBLIC,
+    ("GET", r.METRICS): READ,
+    ("GET", r.NODE): READ,
+    ("GET", r.DEPLOYMENTS): READ,
+    ("GET", r.HISTORY): READ,
+    ("GET", r.UPGRADES): READ,
+    ("POST", r.UPGRADES_CHECK): OPERATE,
+    ("POST", r.UPGRADES_STAGE): OPERATE,
+    ("POST", r.UPGRADES_CANCEL): OPERATE,
+    ("POST", r.ROLLBACK): OPERATE,
+    ("POST", r.REBOOT): OPERATE,
+    ("GET", r.AUDIT): READ,
+    ("GET", r.AUDIT_VERIFY): READ,
+    ("WS", r.EVENTS): READ,
+}
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: Role | None
+
+    @property
+    def actor(self) -> str:
+        return self.name
+
+
+ANONYMOUS = Identity("anonymous", None)
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class Authenticator:
+    def __init__(self, tokens: list[TokenEntry]) -> None:
+        self._by_digest = {entry.sha256: entry for entry in tokens}
+
+    def identify(self, authorization: str | None) -> Identity:
+        if not authorization:
+            return ANONYMOUS
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError(401, "unauthorized", "the Authorization header must be 'Bearer TOKEN'")
+        digest = hash_token(token.strip())
+        for known, entry in self._by_digest.items():
+            if hmac.compare_digest(known, digest):
+                return Identity(entry.name, entry.role)
+        raise AuthError(401, "unauthorized", "unknown token")
+
+    @staticmethod
+    def authorize(method: str, path: str, identity: Identity) -> None:
+        allowed = RULES.get((method, path))
+        if allowed is None:
+            raise AuthError(403, "forbidden", f"no rule allows {method} {path}")
+        if allowed is PUBLIC:
+            return
+        if identity.role is None:
+            raise AuthError(401, "unauthorized", "a bearer token is required")
+        if identity.role not in allowed:
+            needed = ", ".join(sorted(allowed))
+            raise AuthError(403, "forbidden", f"{identity.name} has role {identity.role}; this needs one of: {needed}")

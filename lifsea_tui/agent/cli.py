@@ -1,0 +1,124 @@
+"""lifsea-agent: serve node API v1 for one node, verify an audit log offline, hash a token."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+import sys
+from pathlib import Path
+
+from lifsea_tui import __version__
+from lifsea_tui.agent.audit import LOG_NAME, verify
+from lifsea_tui.agent.config import ConfigError, hash_token, load
+
+SERVE_FLAGS = {
+    # flag: (config key, help)
+    "--node-name": ("node_name", "the node's name, as the console shows it and the audit log records it"),
+    "--host-root": (
+        "host_root",
+        "the node's root filesystem as the agent sees it (production: /host; lab: the "
+        "booted deployment, through /proc/LEADER/root)",
+    ),
+    "--sysroot": ("sysroot", "the node's ostree sysroot (production: /host/sysroot)"),
+    "--osname": ("osname", "the ostree stateroot (os) name, default lifsea"),
+    "--system-bus": (
+        "system_bus",
+        "path of the node's D-Bus system bus socket (production: /host/run/dbus/system_bus_socket)",
+    ),
+    "--audit-dir": ("audit_dir", "directory for the audit log (keep it on the node's /var, which survives upgrades)"),
+    "--listen": ("listen_host", "address to listen on, default 127.0.0.1"),
+    "--port": ("listen_port", "TCP port, default 7443"),
+    "--tls-cert": (
+        "tls_cert",
+        "PEM certificate served to clients (with --tls-key); without it the agent serves plain HTTP, for loopback only",
+    ),
+    "--tls-key": ("tls_key", "PEM private key of --tls-cert"),
+    "--tls-client-ca": (
+        "tls_client_ca",
+        "CA bundle for client certificates: every client must then present one it signed (mTLS), in "
+        "addition to its token, which still names the caller and role",
+    ),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="lifsea-agent",
+        description="The node agent of lifsea-tui: node API v1 over HTTPS for one node of an ostree-based fleet.",
+    )
+    top.add_argument("--version", action="version", version=f"lifsea-agent {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the node API",
+        description="Serve node API v1. Settings come from --config (TOML) and the flags "
+        "below, which take precedence. See README.md for the config file.",
+    )
+    serve.add_argument("--config", type=Path, help="TOML config file (paths, listen, tls, audit, tokens)")
+    for flag, (_, text) in SERVE_FLAGS.items():
+        serve.add_argument(flag, help=text, type=int if flag == "--port" else str)
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    audit = commands.add_parser("verify-audit", help="verify an audit log offline; exit 1 naming the first bad record")
+    audit.add_argument("path", type=Path, help=f"audit directory (holding {LOG_NAME}) or the log file itself")
+    commands.add_parser("hash-token", help="read a token on standard input, print the sha256 for the config file")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "verify-audit":
+        path = args.path / LOG_NAME if args.path.is_dir() else args.path
+        if not path.exists():
+            print(f"lifsea-agent: no audit log at {path}", file=sys.stderr)
+            return 2
+        result = verify(path)
+        if result.ok:
+            print(f"ok: {result.records} records, head seq {result.head_seq} hash {result.head_hash}")
+            return 0
+        print(f"BAD: {result.problem} (first bad record: {result.first_bad_seq}; {result.records} good before it)")
+        return 1
+    if args.command == "hash-token":
+        token = sys.stdin.readline().strip()
+        if not token:
+            print("lifsea-agent: no token on standard input", file=sys.stderr)
+            return 2
+        print(hash_token(token))
+        return 0
+    return serve(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from lifsea_tui.agent.app import create_app
+
+    overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _) in SERVE_FLAGS.items()}
+    try:
+        config = load(args.config, overrides)
+    except ConfigError as error:
+        print(f"lifsea-agent: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=config.listen_host,
+            port=config.listen_port,
+            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
+            ssl_ca_certs=str(config.tls_client_ca) if config.tls_client_ca else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if config.tls_client_ca else ssl.CERT_NONE,
+            ws_ping_interval=5,
+            ws_ping_timeout=15,
+            log_level=args.log_level,
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

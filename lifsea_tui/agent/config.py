@@ -1,0 +1,124 @@
+"""The agent's configuration: a TOML file, with command-line flags taking precedence.
+
+The agent is told where the node is; it never assumes it runs on the node's root. In production it runs
+in a privileged container with the host mounted at /host; in the lab it runs beside an nspawn machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lifsea_tui.api import Role
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    name: str
+    role: Role
+    sha256: str
+
+
+@dataclass
+class AgentConfig:
+    node_name: str
+    host_root: Path = Path("/host")
+    sysroot: Path = Path("/host/sysroot")
+    osname: str = "lifsea"
+    system_bus: Path = Path("/host/run/dbus/system_bus_socket")
+    journal_dirs: list[Path] = field(default_factory=lambda: [Path("/host/var/log/journal")])
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 7443
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    audit_dir: Path = Path("/var/lib/lifsea-agent/audit")
+    tokens: list[TokenEntry] = field(default_factory=list)
+    max_body_bytes: int = 64 * 1024
+    pull_timeout: float = 300.0
+    watch_interval: float = 1.0
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _path(value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty path string")
+    return Path(value)
+
+
+def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
+    """Read `path` (if given), apply `overrides` (flag name -> value, None meaning unset), validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as error:
+            raise ConfigError(f"config file {path} does not exist") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {path}: {error}") from error
+    paths = data.get("paths", {})
+    listen = data.get("listen", {})
+    tls = data.get("tls", {})
+    audit = data.get("audit", {})
+    flat: dict[str, Any] = {
+        "node_name": data.get("node_name"),
+        "osname": data.get("osname"),
+        "host_root": paths.get("host_root"),
+        "sysroot": paths.get("sysroot"),
+        "system_bus": paths.get("system_bus"),
+        "journal_dirs": paths.get("journal"),
+        "listen_host": listen.get("host"),
+        "listen_port": listen.get("port"),
+        "tls_cert": tls.get("cert"),
+        "tls_key": tls.get("key"),
+        "tls_client_ca": tls.get("client_ca"),
+        "audit_dir": audit.get("dir"),
+        "pull_timeout": data.get("pull_timeout"),
+    }
+    flat.update({key: value for key, value in overrides.items() if value is not None})
+    if not flat["node_name"]:
+        raise ConfigError("node_name is required (config key node_name or --node-name)")
+    config = AgentConfig(node_name=str(flat["node_name"]))
+    for key in ("host_root", "sysroot", "system_bus", "audit_dir"):
+        if flat[key] is not None:
+            setattr(config, key, _path(flat[key], key))
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        if flat[key] is not None:
+            setattr(config, key, _path(flat[key], key))
+    if flat["journal_dirs"] is not None:
+        config.journal_dirs = [_path(item, "paths.journal") for item in flat["journal_dirs"]]
+    if flat["osname"] is not None:
+        config.osname = str(flat["osname"])
+    if flat["listen_host"] is not None:
+        config.listen_host = str(flat["listen_host"])
+    if flat["listen_port"] is not None:
+        config.listen_port = int(flat["listen_port"])
+    if flat["pull_timeout"] is not None:
+        config.pull_timeout = float(flat["pull_timeout"])
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls.cert and tls.key go together")
+    for entry in data.get("tokens", []):
+        try:
+            role = Role(entry["role"])
+            digest = str(entry["sha256"]).lower()
+            name = str(entry["name"])
+        except (KeyError, ValueError) as error:
+            raise ConfigError(f"bad token entry {entry.get('name', '?')!r}: {error}") from error
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigError(f"token {name!r}: sha256 must be 64 hex digits")
+        config.tokens.append(TokenEntry(name=name, role=role, sha256=digest))
+    if not config.tokens:
+        raise ConfigError("no [[tokens]]: nobody could use this agent")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise ConfigError("tls.client_ca needs tls.cert and tls.key")
+    return config

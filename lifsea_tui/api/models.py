@@ -1,0 +1,181 @@
+"""Request and response bodies of node API v1."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A reason is what an auditor reads months later: short enough for one line, never empty.
+REASON_MAX = 500
+
+
+class Strict(BaseModel):
+    """A request body: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Role(enum.StrEnum):
+    reader = "reader"
+    operator = "operator"
+    admin = "admin"
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable code, e.g. busy, wrong_state, unauthorized")
+    detail: str = Field(description="what went wrong, for a person")
+
+
+class Capability(BaseModel):
+    available: bool
+    reason: str | None = Field(default=None, description="why it is not available")
+
+
+class NodeInfo(BaseModel):
+    name: str
+    machine_id: str | None
+    os_name: str | None
+    os_version: str | None
+    kernel: str
+    uptime_seconds: float | None
+    agent_version: str
+    booted_checksum: str | None
+    capabilities: dict[str, Capability]
+
+
+class Deployment(BaseModel):
+    index: int = Field(description="position in the boot order; 0 is the next boot")
+    osname: str
+    checksum: str
+    serial: int
+    version: str | None
+    timestamp: datetime | None
+    subject: str | None
+    origin_refspec: str | None
+    booted: bool
+    default: bool
+    pending: bool = Field(description="the next boot, and not what runs now")
+    rollback: bool = Field(description="what a rollback would boot")
+    pinned: bool
+
+
+class DeploymentList(BaseModel):
+    deployments: list[Deployment]
+    booted_known: bool = Field(description="false when the booted deployment cannot be determined")
+
+
+class HistoryEntry(BaseModel):
+    time: datetime
+    event: str = Field(description="deployed, booted, rolled-back, undeployed, committed")
+    checksum: str | None
+    version: str | None
+    actor: str | None
+    reason: str | None
+    audit_seq: int | None = None
+
+
+class HistoryList(BaseModel):
+    entries: list[HistoryEntry]
+
+
+class UpdateState(enum.StrEnum):
+    idle = "idle"
+    checking = "checking"
+    available = "available"
+    staging = "staging"
+    staged = "staged"
+    failed = "failed"
+
+
+class DiffSummary(BaseModel):
+    added: int
+    modified: int
+    removed: int
+    sample: list[str] = Field(description="a few changed paths, prefixed A, M or D")
+    packages_added: list[str]
+    packages_removed: list[str]
+    packages_changed: list[str]
+
+
+class UpdateTarget(BaseModel):
+    checksum: str
+    version: str | None
+    timestamp: datetime | None
+    subject: str | None
+    diff: DiffSummary | None = Field(description="against the booted deployment; newest target only")
+
+
+class UpdateStatus(BaseModel):
+    state: UpdateState
+    refspec: str | None
+    booted_checksum: str | None
+    targets: list[UpdateTarget] = Field(description="newer commits on the origin ref, newest first")
+    operation: str | None = Field(description="the operation running now, if any")
+    last_error: str | None
+    last_checked: datetime | None
+    changed_at: datetime
+
+
+class ActionRequest(Strict):
+    reason: str = Field(min_length=1, max_length=REASON_MAX, pattern=r"\S")
+
+
+class StageRequest(ActionRequest):
+    checksum: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="which available target; the newest when absent",
+    )
+
+
+class OperationResult(BaseModel):
+    operation: str
+    accepted: bool
+    audit_seq: int
+    status: UpdateStatus
+
+
+class AuditRecord(BaseModel):
+    seq: int
+    time: datetime
+    node: str
+    actor: str
+    role: str | None
+    action: str
+    reason: str | None
+    params: dict[str, Any]
+    outcome: str
+    prev: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    records: list[AuditRecord]
+    head_seq: int = Field(description="seq of the newest record, -1 when the log is empty")
+    head_hash: str | None
+
+
+class AuditVerify(BaseModel):
+    ok: bool
+    records: int
+    head_seq: int
+    head_hash: str | None
+    first_bad_seq: int | None = Field(description="seq (or line number) of the first bad record")
+    problem: str | None
+
+
+class EventKind(enum.StrEnum):
+    hello = "hello"
+    deployments = "deployments"
+    update = "update"
+    audit = "audit"
+    lagged = "lagged"
+
+
+class Event(BaseModel):
+    kind: EventKind
+    time: datetime
+    data: dict[str, Any]

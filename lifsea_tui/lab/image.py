@@ -1,0 +1,181 @@
+"""The lab's OS image: a Debian tree in the ostree layout, committed into an archive repo, and new versions.
+
+The base is a debootstrap of Debian with systemd, D-Bus and journald, built once and cached. The tree is
+turned into what ostree deploys: /etc moved to /usr/etc, an os-release naming the version, a kernel stub
+under /usr/lib/modules (the lab boots with systemd-nspawn, so no kernel runs from it), and the package
+list at /usr/share/lifsea/packages.list for the agent's diff summaries.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+OSNAME = "lifsea"
+REF = "lifsea/x86_64/stable"
+KERNEL = "6.1.0-lifsea"
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+# Realistic services for a container-host node: cron and a small web server stand in for workloads.
+PACKAGES = ["systemd", "systemd-sysv", "dbus", "procps", "iproute2", "cron", "nginx-light", "less"]
+
+Progress = Callable[[str], None]
+
+
+class ImageError(Exception):
+    pass
+
+
+def _run(argv: list[str], what: str) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        tail = " / ".join(result.stderr.strip().splitlines()[-3:])
+        raise ImageError(f"{what} failed: {tail or f'exit status {result.returncode}'}")
+    return result.stdout
+
+
+def os_release(version: str) -> str:
+    return (
+        'NAME="LifseaOS"\nID=lifsea\nID_LIKE=debian\n'
+        f'VERSION_ID="{version}"\nVERSION="{version}"\nPRETTY_NAME="LifseaOS {version}"\n'
+        'HOME_URL="https://example.invalid/lifsea"\n'
+    )
+
+
+def dpkg_packages(root: Path) -> list[str]:
+    """'name version' for each installed package, read from the tree's dpkg status file."""
+    status = root / "var" / "lib" / "dpkg" / "status"
+    if not status.exists():
+        return []
+    packages = []
+    name = version = None
+    installed = False
+    for line in [*status.read_text(errors="replace").splitlines(), ""]:
+        if line.startswith("Package: "):
+            name = line.split(": ", 1)[1]
+        elif line.startswith("Version: "):
+            version = line.split(": ", 1)[1]
+        elif line.startswith("Status: "):
+            installed = line.endswith(" installed")
+        elif not line.strip():
+            if name and version and installed:
+                packages.append(f"{name} {version}")
+            name = version = None
+            installed = False
+    return sorted(packages)
+
+
+def to_ostree_layout(root: Path, version: str) -> None:
+    """Make a plain root filesystem tree deployable by `ostree admin deploy`."""
+    packages = dpkg_packages(root)
+    if (root / "etc").exists():
+        if (root / "usr" / "etc").exists():
+            shutil.rmtree(root / "usr" / "etc")
+        (root / "etc").rename(root / "usr" / "etc")
+    for volatile in ("dev", "proc", "sys", "run", "tmp", "var"):
+        path = root / volatile
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        path.mkdir(exist_ok=True)
+    (root / "sysroot").mkdir(exist_ok=True)
+    (root / "usr" / "lib").mkdir(parents=True, exist_ok=True)
+    (root / "usr" / "lib" / "os-release").write_text(os_release(version))
+    etc_release = root / "usr" / "etc" / "os-release"
+    etc_release.unlink(missing_ok=True)
+    etc_release.symlink_to("../usr/lib/os-release")
+    kernel_dir = root / "usr" / "lib" / "modules" / KERNEL
+    kernel_dir.mkdir(parents=True, exist_ok=True)
+    (kernel_dir / "vmlinuz").write_text("lab kernel stub: nodes boot with systemd-nspawn\n")
+    listing = root / "usr" / "share" / "lifsea"
+    listing.mkdir(parents=True, exist_ok=True)
+    (listing / "packages.list").write_text("".join(f"{p}\n" for p in packages))
+    (listing / "version").write_text(f"{version}\n")
+
+
+def commit(repo: Path, trees: list[str], version: str, subject: str, ref: str = REF) -> str:
+    """Commit the layered `trees` (ostree --tree arguments, later ones on top) as `version` on `ref`."""
+    out = _run(
+        [
+            "ostree",
+            f"--repo={repo}",
+            "commit",
+            f"--branch={ref}",
+            f"--subject={subject}",
+            f"--add-metadata-string=version={version}",
+            *(f"--tree={tree}" for tree in trees),
+        ],
+        f"commit {version}",
+    )
+    _run(["ostree", f"--repo={repo}", "summary", "--update"], "summary")
+    return out.strip()
+
+
+def init_repo(repo: Path) -> None:
+    if not (repo / "config").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        _run(["ostree", f"--repo={repo}", "init", "--mode=archive"], "repo init")
+
+
+def has_ref(repo: Path, ref: str = REF) -> bool:
+    if not (repo / "config").exists():
+        return False
+    result = subprocess.run(["ostree", f"--repo={repo}", "rev-parse", ref], capture_output=True)
+    return result.returncode == 0
+
+
+def version_of(repo: Path, rev: str) -> str | None:
+    out = subprocess.run(
+        ["ostree", f"--repo={repo}", "show", "--print-metadata-key=version", rev], capture_output=True, text=True
+    )
+    return out.stdout.strip().strip("'") or None if out.returncode == 0 else None
+
+
+def build_base(repo: Path, work: Path, progress: Progress) -> str:
+    """Debootstrap the base system and commit it as 1.0; returns the commit."""
+    init_repo(repo)
+    rootfs = work / "rootfs"
+    if rootfs.exists():
+        shutil.rmtree(rootfs)
+    progress(f"debootstrap {SUITE} ({', '.join(PACKAGES)}) from {MIRROR}: about a minute")
+    _run(
+        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), MIRROR],
+        "debootstrap",
+    )
+    progress("turning the tree into the ostree layout")
+    # A node's journal should persist on its /var, as on a real host.
+    journald = rootfs / "etc" / "systemd" / "journald.conf.d"
+    journald.mkdir(parents=True, exist_ok=True)
+    (journald / "lifsea.conf").write_text("[Journal]\nStorage=persistent\n")
+    to_ostree_layout(rootfs, "1.0")
+    progress("committing LifseaOS 1.0 into ostree")
+    checksum = commit(repo, [f"dir={rootfs}"], "1.0", "LifseaOS 1.0: base image")
+    shutil.rmtree(rootfs)
+    return checksum
+
+
+def publish(repo: Path, version: str, subject: str | None = None, ref: str = REF) -> str:
+    """Commit `version` on top of the ref's head with a visible change: os-release, release notes, a package."""
+    if not has_ref(repo, ref):
+        raise ImageError(f"{repo} has no {ref}; bring the lab up first")
+    subject = subject or f"LifseaOS {version}"
+    with tempfile.TemporaryDirectory(prefix="lifsea-publish-") as tmp:
+        overlay = Path(tmp)
+        packages = _run(["ostree", f"--repo={repo}", "cat", ref, "/usr/share/lifsea/packages.list"], "read packages")
+        lines = [line for line in packages.splitlines() if line and not line.startswith("lifsea-release ")]
+        lines.append(f"lifsea-release {version}")
+        share = overlay / "usr" / "share" / "lifsea"
+        share.mkdir(parents=True)
+        (share / "packages.list").write_text("".join(f"{line}\n" for line in sorted(lines)))
+        (share / "version").write_text(f"{version}\n")
+        (share / f"release-notes-{version}.txt").write_text(f"{subject}\n")
+        (overlay / "usr" / "lib").mkdir(parents=True)
+        (overlay / "usr" / "lib" / "os-release").write_text(os_release(version))
+        motd = overlay / "usr" / "etc"
+        motd.mkdir(parents=True)
+        (motd / "motd").write_text(f"LifseaOS {version}: {subject}\n")
+        for path in overlay.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        return commit(repo, [f"ref={ref}", f"dir={overlay}"], version, subject, ref)

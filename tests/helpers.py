@@ -1,0 +1,139 @@
+"""Real parts for tests: a small ostree image and sysroot, an update server, an agent on loopback TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from lifsea_tui.agent.app import create_app
+from lifsea_tui.agent.config import AgentConfig, TokenEntry, hash_token
+from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
+from lifsea_tui.api import Role
+from lifsea_tui.lab import certs, image, sysroot
+from lifsea_tui.lab.updateserver import UpdateServer
+
+
+def ostree_missing() -> str | None:
+    if shutil.which("ostree") is None:
+        return "the ostree CLI is not installed (apt-get install ostree)"
+    return LIBOSTREE_ERROR
+
+
+def tiny_tree(root: Path, version: str) -> Path:
+    """A few files in the ostree layout: enough for ostree to deploy and the agent to describe."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("tiny\n")
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "hello").write_text("#!/bin/sh\necho hello\n")
+    image.to_ostree_layout(root, version)
+    (root / "usr" / "share" / "lifsea" / "packages.list").write_text("base-files 12\nlibc6 2.36\n")
+    return root
+
+
+@dataclass
+class TinyNode:
+    repo: Path
+    server: UpdateServer
+    sysroot: Path
+
+    @property
+    def host_root(self) -> Path:
+        """What the node 'booted': the deployment a bootloader would pick, as the lab's supervisor does."""
+        return sysroot.default_deployment(self.sysroot)
+
+
+def make_tiny_node(base: Path) -> TinyNode:
+    repo = base / "repo"
+    image.init_repo(repo)
+    image.commit(repo, [f"dir={tiny_tree(base / 'tree', '1.0')}"], "1.0", "LifseaOS 1.0: base image")
+    server = UpdateServer(repo).start()
+    sysroot.create(base / "sysroot", server.url)
+    return TinyNode(repo=repo, server=server, sysroot=base / "sysroot")
+
+
+@dataclass
+class RunningAgent:
+    url: str
+    ca_file: Path
+    config: AgentConfig
+    tokens: dict[str, str]
+    server: uvicorn.Server
+    thread: threading.Thread
+    app: object = field(repr=False, default=None)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def headers(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def issue_pki(base: Path, name: str) -> tuple[Path, Path, Path]:
+    cert, key = certs.issue(base / "ca", base / "certs", name)
+    return base / "ca" / "ca.pem", cert, key
+
+
+def start_agent(
+    base: Path,
+    *,
+    host_root: Path,
+    sysroot_path: Path,
+    bus: Path | None = None,
+    name: str = "tiny",
+    watch_interval: float = 0.2,
+    max_body: int = 64 * 1024,
+) -> RunningAgent:
+    ca, cert, key = issue_pki(base / "pki", name)
+    tokens = {role.value: secrets.token_urlsafe(24) for role in Role}
+    config = AgentConfig(
+        node_name=name,
+        host_root=host_root,
+        sysroot=sysroot_path,
+        system_bus=bus or base / "no-bus" / "system_bus_socket",
+        audit_dir=base / "audit",
+        tls_cert=cert,
+        tls_key=key,
+        tokens=[
+            TokenEntry(name=f"{role}-user", role=Role(role), sha256=hash_token(token)) for role, token in tokens.items()
+        ],
+        watch_interval=watch_interval,
+        max_body_bytes=max_body,
+    )
+    app = create_app(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+            log_level="warning",
+            ws_ping_interval=5,
+            ws_ping_timeout=15,
+            lifespan="on",
+        )
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("agent did not start")
+        time.sleep(0.02)
+    return RunningAgent(
+        url=f"https://127.0.0.1:{port}", ca_file=ca, config=config, tokens=tokens, server=server, thread=thread, app=app
+    )
