@@ -32,6 +32,7 @@ def tiny_tree(root: Path, version: str) -> Path:
     """A few files in the ostree layout: enough for ostree to deploy and the agent to describe."""
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "hostname").write_text("tiny\n")
+    (root / "var" / "lib" / "tiny").mkdir(parents=True)
     (root / "usr" / "bin").mkdir(parents=True)
     (root / "usr" / "bin" / "hello").write_text("#!/bin/sh\necho hello\n")
     image.to_ostree_layout(root, version)
@@ -137,3 +138,24 @@ def start_agent(
     return RunningAgent(
         url=f"https://127.0.0.1:{port}", ca_file=ca, config=config, tokens=tokens, server=server, thread=thread, app=app
     )
+
+
+def write_agent_config(base: Path, *, host_root: Path, sysroot_path: Path, name: str = "tiny") -> tuple[Path, dict]:
+    """A TOML config as an operator would write it, for an agent run as its own process."""
+    ca, cert, key = issue_pki(base / "pki", name)
+    tokens = {role.value: secrets.token_urlsafe(24) for role in Role}
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    entries = "".join(
+        f'\n[[tokens]]\nname = "{role}-user"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
+        for role, token in tokens.items()
+    )
+    path = base / "agent.toml"
+    path.write_text(
+        f'node_name = "{name}"\n[paths]\nhost_root = "{host_root}"\nsysroot = "{sysroot_path}"\n'
+        f'system_bus = "{base}/no-bus"\n[listen]\nport = {port}\n[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        f'[audit]\ndir = "{base}/audit"\n{entries}'
+    )
+    return path, {"url": f"https://127.0.0.1:{port}", "ca": ca, "tokens": tokens, "audit": base / "audit"}

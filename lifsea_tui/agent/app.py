@@ -29,6 +29,7 @@ from lifsea_tui.api import (
     ActionRequest,
     AuditPage,
     AuditVerify,
+    Deployment,
     DeploymentList,
     ErrorBody,
     EventKind,
@@ -98,24 +99,33 @@ class Agent:
         if self.ostree.unavailable_reason() is not None:
             return
         deployments, _ = await self.ostree.deployments()
+        self.note_boot(deployments)
         snapshot = [d.model_dump(mode="json") for d in deployments]
         if snapshot == self._last_deployments:
             return
         self._last_deployments = snapshot
-        booted = next((d for d in deployments if d.booted), None)
-        if booted is not None and booted.checksum != self._last_booted:
-            self._last_booted = booted.checksum
-            with contextlib.suppress(AuditUnavailable):
-                self.audit.append(
-                    actor="system",
-                    role=None,
-                    action="node.booted",
-                    reason=None,
-                    params={"checksum": booted.checksum, "version": booted.version},
-                    outcome="ok",
-                )
         self.events.publish(EventKind.deployments, {"deployments": snapshot})
         await self.updates.publish()
+
+    def note_boot(self, deployments: list[Deployment]) -> None:
+        """Audit a boot into a different deployment the first time anything sees it.
+
+        Called by the watcher and by every request that reads deployments, so a short-lived boot is
+        recorded even when it falls between two watcher ticks.
+        """
+        booted = next((d for d in deployments if d.booted), None)
+        if booted is None or booted.checksum == self._last_booted:
+            return
+        self._last_booted = booted.checksum
+        with contextlib.suppress(AuditUnavailable):
+            self.audit.append(
+                actor="system",
+                role=None,
+                action="node.booted",
+                reason=None,
+                params={"checksum": booted.checksum, "version": booted.version},
+                outcome="ok",
+            )
 
     def metrics(self) -> str:
         lines = [
@@ -197,7 +207,6 @@ def create_app(config: AgentConfig) -> FastAPI:
         finally:
             watcher.cancel()
             await agent.updates.shutdown()
-            agent.systemd.close()
 
     app = FastAPI(title="lifsea-agent", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.agent = agent
@@ -231,6 +240,7 @@ def create_app(config: AgentConfig) -> FastAPI:
     @api.get(r.DEPLOYMENTS)
     async def get_deployments(who: Caller) -> DeploymentList:
         deployments, booted_known = await agent.ostree.deployments()
+        agent.note_boot(deployments)
         return DeploymentList(deployments=deployments, booted_known=booted_known)
 
     @api.get(r.HISTORY)
@@ -263,6 +273,8 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     @api.post(r.REBOOT, responses=ACTION_ERRORS)
     async def reboot(body: ActionRequest, who: Caller) -> OperationResult:
+        if agent.ostree.unavailable_reason() is None:
+            agent.note_boot((await agent.ostree.deployments())[0])
         status, seq = await agent.updates.reboot(who, body.reason)
         return answer(status, seq, "reboot")
 

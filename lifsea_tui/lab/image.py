@@ -8,6 +8,7 @@ list at /usr/share/lifsea/packages.list for the agent's diff summaries.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -68,9 +69,35 @@ def dpkg_packages(root: Path) -> list[str]:
     return sorted(packages)
 
 
+def var_to_tmpfiles(root: Path) -> str:
+    """tmpfiles.d lines that recreate the tree's /var directories and links on an empty /var at boot.
+
+    ostree does not carry /var in a commit (it belongs to the node, not the image), so what packages put
+    there must be made by systemd-tmpfiles, as image-based systems do.
+    """
+    lines = []
+    var = root / "var"
+    for path in sorted(var.rglob("*")):
+        relative = "/" + str(path.relative_to(root))
+        if any(part in ("cache", "log", "tmp") for part in path.relative_to(var).parts[:1]) and path.is_file():
+            continue
+        st = path.lstat()
+        if path.is_symlink():
+            lines.append(f"L {relative} - - - - {os.readlink(path)}")
+        elif path.is_dir():
+            lines.append(f"d {relative} {st.st_mode & 0o7777:04o} {st.st_uid} {st.st_gid} -")
+    return "".join(f"{line}\n" for line in lines)
+
+
 def to_ostree_layout(root: Path, version: str) -> None:
     """Make a plain root filesystem tree deployable by `ostree admin deploy`."""
     packages = dpkg_packages(root)
+    if (root / "var").is_dir():
+        tmpfiles = root / "usr" / "lib" / "tmpfiles.d"
+        tmpfiles.mkdir(parents=True, exist_ok=True)
+        (tmpfiles / "lifsea-var.conf").write_text(var_to_tmpfiles(root))
+    # The node's name comes from the machine, not from the host that built the image.
+    (root / "etc" / "hostname").unlink(missing_ok=True)
     if (root / "etc").exists():
         if (root / "usr" / "etc").exists():
             shutil.rmtree(root / "usr" / "etc")
@@ -176,6 +203,8 @@ def publish(repo: Path, version: str, subject: str | None = None, ref: str = REF
         motd = overlay / "usr" / "etc"
         motd.mkdir(parents=True)
         (motd / "motd").write_text(f"LifseaOS {version}: {subject}\n")
+        # Every directory here replaces the metadata of the same directory in the image, the root included.
+        overlay.chmod(0o755)
         for path in overlay.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         return commit(repo, [f"ref={ref}", f"dir={overlay}"], version, subject, ref)

@@ -1,0 +1,24 @@
+# The two commands of the README: `make run` and `make test`. Both set everything up first.
+.PHONY: setup run test lint unit bench lab-down
+
+setup:
+	@./scripts/setup.sh
+
+# Bring up a 3-node lab and open the console on it; the lab goes down on exit unless KEEP_LAB=1.
+run: setup
+	@./scripts/run.sh
+
+# Lint, type-check and the whole test suite (the lab tests need root; CI runs as root).
+test: setup lint
+	.venv/bin/pytest -ra
+
+lint: setup
+	.venv/bin/ruff check lifsea_tui tests benchmarks
+	.venv/bin/ruff format --check lifsea_tui tests benchmarks
+	.venv/bin/mypy
+
+bench: setup
+	.venv/bin/python -m benchmarks.run
+
+lab-down: setup
+	.venv/bin/lifsea-lab down

@@ -1,0 +1,298 @@
+"""lifsea-lab: a real lab fleet on one machine (up, status, publish, down)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lifsea_tui.agent.config import hash_token
+from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
+from lifsea_tui.api import Role
+from lifsea_tui.lab import certs, image, sysroot
+from lifsea_tui.lab.layout import LabSpec, Layout, NodeSpec, cache_dir
+
+NEEDED_COMMANDS = {
+    "ostree": "ostree",
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "runc": "runc",
+}
+READY_TIMEOUT = 120.0
+
+
+def progress(text: str) -> None:
+    print(f"lifsea-lab: {text}", file=sys.stderr, flush=True)
+
+
+def preflight() -> list[str]:
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("must run as root (systemd-nspawn and ostree deployments need it)")
+    missing = [package for command, package in NEEDED_COMMANDS.items() if shutil.which(command) is None]
+    if missing:
+        problems.append(f"missing packages: {' '.join(missing)} (apt-get install {' '.join(missing)})")
+    if LIBOSTREE_ERROR:
+        problems.append(LIBOSTREE_ERROR)
+    return problems
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_image(layout: Layout) -> None:
+    """The lab's update repo holds the base image: pulled from the cache, built into it on a cold start."""
+    if image.has_ref(layout.repo):
+        return
+    cache_repo = cache_dir() / "repo"
+    if not image.has_ref(cache_repo):
+        started = time.monotonic()
+        progress(f"building the OS image once (cached in {cache_dir()})")
+        image.build_base(cache_repo, cache_dir(), progress)
+        progress(f"image built in {time.monotonic() - started:.0f} s")
+    image.init_repo(layout.repo)
+    subprocess.run(
+        ["ostree", f"--repo={layout.repo}", "pull-local", str(cache_repo), image.REF], check=True, capture_output=True
+    )
+    subprocess.run(["ostree", f"--repo={layout.repo}", "summary", "--update"], check=True, capture_output=True)
+
+
+def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
+    node = layout.node(spec.name)
+    cert, key = node.certs / f"{spec.name}.pem", node.certs / f"{spec.name}.key"
+    if not cert.exists():
+        certs.issue(layout.pki / "ca", node.certs, spec.name)
+    audit_dir = sysroot.stateroot_var(node.sysroot) / "lib" / "lifsea-agent" / "audit"
+    tokens = "".join(
+        f'\n[[tokens]]\nname = "lab-{role}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
+        for role, token in spec.tokens.items()
+    )
+    node.agent_config.write_text(
+        f'node_name = "{spec.name}"\n\n[paths]\nhost_root = "{node.host_root}"\nsysroot = "{node.sysroot}"\n'
+        f'system_bus = "{node.bus}"\njournal = ["{node.host_root}/var/log/journal"]\n\n'
+        f'[listen]\nhost = "127.0.0.1"\nport = {spec.port}\n\n[tls]\ncert = "{cert}"\nkey = "{key}"\n\n'
+        f'[audit]\ndir = "{audit_dir}"\n{tokens}'
+    )
+    node.agent_config.chmod(0o600)
+
+
+def status_json(layout: Layout, spec: LabSpec) -> dict[str, Any]:
+    return {
+        "update_server": f"http://127.0.0.1:{spec.update_port}",
+        "nodes": [
+            {
+                "name": node.name,
+                "url": f"https://127.0.0.1:{node.port}",
+                "ca_file": str(layout.ca_file),
+                "tokens": node.tokens,
+            }
+            for node in spec.nodes
+        ],
+    }
+
+
+def _agent_ready(url: str, context: ssl.SSLContext) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", context=context, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_ready(layout: Layout, spec: LabSpec, alive: Callable[[], bool], timeout: float = READY_TIMEOUT) -> list[str]:
+    """Wait until every node runs and every agent answers; return what is still not ready."""
+    context = ssl.create_default_context(cafile=str(layout.ca_file))
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = []
+        for node in spec.nodes:
+            state = layout.node(node.name).state().get("state")
+            if state != "running":
+                waiting.append(f"{node.name}: machine {state or 'not started'}")
+            elif not _agent_ready(f"https://127.0.0.1:{node.port}", context):
+                waiting.append(f"{node.name}: agent not answering")
+        if not waiting or time.monotonic() > deadline or not alive():
+            return waiting
+        time.sleep(0.2)
+
+
+def up(layout: Layout, count: int) -> int:
+    problems = preflight()
+    if problems:
+        for problem in problems:
+            print(f"lifsea-lab: cannot bring the lab up: {problem}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    spec = layout.read_spec()
+    if layout.supervisor_pid() is not None:
+        if spec is not None and len(spec.nodes) == count:
+            not_ready = wait_ready(layout, spec, lambda: layout.supervisor_pid() is not None)
+            progress("the lab is already up" + (f"; not ready: {'; '.join(not_ready)}" if not_ready else ""))
+            return 1 if not_ready else 0
+        progress(f"the lab runs with another node count; restarting it with {count} nodes")
+        down(layout, purge=False)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    ensure_image(layout)
+    certs.ensure_ca(layout.pki / "ca")
+    old = {node.name: node for node in spec.nodes} if spec else {}
+    spec = LabSpec(update_port=spec.update_port if spec else _free_port())
+    for index in range(1, count + 1):
+        name = f"node{index}"
+        spec.nodes.append(
+            old.get(name)
+            or NodeSpec(name=name, port=_free_port(), tokens={role.value: secrets.token_urlsafe(24) for role in Role})
+        )
+    layout.write_spec(spec)
+    url = f"http://127.0.0.1:{spec.update_port}"
+    # The update server must answer while node sysroots are created: serve it from here for that time.
+    from lifsea_tui.lab.updateserver import UpdateServer
+
+    server = UpdateServer(layout.repo, port=spec.update_port).start()
+    try:
+        for node_spec in spec.nodes:
+            node = layout.node(node_spec.name)
+            node.root.mkdir(parents=True, exist_ok=True)
+            if not sysroot.is_created(node.sysroot):
+                progress(f"creating {node_spec.name}: its sysroot, deployed from the update server")
+                if node.sysroot.exists():
+                    shutil.rmtree(node.sysroot)
+                sysroot.create(node.sysroot, url)
+            else:
+                sysroot.set_remote(node.sysroot, url)
+            write_agent_config(layout, node_spec)
+    finally:
+        server.stop()
+    log = layout.log_file.open("ab")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "lifsea_tui.lab.supervisor", str(layout.root)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    not_ready = wait_ready(layout, spec, lambda: supervisor.poll() is None)
+    if not_ready:
+        print(f"lifsea-lab: the lab did not come up: {'; '.join(not_ready)} (see {layout.root})", file=sys.stderr)
+        return 1
+    progress(f"{count} nodes up in {time.monotonic() - started:.1f} s; `lifsea-lab status` shows them")
+    return 0
+
+
+def down(layout: Layout, purge: bool) -> int:
+    pid = layout.supervisor_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while layout.supervisor_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if layout.supervisor_pid() is not None:
+            print(f"lifsea-lab: supervisor {pid} did not stop; killing it", file=sys.stderr)
+            os.killpg(pid, signal.SIGKILL)
+    leftovers = _leftover_processes(layout)
+    for leftover in leftovers:
+        try:
+            os.kill(leftover, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if purge and layout.root.exists():
+        # ostree marks each deployment's root directory immutable; lift that before removing it.
+        for deployment in layout.root.glob("nodes/*/sysroot/ostree/deploy/*/deploy/*"):
+            if deployment.is_dir():
+                subprocess.run(["chattr", "-i", str(deployment)], capture_output=True)
+        shutil.rmtree(layout.root)
+    progress("the lab is down" + (" and its state removed" if purge else ""))
+    return 0
+
+
+def _leftover_processes(layout: Layout) -> list[int]:
+    """Processes still running whose command line names this lab's directory (nspawn, agents)."""
+    marker = str(layout.root).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline and b"lifsea-lab" not in cmdline.split(b"\0")[0]:
+            found.append(int(entry))
+    return found
+
+
+def status(layout: Layout, as_json: bool) -> int:
+    spec = layout.read_spec()
+    running = layout.supervisor_pid() is not None
+    if spec is None:
+        print("lifsea-lab: no lab here; `lifsea-lab up` makes one", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(status_json(layout, spec), indent=2))
+        return 0 if running else 1
+    print(f"lab {layout.root}: {'up' if running else 'down'}; update server http://127.0.0.1:{spec.update_port}")
+    for node in spec.nodes:
+        state = layout.node(node.name).state()
+        print(
+            f"  {node.name:8} {state.get('state', 'never booted'):12} https://127.0.0.1:{node.port}  "
+            f"boots {state.get('boots', 0)}"
+        )
+    return 0 if running else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    top = argparse.ArgumentParser(
+        prog="lifsea-lab",
+        description="A real lab fleet on this machine: an OS image in "
+        "ostree, an update server, and nodes booted with systemd-nspawn, each with an agent.",
+    )
+    top.add_argument(
+        "--dir", type=Path, help="the lab's state directory (default: $LIFSEA_LAB_DIR or the user's state dir)"
+    )
+    commands = top.add_subparsers(dest="command", required=True)
+    up_cmd = commands.add_parser("up", help="build (once) and start the lab; idempotent")
+    up_cmd.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    status_cmd = commands.add_parser("status", help="show the lab")
+    status_cmd.add_argument("--json", action="store_true", help="machine-readable: update server, nodes, tokens")
+    publish_cmd = commands.add_parser("publish", help="commit a new OS version to the update server")
+    publish_cmd.add_argument("--version", required=True)
+    publish_cmd.add_argument("--subject", help="the commit's subject line")
+    down_cmd = commands.add_parser("down", help="stop every node, agent and the update server")
+    down_cmd.add_argument("--purge", action="store_true", help="also delete the nodes' sysroots and the lab's state")
+    args = top.parse_args(argv)
+    layout = Layout(args.dir)
+    if args.command == "up":
+        if not 1 <= args.nodes <= 50:
+            top.error("--nodes must be between 1 and 50")
+        return up(layout, args.nodes)
+    if args.command == "status":
+        return status(layout, args.json)
+    if args.command == "publish":
+        try:
+            checksum = image.publish(layout.repo, args.version, args.subject)
+        except image.ImageError as error:
+            print(f"lifsea-lab: {error}", file=sys.stderr)
+            return 1
+        print(checksum)
+        return 0
+    return down(layout, args.purge)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

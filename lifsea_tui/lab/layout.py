@@ -1,0 +1,138 @@
+"""Where the lab keeps things: the image cache, and one state directory per lab with its nodes.
+
+LIFSEA_LAB_DIR and LIFSEA_LAB_CACHE override the defaults (the user's state and cache directories), so
+tests and several labs can live side by side while sharing one cached image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from platformdirs import user_cache_dir, user_state_dir
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get("LIFSEA_LAB_DIR") or user_state_dir("lifsea-lab"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LIFSEA_LAB_CACHE") or user_cache_dir("lifsea-lab"))
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    port: int
+    tokens: dict[str, str]
+
+
+@dataclass
+class LabSpec:
+    """What `up` decided and the supervisor runs: stable across restarts of the lab."""
+
+    update_port: int
+    nodes: list[NodeSpec] = field(default_factory=list)
+
+
+class Layout:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or lab_dir()
+
+    @property
+    def spec_file(self) -> Path:
+        return self.root / "lab.json"
+
+    @property
+    def repo(self) -> Path:
+        return self.root / "repo"
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki / "ca" / "ca.pem"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "supervisor.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "supervisor.log"
+
+    def node(self, name: str) -> NodeLayout:
+        return NodeLayout(self.root / "nodes" / name, name)
+
+    def read_spec(self) -> LabSpec | None:
+        try:
+            data = json.loads(self.spec_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return LabSpec(update_port=data["update_port"], nodes=[NodeSpec(**node) for node in data["nodes"]])
+
+    def write_spec(self, spec: LabSpec) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.spec_file.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(spec), handle, indent=2)
+        os.replace(self.spec_file.with_suffix(".tmp"), self.spec_file)
+
+    def supervisor_pid(self) -> int | None:
+        """The running supervisor's pid, or None when there is none (a stale pid file is ignored)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"lifsea_tui.lab.supervisor" in cmdline else None
+
+
+class NodeLayout:
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root
+        self.name = name
+
+    @property
+    def sysroot(self) -> Path:
+        return self.root / "sysroot"
+
+    @property
+    def host_root(self) -> Path:
+        """A symlink to /proc/LEADER/root of the running machine, kept by the supervisor."""
+        return self.root / "root"
+
+    @property
+    def bus(self) -> Path:
+        return self.host_root / "run" / "dbus" / "system_bus_socket"
+
+    @property
+    def agent_config(self) -> Path:
+        return self.root / "agent.toml"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    def state(self) -> dict[str, object]:
+        try:
+            value = json.loads(self.state_file.read_text())
+            return value if isinstance(value, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def write_state(self, **state: object) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_file)

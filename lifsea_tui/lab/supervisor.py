@@ -1,0 +1,226 @@
+"""The lab supervisor: one process that runs the update server, every node machine and every agent.
+
+It plays the bootloader and the host's init: a node is a systemd-nspawn machine booted from its
+sysroot's default deployment (/usr read-only, /etc the deployment's own, /var the stateroot's); when
+the node reboots (nspawn exits with 133) the supervisor boots the new default deployment. Agents are
+restarted when they die, as systemd would. SIGTERM stops everything and leaves nothing running.
+
+Run by `lifsea-lab up` as `python -m lifsea_tui.lab.supervisor LAB_DIR`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from lifsea_tui.lab import sysroot
+from lifsea_tui.lab.image import ImageError
+from lifsea_tui.lab.layout import Layout, NodeLayout
+from lifsea_tui.lab.updateserver import UpdateServer
+
+log = logging.getLogger("lifsea.lab")
+
+REBOOT_STATUS = 133  # systemd-nspawn's exit status when the machine's systemd asked for a reboot
+STOP_GRACE = 20.0
+CRASH_RETRIES = 5
+
+
+def _init_of(nspawn_pid: int) -> int | None:
+    """The machine's PID 1: the child of nspawn that is PID 1 in its own pid namespace."""
+    try:
+        for task in os.listdir(f"/proc/{nspawn_pid}/task"):
+            with open(f"/proc/{nspawn_pid}/task/{task}/children") as handle:
+                for kid in handle.read().split():
+                    with open(f"/proc/{kid}/status") as status:
+                        nspid = next((line.split()[1:] for line in status if line.startswith("NSpid:")), [])
+                    if len(nspid) > 1 and nspid[-1] == "1":
+                        return int(kid)
+    except OSError:
+        pass
+    return None
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+class Machine:
+    """One node: boots it, reboots it into the default deployment, stops it."""
+
+    def __init__(self, node: NodeLayout) -> None:
+        self.node = node
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stopping = False
+        self.boots = 0
+
+    def _set(self, state: str, **extra: object) -> None:
+        self.node.write_state(state=state, boots=self.boots, time=time.time(), **extra)
+
+    async def run(self) -> None:
+        crashes = 0
+        while not self.stopping:
+            try:
+                deployment = sysroot.default_deployment(self.node.sysroot)
+            except ImageError as error:
+                self._set("failed", error=str(error))
+                return
+            status = await self._boot(deployment)
+            if self.stopping:
+                break
+            if status == REBOOT_STATUS:
+                log.info("%s rebooting into the default deployment", self.node.name)
+                crashes = 0
+                continue
+            if status == 0:
+                self._set("powered-off")
+                return
+            crashes += 1
+            if crashes > CRASH_RETRIES:
+                self._set("failed", error=f"systemd-nspawn exited {status} {crashes} times; see nspawn.log")
+                return
+            await asyncio.sleep(2)
+        self._set("stopped")
+
+    async def _boot(self, deployment: Path) -> int:
+        self.boots += 1
+        self._set("booting", deployment=str(deployment))
+        stateroot_var = sysroot.stateroot_var(self.node.sysroot)
+        log_file = open(self.node.root / "nspawn.log", "ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                "systemd-nspawn",
+                "--register=no",
+                "--keep-unit",
+                "--console=passive",
+                "--private-network",
+                "-D",
+                str(deployment),
+                f"--bind-ro={deployment}/usr:/usr",
+                f"--bind={stateroot_var}:/var",
+                f"--machine={self.node.name}",
+                f"--hostname={self.node.name}",
+                "-b",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log_file.close()
+        waiter = asyncio.create_task(self._wait_leader(self.proc.pid, deployment))
+        status = await self.proc.wait()
+        waiter.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            self.node.host_root.unlink()
+        self._set("down", last_exit=status)
+        return status
+
+    async def _wait_leader(self, nspawn_pid: int, deployment: Path) -> None:
+        """Find the machine's init (nspawn's child), point host_root at it, and wait for its bus."""
+        leader = None
+        while leader is None:
+            leader = _init_of(nspawn_pid)
+            await asyncio.sleep(0.05)
+        link = self.node.host_root
+        tmp = link.with_name("root.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(f"/proc/{leader}/root")
+        os.replace(tmp, link)
+        while not self.node.bus.exists():
+            await asyncio.sleep(0.05)
+        self._set("running", leader=leader, deployment=str(deployment))
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.proc is not None:
+            # nspawn forwards SIGTERM to the machine's systemd as a clean shutdown.
+            await _terminate(self.proc, STOP_GRACE)
+
+
+class AgentProcess:
+    def __init__(self, node: NodeLayout) -> None:
+        self.node = node
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stopping = False
+
+    async def run(self) -> None:
+        while not self.stopping:
+            log_file = open(self.node.root / "agent.log", "ab")
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "lifsea_tui.agent.cli",
+                    "serve",
+                    "--config",
+                    str(self.node.agent_config),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
+            finally:
+                log_file.close()
+            (self.node.root / "agent.pid").write_text(str(self.proc.pid))
+            status = await self.proc.wait()
+            if not self.stopping:
+                log.warning("agent of %s exited %s; restarting", self.node.name, status)
+                await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.proc is not None:
+            await _terminate(self.proc, 10)
+
+
+async def supervise(layout: Layout) -> None:
+    spec = layout.read_spec()
+    if spec is None:
+        raise SystemExit(f"no lab spec at {layout.spec_file}; run lifsea-lab up")
+    server = UpdateServer(layout.repo, port=spec.update_port).start()
+    machines = [Machine(layout.node(node.name)) for node in spec.nodes]
+    agents = [AgentProcess(layout.node(node.name)) for node in spec.nodes]
+    tasks = [asyncio.create_task(item.run()) for item in (*machines, *agents)]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("lab up: update server %s, nodes %s", server.url, ", ".join(n.name for n in spec.nodes))
+    await stop.wait()
+    log.info("stopping the lab")
+    await asyncio.gather(*(agent.stop() for agent in agents))
+    await asyncio.gather(*(machine.stop() for machine in machines))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    server.stop()
+
+
+def main() -> None:
+    layout = Layout(Path(sys.argv[1]))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    layout.pid_file.write_text(str(os.getpid()))
+    try:
+        asyncio.run(supervise(layout))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            layout.pid_file.unlink()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The agent over real TLS on loopback, on a real ostree sysroot: auth, rules, bad input, upgrades, events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import websockets
+from starlette.routing import WebSocketRoute
+
+from lifsea_tui.agent.audit import verify
+from lifsea_tui.agent.auth import RULES
+from lifsea_tui.api import routes
+from lifsea_tui.lab import image, sysroot
+from tests.helpers import RunningAgent, TinyNode
+
+
+def client(agent: RunningAgent, role: str | None = None) -> httpx.Client:
+    return httpx.Client(
+        base_url=agent.url, verify=agent.ssl_context(), timeout=30, headers=agent.headers(role) if role else {}
+    )
+
+
+def audit_records(agent: RunningAgent) -> list[dict]:
+    with client(agent, "reader") as http:
+        return http.get(routes.AUDIT, params={"limit": 1000}).json()["records"]
+
+
+def test_every_route_has_a_rule(agent: RunningAgent) -> None:
+    """Walks the app's whole surface (every documented operation and every websocket) against RULES."""
+    app = agent.app
+    seen = set()
+    for path, operations in app.openapi()["paths"].items():  # type: ignore[attr-defined]
+        for method in operations:
+            assert (method.upper(), path) in RULES, f"{method.upper()} {path} has no rule"
+            seen.add((method.upper(), path))
+    for route in app.routes:  # type: ignore[attr-defined]
+        if isinstance(route, WebSocketRoute):
+            assert ("WS", route.path) in RULES, f"websocket {route.path} has no rule"
+            seen.add(("WS", route.path))
+    assert {("GET", routes.NODE), ("POST", routes.ROLLBACK), ("WS", routes.EVENTS)} <= seen
+    assert len(seen) == len(RULES) - 1  # all but /openapi.json itself, which is not an operation
+
+
+def test_route_without_rule_is_refused(agent: RunningAgent) -> None:
+    from lifsea_tui.agent.auth import Authenticator, AuthError, Identity
+    from lifsea_tui.api import Role
+
+    with pytest.raises(AuthError) as refused:
+        Authenticator.authorize("DELETE", "/v1/anything", Identity("root", Role.admin))
+    assert refused.value.status == 403
+
+
+def test_tls_is_real(agent: RunningAgent) -> None:
+    with httpx.Client(base_url=agent.url, verify=True) as untrusting, pytest.raises(httpx.ConnectError):
+        untrusting.get(routes.HEALTHZ)
+    with client(agent) as http:
+        assert http.get(routes.HEALTHZ).text == "ok\n"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": "Basic abc"}, 401),
+    ],
+)
+def test_missing_or_bad_token(agent: RunningAgent, headers: dict, status: int) -> None:
+    with client(agent) as http:
+        response = http.get(routes.DEPLOYMENTS, headers=headers)
+    assert response.status_code == status
+    assert response.json()["error"] == "unauthorized"
+
+
+def test_wrong_role_is_refused_and_audited(agent: RunningAgent) -> None:
+    with client(agent, "reader") as http:
+        response = http.post(routes.ROLLBACK, json={"reason": "try"})
+    assert response.status_code == 403
+    assert response.json()["error"] == "forbidden"
+    last = audit_records(agent)[-1]
+    assert last["actor"] == "reader-user" and last["outcome"].startswith("refused")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{not json", "JSON"),
+        (b'{"reason": ""}', "reason"),
+        (b'{"reason": "   "}', "reason"),
+        (b'{"reason": 5}', "reason"),
+        (b'{"reason": "ok", "force": true}', "force"),
+        (b"[]", ""),
+    ],
+)
+def test_malformed_bodies(agent: RunningAgent, body: bytes, fragment: str) -> None:
+    before = audit_records(agent)
+    with client(agent, "operator") as http:
+        response = http.post(routes.UPGRADES_CHECK, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "bad_request"
+    assert fragment in response.json()["detail"]
+    after = audit_records(agent)
+    assert len(after) == len(before) + 1
+    assert after[-1]["outcome"].startswith("refused") and after[-1]["actor"] == "operator-user"
+    with client(agent, "reader") as http:
+        assert http.get(routes.UPGRADES).json()["state"] == "idle"
+
+
+def test_oversize_body(agent: RunningAgent) -> None:
+    with client(agent, "operator") as http:
+        response = http.post(routes.UPGRADES_CHECK, json={"reason": "x" * 100_000})
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_large"
+
+
+def test_unknown_route_is_json(agent: RunningAgent) -> None:
+    with client(agent, "reader") as http:
+        response = http.get("/v1/nope")
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_wrong_state_actions(agent: RunningAgent) -> None:
+    with client(agent, "operator") as http:
+        for path, words in (
+            (routes.UPGRADES_STAGE, "check first"),
+            (routes.UPGRADES_CANCEL, "no pending"),
+            (routes.ROLLBACK, "no rollback"),
+        ):
+            response = http.post(path, json={"reason": "on-call test"})
+            assert response.status_code == 409, (path, response.text)
+            assert words in response.json()["detail"]
+    refusals = [r for r in audit_records(agent) if r["outcome"].startswith("refused")]
+    assert len(refusals) == 3
+
+
+def test_check_stage_cancel_on_real_ostree(agent: RunningAgent, tiny_node: TinyNode) -> None:
+    image.publish(tiny_node.repo, "1.1", "LifseaOS 1.1: better")
+    with client(agent, "operator") as http:
+        checked = http.post(routes.UPGRADES_CHECK, json={"reason": "weekly update"})
+        assert checked.status_code == 200, checked.text
+        status = checked.json()["status"]
+        assert status["state"] == "available"
+        target = status["targets"][0]
+        assert target["version"] == "1.1" and target["subject"] == "LifseaOS 1.1: better"
+        assert "lifsea-release 1.1" in target["diff"]["packages_added"]
+        assert target["diff"]["added"] >= 1 and target["diff"]["modified"] >= 1
+        staged = http.post(routes.UPGRADES_STAGE, json={"reason": "weekly update"})
+        assert staged.status_code == 202
+        deadline = time.monotonic() + 60
+        while http.get(routes.UPGRADES).json()["state"] != "staged":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        deployments = http.get(routes.DEPLOYMENTS).json()["deployments"]
+        assert [(d["version"], d["pending"], d["booted"]) for d in deployments] == [
+            ("1.1", True, False),
+            ("1.0", False, True),
+        ]
+        again = http.post(routes.UPGRADES_STAGE, json={"reason": "twice"})
+        assert again.status_code == 409
+        cancelled = http.post(routes.UPGRADES_CANCEL, json={"reason": "not tonight"})
+        assert cancelled.status_code == 200, cancelled.text
+        deployments = http.get(routes.DEPLOYMENTS).json()["deployments"]
+        assert [d["version"] for d in deployments] == ["1.0"]
+        history = http.get(routes.HISTORY).json()["entries"]
+    events = [(e["event"], e["version"], e["actor"]) for e in history]
+    assert ("deployed", "1.1", "operator-user") in events and ("undeployed", "1.1", "operator-user") in events
+    outcomes = [(r["action"], r["outcome"], r["reason"]) for r in audit_records(agent)]
+    assert ("upgrade.stage", "started", "weekly update") in outcomes
+    assert ("upgrade.stage", "ok", "weekly update") in outcomes
+    assert ("upgrade.cancel", "ok", "not tonight") in outcomes
+    assert verify(agent.config.audit_dir / "audit.jsonl").ok
+
+
+def _blackhole() -> tuple[socket.socket, str]:
+    """A TCP port that accepts and never answers: an update server that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_update_server_down_gives_503_and_the_rest_keeps_serving(agent: RunningAgent, tiny_node: TinyNode) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    sysroot.set_remote(tiny_node.sysroot, f"http://127.0.0.1:{dead_port}")
+    with client(agent, "operator") as http:
+        response = http.post(routes.UPGRADES_CHECK, json={"reason": "check"})
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["error"] == "update_server_unavailable"
+        assert "127.0.0.1" in body["detail"] or "connect" in body["detail"].lower()
+        status = http.get(routes.UPGRADES).json()
+        assert status["state"] == "failed" and status["last_error"]
+        assert http.get(routes.DEPLOYMENTS).status_code == 200
+    assert audit_records(agent)[-1]["outcome"].startswith("failed")
+
+
+def test_one_operation_at_a_time(agent: RunningAgent, tiny_node: TinyNode) -> None:
+    listener, url = _blackhole()
+    sysroot.set_remote(tiny_node.sysroot, url)
+    results: dict[str, httpx.Response] = {}
+
+    def slow_check() -> None:
+        with client(agent, "operator") as http:
+            results["check"] = http.post(routes.UPGRADES_CHECK, json={"reason": "slow"}, timeout=60)
+
+    worker = threading.Thread(target=slow_check)
+    worker.start()
+    try:
+        with client(agent, "operator") as http:
+            deadline = time.monotonic() + 10
+            while http.get(routes.UPGRADES).json()["state"] != "checking":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            second = http.post(routes.ROLLBACK, json={"reason": "meanwhile"})
+            assert second.status_code == 423
+            assert "check is in progress" in second.json()["detail"]
+            assert http.get(routes.NODE).status_code == 200  # reads are never blocked
+    finally:
+        listener.close()
+        worker.join(60)
+    assert results["check"].status_code in (502, 503)
+
+
+def test_events_push_update_state(agent: RunningAgent, tiny_node: TinyNode) -> None:
+    image.publish(tiny_node.repo, "1.1")
+
+    async def scenario() -> list[dict]:
+        url = agent.url.replace("https://", "wss://") + routes.EVENTS
+        async with websockets.connect(
+            url, ssl=agent.ssl_context(), additional_headers=agent.headers("reader")
+        ) as socket_:
+            hello = json.loads(await socket_.recv())
+            assert hello["kind"] == "hello" and hello["data"]["node"] == "tiny"
+            async with httpx.AsyncClient(
+                base_url=agent.url, verify=agent.ssl_context(), headers=agent.headers("operator")
+            ) as http:
+                response = await http.post(routes.UPGRADES_CHECK, json={"reason": "events"})
+                assert response.status_code == 200
+            seen = []
+            while not any(e["kind"] == "update" and e["data"]["state"] == "available" for e in seen):
+                seen.append(json.loads(await asyncio.wait_for(socket_.recv(), 10)))
+            return seen
+
+    seen = asyncio.run(scenario())
+    states = [e["data"]["state"] for e in seen if e["kind"] == "update"]
+    assert "checking" in states and states[-1] == "available"
+
+
+def test_events_refuse_without_token(agent: RunningAgent) -> None:
+    async def scenario() -> int | None:
+        url = agent.url.replace("https://", "wss://") + routes.EVENTS
+        async with websockets.connect(url, ssl=agent.ssl_context()) as socket_:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await socket_.recv()
+            return closed.value.rcvd.code if closed.value.rcvd else None
+
+    assert asyncio.run(scenario()) == routes.CLOSE_UNAUTHORIZED

@@ -1,0 +1,108 @@
+"""The agent SIGKILLed in the middle of staging: on restart the sysroot is consistent, the update state is
+recomputed from disk, the interrupted operation is audited, and the chain verifies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lifsea_tui.agent.audit import verify
+from lifsea_tui.api import routes
+from lifsea_tui.lab import image, sysroot
+from tests.helpers import TinyNode, write_agent_config
+
+
+def _start(config: Path, info: dict) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lifsea_tui.agent.cli", "serve", "--config", str(config)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if (
+                httpx.get(
+                    info["url"] + routes.HEALTHZ, verify=ssl.create_default_context(cafile=str(info["ca"])), timeout=1
+                ).status_code
+                == 200
+            ):
+                return proc
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "agent exited"
+        assert time.monotonic() < deadline, "agent did not start"
+        time.sleep(0.1)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """What systemd does to a unit's cgroup on SIGKILL: the agent and anything it started."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("where", ["during-pull", "right-after-accept"])
+def test_sigkill_during_stage(tmp_path: Path, tiny_node: TinyNode, where: str) -> None:
+    config, info = write_agent_config(tmp_path / "agent", host_root=tiny_node.host_root, sysroot_path=tiny_node.sysroot)
+    headers = {"Authorization": f"Bearer {info['tokens']['operator']}"}
+    image.publish(tiny_node.repo, "1.1")
+    proc = _start(config, info)
+    listener = None
+    try:
+        with httpx.Client(
+            base_url=info["url"], verify=ssl.create_default_context(cafile=str(info["ca"])), headers=headers, timeout=30
+        ) as http:
+            assert http.post(routes.UPGRADES_CHECK, json={"reason": "before the crash"}).status_code == 200
+            if where == "during-pull":
+                import socket
+
+                listener = socket.socket()
+                listener.bind(("127.0.0.1", 0))
+                listener.listen(4)
+                image.publish(tiny_node.repo, "1.2")  # something new to pull, from a server that hangs
+                sysroot.set_remote(tiny_node.sysroot, f"http://127.0.0.1:{listener.getsockname()[1]}")
+            accepted = http.post(routes.UPGRADES_STAGE, json={"reason": "crash me"})
+            assert accepted.status_code == 202
+            if where == "during-pull":
+                time.sleep(0.5)
+        _kill(proc)
+        proc = _start(config, info)
+        with httpx.Client(
+            base_url=info["url"], verify=ssl.create_default_context(cafile=str(info["ca"])), headers=headers, timeout=30
+        ) as http:
+            records = http.get(routes.AUDIT, params={"limit": 1000}).json()["records"]
+            stage = [r for r in records if r["action"] == "upgrade.stage"]
+            outcomes = [r["outcome"] for r in stage]
+            assert outcomes[0] == "started"
+            if where == "during-pull":
+                assert outcomes[-1].startswith("interrupted"), outcomes
+            else:  # the deploy may have finished before the kill; either way the operation is closed
+                assert outcomes[-1] == "ok" or outcomes[-1].startswith("interrupted"), outcomes
+            deployments = http.get(routes.DEPLOYMENTS).json()["deployments"]
+            state = http.get(routes.UPGRADES).json()["state"]
+        pending = [d for d in deployments if d["pending"]]
+        assert state == ("staged" if pending else "idle")
+        assert any(d["booted"] for d in deployments)
+        listing = subprocess.run(
+            ["ostree", "admin", "status", f"--sysroot={tiny_node.sysroot}"], capture_output=True, text=True
+        )
+        assert listing.returncode == 0, listing.stderr
+        assert listing.stdout.count("lifsea ") == len(deployments)
+        fsck = subprocess.run(
+            ["ostree", "fsck", f"--repo={tiny_node.sysroot}/ostree/repo"], capture_output=True, text=True
+        )
+        assert fsck.returncode == 0, fsck.stderr
+        assert verify(info["audit"] / "audit.jsonl").ok
+    finally:
+        if listener:
+            listener.close()
+        _kill(proc)
