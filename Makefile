@@ -18,7 +18,7 @@ lint: setup
 	.venv/bin/mypy
 
 bench: setup
-	.venv/bin/python -m benchmarks.run
+	.venv/bin/python -m benchmarks.agent
 
 lab-down: setup
 	.venv/bin/lifsea-lab down

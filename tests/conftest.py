@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from lifsea_tui.lab.layout import Layout
 from tests.helpers import RunningAgent, TinyNode, make_tiny_node, ostree_missing, start_agent
 
 
@@ -40,3 +44,31 @@ def agent(tmp_path: Path, tiny_node: TinyNode) -> Iterator[RunningAgent]:
     running = start_agent(tmp_path / "agent", host_root=tiny_node.host_root, sysroot_path=tiny_node.sysroot)
     yield running
     running.stop()
+
+
+def lab(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lifsea_tui.lab.cli", *args], capture_output=True, text=True, env=env, timeout=900
+    )
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict, dict[str, str], Layout]]:
+    """A real 2-node lab for the session, in its own directory, taken down (and checked clean) at the end."""
+    missing = lab_missing()
+    if missing:
+        pytest.skip(missing)
+    root = tmp_path_factory.mktemp("lab")
+    env = {**os.environ, "LIFSEA_LAB_DIR": str(root)}
+    started = lab(["up", "--nodes", "2"], env)
+    try:
+        assert started.returncode == 0, started.stderr
+        status = lab(["status", "--json"], env)
+        assert status.returncode == 0, status.stderr
+        yield json.loads(status.stdout), env, Layout(root)
+    finally:
+        stopped = lab(["down", "--purge"], env)
+        assert stopped.returncode == 0, stopped.stderr
+        leftovers = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
+        assert not leftovers, f"processes left running: {leftovers}"
+        assert str(root) not in Path("/proc/self/mountinfo").read_text()

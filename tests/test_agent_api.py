@@ -141,14 +141,18 @@ def test_wrong_state_actions(agent: RunningAgent) -> None:
 
 def test_check_stage_cancel_on_real_ostree(agent: RunningAgent, tiny_node: TinyNode) -> None:
     image.publish(tiny_node.repo, "1.1", "LifseaOS 1.1: better")
+    image.publish(tiny_node.repo, "1.2", "LifseaOS 1.2: best")
     with client(agent, "operator") as http:
         checked = http.post(routes.UPGRADES_CHECK, json={"reason": "weekly update"})
         assert checked.status_code == 200, checked.text
         status = checked.json()["status"]
         assert status["state"] == "available"
+        assert [(t["version"], t["subject"]) for t in status["targets"]] == [
+            ("1.2", "LifseaOS 1.2: best"),
+            ("1.1", "LifseaOS 1.1: better"),
+        ]
         target = status["targets"][0]
-        assert target["version"] == "1.1" and target["subject"] == "LifseaOS 1.1: better"
-        assert "lifsea-release 1.1" in target["diff"]["packages_added"]
+        assert "lifsea-release 1.2" in target["diff"]["packages_added"]
         assert target["diff"]["added"] >= 1 and target["diff"]["modified"] >= 1
         staged = http.post(routes.UPGRADES_STAGE, json={"reason": "weekly update"})
         assert staged.status_code == 202
@@ -158,7 +162,7 @@ def test_check_stage_cancel_on_real_ostree(agent: RunningAgent, tiny_node: TinyN
             time.sleep(0.1)
         deployments = http.get(routes.DEPLOYMENTS).json()["deployments"]
         assert [(d["version"], d["pending"], d["booted"]) for d in deployments] == [
-            ("1.1", True, False),
+            ("1.2", True, False),
             ("1.0", False, True),
         ]
         again = http.post(routes.UPGRADES_STAGE, json={"reason": "twice"})
@@ -169,7 +173,7 @@ def test_check_stage_cancel_on_real_ostree(agent: RunningAgent, tiny_node: TinyN
         assert [d["version"] for d in deployments] == ["1.0"]
         history = http.get(routes.HISTORY).json()["entries"]
     events = [(e["event"], e["version"], e["actor"]) for e in history]
-    assert ("deployed", "1.1", "operator-user") in events and ("undeployed", "1.1", "operator-user") in events
+    assert ("deployed", "1.2", "operator-user") in events and ("undeployed", "1.2", "operator-user") in events
     outcomes = [(r["action"], r["outcome"], r["reason"]) for r in audit_records(agent)]
     assert ("upgrade.stage", "started", "weekly update") in outcomes
     assert ("upgrade.stage", "ok", "weekly update") in outcomes

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from tests.helpers import RunningAgent, make_tiny_node, ostree_missing, start_agent
+
+# Examples per operation; raise it to hunt harder: LIFSEA_SCHEMATHESIS_EXAMPLES=500 pytest tests/test_schemathesis.py
+EXAMPLES = int(os.environ.get("LIFSEA_SCHEMATHESIS_EXAMPLES", "30"))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,7 @@ def test_api_conforms(live: RunningAgent) -> None:
 
 def _conformance_test(operation, live: RunningAgent, session: requests.Session, headers: dict[str, str]):
     @given(case=operation.as_strategy())
-    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def conforms(case: schemathesis.Case) -> None:
         case.call_and_validate(base_url=live.url, session=session, headers=headers, verify=str(live.ca_file))
 

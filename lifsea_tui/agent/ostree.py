@@ -25,6 +25,8 @@ PACKAGES_FILE = "/usr/share/lifsea/packages.list"
 # How many deployments a node keeps: the booted one, the next boot and one to roll back to.
 KEEP_DEPLOYMENTS = 3
 DIFF_SAMPLE = 12
+# How many commits back a check looks for versions newer than the booted one.
+HISTORY_DEPTH = 20
 
 try:
     import gi
@@ -198,7 +200,7 @@ class OstreeBackend:
         out = await run(["ostree", f"--repo={self.repo_path}", "rev-parse", refspec], 30, f"resolve {refspec}")
         return out.strip()
 
-    async def chain(self, newest: str, stop_at: str | None, limit: int = 20) -> list[CommitInfo]:
+    async def chain(self, newest: str, stop_at: str | None, limit: int = HISTORY_DEPTH) -> list[CommitInfo]:
         """Commits from `newest` back along parents until `stop_at` (excluded) or what the repo lacks."""
         commits: list[CommitInfo] = []
         checksum: str | None = newest
@@ -249,10 +251,25 @@ class OstreeBackend:
 
     # -- changing -----------------------------------------------------------------------------------
 
-    async def pull(self, refspec: str, timeout: float) -> None:
+    async def pull(self, refspec: str, timeout: float, *, history: int = 0) -> None:
+        """Pull the ref's newest commit and tree; with `history`, first the metadata of that many parents."""
         remote, _, ref = refspec.rpartition(":")
         if not remote:
             raise BackendError("failed", f"origin {refspec!r} names no remote; nothing to pull from")
+        if history:
+            await run(
+                [
+                    "ostree",
+                    f"--repo={self.repo_path}",
+                    "pull",
+                    "--commit-metadata-only",
+                    f"--depth={history}",
+                    remote,
+                    ref,
+                ],
+                timeout,
+                f"pull {refspec}",
+            )
         await run(["ostree", f"--repo={self.repo_path}", "pull", remote, ref], timeout, f"pull {refspec}")
 
     async def deploy(self, checksum: str, refspec: str, timeout: float) -> None:

@@ -16,7 +16,7 @@ from lifsea_tui.agent.audit import STARTED, AuditLog, AuditUnavailable
 from lifsea_tui.agent.auth import Identity
 from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
-from lifsea_tui.agent.ostree import OstreeBackend
+from lifsea_tui.agent.ostree import HISTORY_DEPTH, OstreeBackend
 from lifsea_tui.agent.systemd import SystemdBackend
 from lifsea_tui.api import Deployment, EventKind, UpdateState, UpdateStatus, UpdateTarget
 
@@ -191,7 +191,7 @@ class UpdateManager:
         async def work() -> dict[str, Any]:
             self._refspec = refspec
             try:
-                await self.ostree.pull(refspec, self.pull_timeout)
+                await self.ostree.pull(refspec, self.pull_timeout, history=HISTORY_DEPTH)
             except BackendError as error:
                 self._set(UpdateState.failed, error.detail)
                 lowered = error.detail.lower()

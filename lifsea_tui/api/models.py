@@ -120,7 +120,9 @@ class UpdateStatus(BaseModel):
 
 
 class ActionRequest(Strict):
-    reason: str = Field(min_length=1, max_length=REASON_MAX, pattern=r"\S")
+    # Not only blanks. Spelled out in ASCII so that every regex engine that reads the schema (Python's,
+    # the Rust one pydantic validates with, a client's JavaScript) agrees on what it accepts.
+    reason: str = Field(min_length=1, max_length=REASON_MAX, pattern=r"[^ \t\n\r\f\v]")
 
 
 class StageRequest(ActionRequest):

@@ -1,0 +1,123 @@
+"""Many nodes at once: concurrent refreshes with a bound, per-node timeouts, and backoff for dead nodes.
+
+A node that does not answer never holds up the others: every node is refreshed in its own task, results
+are handed back as each one completes, and a node that keeps failing is asked less often (up to once a
+minute) until it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from lifsea_tui.api import Deployment, NodeInfo, UpdateStatus
+from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
+
+BACKOFF_START = 2.0
+BACKOFF_MAX = 60.0
+
+
+@dataclass
+class NodeSnapshot:
+    """What the console knows of one node: its last good answers, and why the last try failed if it did."""
+
+    name: str
+    url: str
+    problem: str | None = None  # None when the last refresh succeeded
+    info: NodeInfo | None = None
+    deployments: list[Deployment] = field(default_factory=list)
+    update: UpdateStatus | None = None
+    latency_ms: float | None = None
+    last_seen: float | None = None  # wall-clock time of the last good answer
+    failures: int = 0
+    refreshing: bool = False
+
+    @property
+    def reachable(self) -> bool:
+        return self.problem is None and self.last_seen is not None
+
+    @property
+    def booted(self) -> Deployment | None:
+        return next((d for d in self.deployments if d.booted), None)
+
+    @property
+    def pending(self) -> Deployment | None:
+        return next((d for d in self.deployments if d.pending), None)
+
+    @property
+    def booted_version(self) -> str | None:
+        booted = self.booted
+        return (booted.version or booted.checksum[:10]) if booted else None
+
+
+def version_drift(snapshots: Iterable[NodeSnapshot]) -> dict[str, int]:
+    """How many nodes run each booted version ('unknown' for nodes not heard from), most common first."""
+    counts: dict[str, int] = {}
+    for snapshot in snapshots:
+        version = snapshot.booted_version or "unknown"
+        counts[version] = counts.get(version, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+class Fleet:
+    def __init__(self, targets: list[NodeTarget], *, concurrency: int = 64) -> None:
+        self.clients = {target.name: NodeClient(target) for target in targets}
+        self.snapshots = {target.name: NodeSnapshot(target.name, target.url) for target in targets}
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._next_try: dict[str, float] = {}
+
+    def client(self, name: str) -> NodeClient:
+        return self.clients[name]
+
+    async def refresh_node(self, name: str) -> NodeSnapshot:
+        snapshot = self.snapshots[name]
+        client = self.clients[name]
+        snapshot.refreshing = True
+        async with self._semaphore:
+            started = time.perf_counter()
+            try:
+                info, deployments, update = await asyncio.gather(client.node(), client.deployments(), client.upgrades())
+            except NodeError as error:
+                snapshot.problem = str(error)
+                snapshot.failures += 1
+                delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (snapshot.failures - 1))
+                self._next_try[name] = time.monotonic() + delay
+            else:
+                snapshot.latency_ms = (time.perf_counter() - started) * 1000
+                snapshot.info, snapshot.deployments, snapshot.update = info, deployments.deployments, update
+                snapshot.problem = None
+                snapshot.failures = 0
+                snapshot.last_seen = time.time()
+                self._next_try.pop(name, None)
+            finally:
+                snapshot.refreshing = False
+        return snapshot
+
+    async def refresh(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        force: bool = False,
+        on_result: Callable[[NodeSnapshot], Awaitable[None] | None] | None = None,
+    ) -> None:
+        """Refresh nodes concurrently (all, or `names`), skipping nodes in backoff unless `force`."""
+        now = time.monotonic()
+        chosen = [
+            name
+            for name in (names if names is not None else self.snapshots)
+            if force or self._next_try.get(name, 0) <= now
+        ]
+
+        async def one(name: str) -> None:
+            snapshot = await self.refresh_node(name)
+            if on_result is not None:
+                result = on_result(snapshot)
+                if result is not None:
+                    await result
+
+        await asyncio.gather(*(one(name) for name in chosen))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self.clients.values()))

@@ -1,0 +1,115 @@
+"""Which nodes the console talks to: an inventory file, the user's config, or the running lab.
+
+Inventory and config files are TOML with one [[nodes]] table per node:
+
+    [[nodes]]
+    name = "edge-7"
+    url = "https://10.0.0.7:7443"
+    ca_file = "/etc/lifsea/ca.pem"         # optional: the system's CAs otherwise
+    token_file = "~/.config/lifsea-tui/edge.token"   # or token_env = "LIFSEA_TOKEN", or token = "..."
+    timeout = 10                            # seconds, optional
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from lifsea_tui.client.node import NodeTarget
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class InventoryError(Exception):
+    pass
+
+
+def _token(entry: dict[str, Any], where: str, base: Path) -> str:
+    if isinstance(entry.get("token"), str) and entry["token"]:
+        return str(entry["token"])
+    if isinstance(entry.get("token_env"), str):
+        value = os.environ.get(entry["token_env"], "").strip()
+        if not value:
+            raise InventoryError(f"{where}: environment variable {entry['token_env']} is empty or unset")
+        return value
+    if isinstance(entry.get("token_file"), str):
+        path = Path(entry["token_file"]).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            value = path.read_text().strip()
+        except OSError as error:
+            raise InventoryError(f"{where}: cannot read token file {path}: {error.strerror}") from error
+        if not value:
+            raise InventoryError(f"{where}: token file {path} is empty")
+        return value
+    raise InventoryError(f"{where}: needs token_file, token_env or token")
+
+
+def parse(data: dict[str, Any], source: str, base: Path) -> list[NodeTarget]:
+    nodes = data.get("nodes")
+    if not isinstance(nodes, list) or not nodes:
+        raise InventoryError(f"{source}: no [[nodes]] entries")
+    targets, names = [], set()
+    for index, entry in enumerate(nodes, start=1):
+        where = f"{source}: node {index}"
+        if not isinstance(entry, dict):
+            raise InventoryError(f"{where}: not a table")
+        name, url = entry.get("name"), entry.get("url")
+        if not isinstance(name, str) or not name:
+            raise InventoryError(f"{where}: needs a name")
+        where = f"{source}: node {name!r}"
+        if name in names:
+            raise InventoryError(f"{where}: the name is used twice")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise InventoryError(f"{where}: url must start with https://")
+        ca_file = entry.get("ca_file")
+        ca_path = None
+        if ca_file is not None:
+            ca_path = Path(str(ca_file)).expanduser()
+            ca_path = ca_path if ca_path.is_absolute() else base / ca_path
+            if not ca_path.exists():
+                raise InventoryError(f"{where}: CA file {ca_path} does not exist")
+        timeout = entry.get("timeout", DEFAULT_TIMEOUT)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise InventoryError(f"{where}: timeout must be a positive number of seconds")
+        names.add(name)
+        targets.append(
+            NodeTarget(
+                name=name,
+                url=url.rstrip("/"),
+                token=_token(entry, where, base),
+                ca_file=ca_path,
+                timeout=float(timeout),
+            )
+        )
+    return targets
+
+
+def from_file(path: Path) -> list[NodeTarget]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise InventoryError(f"inventory {path} does not exist") from error
+    except tomllib.TOMLDecodeError as error:
+        raise InventoryError(f"inventory {path}: {error}") from error
+    return parse(data, str(path), path.parent)
+
+
+def from_lab(role: str = "operator", lab_dir: Path | None = None) -> list[NodeTarget]:
+    """The running lab's nodes, as `lifsea-lab status --json` describes them."""
+    command = [sys.executable, "-m", "lifsea_tui.lab.cli"]
+    if lab_dir is not None:
+        command += ["--dir", str(lab_dir)]
+    result = subprocess.run([*command, "status", "--json"], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0 or not result.stdout.strip():
+        raise InventoryError("no running lab (start one with `lifsea-lab up`, or give --inventory FILE)")
+    status = json.loads(result.stdout)
+    return [
+        NodeTarget(name=node["name"], url=node["url"], token=node["tokens"][role], ca_file=Path(node["ca_file"]))
+        for node in status["nodes"]
+    ]

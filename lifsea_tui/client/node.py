@@ -1,0 +1,224 @@
+"""One node's API, over HTTPS with a bearer token; every failure becomes a NodeError that says why."""
+
+from __future__ import annotations
+
+import enum
+import json
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pydantic
+import websockets
+
+from lifsea_tui.api import (
+    AuditPage,
+    AuditVerify,
+    DeploymentList,
+    Event,
+    HistoryList,
+    NodeInfo,
+    OperationResult,
+    UpdateStatus,
+)
+from lifsea_tui.api import routes as r
+
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
+
+
+class Problem(enum.StrEnum):
+    """Why a node did not give an answer, in the words the console shows."""
+
+    unreachable = "unreachable"
+    timeout = "timeout"
+    tls = "TLS failure"
+    unauthorized = "unauthorized"
+    forbidden = "forbidden"
+    refused = "refused"
+    server_error = "server error"
+    bad_response = "bad response"
+
+
+class NodeError(Exception):
+    def __init__(self, problem: Problem, detail: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.problem = problem
+        self.detail = detail
+        self.status = status
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.problem}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    name: str
+    url: str
+    token: str
+    ca_file: Path | None = None
+    timeout: float = 10.0
+
+
+@lru_cache(maxsize=64)
+def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+    """One context per CA file: building one reads the CA bundle, which a fleet of a thousand shares."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+def _tls_failure(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "SSL" in str(error) or "certificate" in str(error).lower()
+
+
+class NodeClient:
+    def __init__(self, target: NodeTarget, *, max_connections: int = 4) -> None:
+        self.target = target
+        self._http = httpx.AsyncClient(
+            base_url=target.url,
+            verify=ssl_context(target.ca_file),
+            timeout=httpx.Timeout(target.timeout),
+            headers={"Authorization": f"Bearer {target.token}"},
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        model: type[ModelT],
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> ModelT:
+        try:
+            response = await self._http.request(
+                method,
+                path,
+                json=body,
+                params=params,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TimeoutException as error:
+            raise NodeError(Problem.timeout, f"no answer within {timeout or self.target.timeout:.0f} s") from error
+        except httpx.TransportError as error:
+            if _tls_failure(error):
+                raise NodeError(Problem.tls, str(error) or "TLS handshake failed") from error
+            raise NodeError(Problem.unreachable, str(error) or type(error).__name__) from error
+        if response.status_code >= 400:
+            raise self._http_error(response)
+        try:
+            return model.model_validate_json(response.content)
+        except pydantic.ValidationError as error:
+            problems = error.errors()
+            where = ".".join(str(part) for part in problems[0]["loc"]) if problems else "?"
+            what = problems[0]["msg"] if problems else "invalid"
+            raise NodeError(
+                Problem.bad_response,
+                f"answer does not match the API ({where}: {what})"[:300],
+                status=response.status_code,
+            ) from error
+
+    @staticmethod
+    def _http_error(response: httpx.Response) -> NodeError:
+        code, detail = None, response.reason_phrase or f"HTTP {response.status_code}"
+        try:
+            body = response.json()
+            if isinstance(body, dict) and isinstance(body.get("detail"), str):
+                code, detail = body.get("error"), body["detail"]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+        status = response.status_code
+        problem = {401: Problem.unauthorized, 403: Problem.forbidden}.get(status)
+        if problem is None:
+            problem = Problem.server_error if status >= 500 else Problem.refused
+        return NodeError(problem, f"{detail} (HTTP {status})", status=status, code=code)
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    async def node(self) -> NodeInfo:
+        return await self._request("GET", r.NODE, NodeInfo)
+
+    async def deployments(self) -> DeploymentList:
+        return await self._request("GET", r.DEPLOYMENTS, DeploymentList)
+
+    async def history(self) -> HistoryList:
+        return await self._request("GET", r.HISTORY, HistoryList)
+
+    async def upgrades(self) -> UpdateStatus:
+        return await self._request("GET", r.UPGRADES, UpdateStatus)
+
+    async def audit(self, *, before: int | None = None, after: int | None = None, limit: int = 100) -> AuditPage:
+        params = {
+            key: value for key, value in (("before", before), ("after", after), ("limit", limit)) if value is not None
+        }
+        return await self._request("GET", r.AUDIT, AuditPage, params=params)
+
+    async def audit_verify(self) -> AuditVerify:
+        return await self._request("GET", r.AUDIT_VERIFY, AuditVerify, timeout=60)
+
+    # -- actions (each needs a reason, which the node audits) ----------------------------------------------
+
+    async def action(self, name: str, reason: str, **extra: Any) -> OperationResult:
+        paths = {
+            "check": r.UPGRADES_CHECK,
+            "stage": r.UPGRADES_STAGE,
+            "cancel": r.UPGRADES_CANCEL,
+            "rollback": r.ROLLBACK,
+            "reboot": r.REBOOT,
+        }
+        # A check pulls from the update server and may take a while; the rest answer at once.
+        timeout = 300.0 if name == "check" else None
+        return await self._request(
+            "POST", paths[name], OperationResult, body={"reason": reason, **extra}, timeout=timeout
+        )
+
+    # -- events --------------------------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event | dict[str, Any]]:
+        """The node's pushed events: first its hello (a dict), then Event objects, until the socket closes."""
+        url = self.target.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + r.EVENTS
+        try:
+            async with websockets.connect(
+                url,
+                ssl=ssl_context(self.target.ca_file) if url.startswith("wss://") else None,
+                additional_headers={"Authorization": f"Bearer {self.target.token}"},
+                open_timeout=self.target.timeout,
+                max_size=8 * 1024 * 1024,
+            ) as socket:
+                async for message in socket:
+                    try:
+                        data = json.loads(message)
+                    except ValueError as error:
+                        raise NodeError(Problem.bad_response, "event is not JSON") from error
+                    if isinstance(data, dict) and data.get("kind") == "hello":
+                        yield data
+                        continue
+                    try:
+                        yield Event.model_validate(data)
+                    except pydantic.ValidationError as error:
+                        raise NodeError(Problem.bad_response, "event does not match the API") from error
+        except websockets.ConnectionClosedError as error:
+            code = error.rcvd.code if error.rcvd else None
+            reason = (error.rcvd.reason if error.rcvd else "") or "connection dropped"
+            problem = {r.CLOSE_UNAUTHORIZED: Problem.unauthorized, r.CLOSE_FORBIDDEN: Problem.forbidden}.get(
+                code or 0, Problem.unreachable
+            )
+            raise NodeError(problem, f"event stream closed: {reason}") from error
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as error:
+            problem = Problem.tls if _tls_failure(error) else Problem.unreachable
+            raise NodeError(problem, f"event stream: {error}") from error

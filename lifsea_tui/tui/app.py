@@ -1,0 +1,71 @@
+"""The console application: themes, keys, and the fleet it watches."""
+
+from __future__ import annotations
+
+from textual.app import App
+from textual.binding import Binding
+from textual.theme import Theme
+
+from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.tui import locations
+from lifsea_tui.tui.screens.fleet import FleetScreen
+from lifsea_tui.tui.themes import CONSOLE_VARIABLES, load_themes
+
+DEFAULT_THEME = "lifsea-dark"
+
+
+class LifseaApp(App[None]):
+    TITLE = "lifsea-tui"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit"),
+        Binding("colon", "command_palette", "Commands", key_display=":", id="palette"),
+        Binding("question_mark", "toggle_help", "Help", key_display="?", id="help"),
+    ]
+
+    def __init__(self, fleet: Fleet, *, read_only: bool = False, refresh_interval: float = 5.0) -> None:
+        super().__init__()
+        self.fleet = fleet
+        self.read_only = read_only
+        self.refresh_interval = refresh_interval
+        self.settings = locations.load_settings()
+        self._colours: tuple[str, dict[str, str]] | None = None
+        if read_only:
+            self.sub_title = "read-only"
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        return dict(CONSOLE_VARIABLES)
+
+    def colour(self, variable: str) -> str:
+        """A console colour variable of the current theme, as a Rich style string."""
+        if self._colours is None or self._colours[0] != self.theme:
+            self._colours = (self.theme, self.get_css_variables())
+        return self._colours[1].get(variable, "")
+
+    def on_mount(self) -> None:
+        themes, problems = load_themes(locations.SHIPPED_THEMES, locations.user_themes())
+        for theme in themes:
+            self.register_theme(theme)
+        if problems:
+            self.notify("Some themes were not loaded:\n" + "\n".join(problems), severity="warning", timeout=10)
+        wanted = self.settings.get("theme")
+        self.theme = wanted if isinstance(wanted, str) and wanted in self.available_themes else DEFAULT_THEME
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self.push_screen(FleetScreen())
+
+    def _remember_theme(self, theme: Theme) -> None:
+        if self.settings.get("theme") != theme.name:
+            self.settings["theme"] = theme.name
+            try:
+                locations.save_settings(self.settings)
+            except OSError as error:
+                self.notify(f"cannot save settings: {error}", severity="warning")
+
+    def action_toggle_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    async def on_unmount(self) -> None:
+        await self.fleet.aclose()

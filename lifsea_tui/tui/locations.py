@@ -1,0 +1,45 @@
+"""Paths of the user's world: config (inventory, themes) and remembered settings, in XDG directories."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_config_dir, user_state_dir
+
+# Shipped themes live in the project's top-level themes/ folder.
+SHIPPED_THEMES = Path(__file__).resolve().parents[2] / "themes"
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("LIFSEA_TUI_CONFIG_DIR") or user_config_dir("lifsea-tui"))
+
+
+def config_file() -> Path:
+    return config_dir() / "config.toml"
+
+
+def user_themes() -> Path:
+    return config_dir() / "themes"
+
+
+def settings_file() -> Path:
+    return Path(os.environ.get("LIFSEA_TUI_STATE_DIR") or user_state_dir("lifsea-tui")) / "settings.json"
+
+
+def load_settings() -> dict[str, Any]:
+    try:
+        value = json.loads(settings_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def save_settings(settings: dict[str, Any]) -> None:
+    path = settings_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""The console's screens: fleet, node, and the small modals they open."""

@@ -1,0 +1,329 @@
+"""The fleet: every node in one table, a version-drift summary, and actions on a selection of nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from lifsea_tui.client.fleet import NodeSnapshot, version_drift
+from lifsea_tui.client.node import NodeError
+from lifsea_tui.tui.screens.modals import ReasonModal
+
+if TYPE_CHECKING:
+    from lifsea_tui.tui.app import LifseaApp
+
+COLUMNS = (
+    ("sel", " "),
+    ("name", "Node"),
+    ("state", "Reachability"),
+    ("booted", "Booted"),
+    ("next", "Next boot"),
+    ("update", "Update"),
+    ("latency", "Latency"),
+    ("seen", "Last seen"),
+)
+SORTS = ("name", "state", "booted", "latency")
+ACTIONS = ("check", "stage", "cancel", "rollback", "reboot")
+BUSY_STATES = ("checking", "staging")
+
+
+def ago(when: float | None) -> str:
+    if when is None:
+        return "never"
+    seconds = max(0, int(time.time() - when))
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+class FleetScreen(Screen[None]):
+    BINDINGS = [
+        Binding("enter", "open", "Open", id="fleet-open", priority=True),
+        Binding("space", "toggle_select", "Select", id="fleet-select"),
+        Binding("a", "select_all", "Select all", id="fleet-select-all", show=False),
+        Binding("slash", "filter", "Filter", key_display="/", id="fleet-filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="fleet-clear"),
+        Binding("c", "act('check')", "Check", id="fleet-check"),
+        Binding("s", "act('stage')", "Stage", id="fleet-stage"),
+        Binding("x", "act('cancel')", "Cancel", id="fleet-cancel", show=False),
+        Binding("b", "act('rollback')", "Rollback", id="fleet-rollback"),
+        Binding("r", "act('reboot')", "Reboot", id="fleet-reboot"),
+        Binding("ctrl+r", "refresh_now", "Refresh", id="fleet-refresh"),
+        Binding("o", "sort", "Sort", id="fleet-sort"),
+    ]
+    DEFAULT_CSS = """
+    FleetScreen {
+        #drift { height: auto; padding: 0 1; background: $panel; }
+        #filter { display: none; }
+        #filter.shown { display: block; }
+        DataTable { height: 1fr; }
+    }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.selected: set[str] = set()
+        self.filter_text = ""
+        self.sort_index = 0
+        self._dirty: set[str] = set()
+        self._rebuild = True
+
+    @property
+    def lifsea(self) -> LifseaApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="drift")
+        yield Input(placeholder="filter nodes: name, version, state (esc clears)", id="filter", disabled=True)
+        table: DataTable[Text | str] = DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"{len(self.lifsea.fleet.snapshots)} nodes"
+        self.query_one("#nodes", DataTable).focus()
+        self.set_interval(0.2, self._flush)
+        self.set_interval(1.0, self._tick_ages)
+        self.refresh_loop()
+        self._flush()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "act" and self.lifsea.read_only:
+            return False
+        return True
+
+    # -- data ------------------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="fleet-refresh", exit_on_error=False)
+    async def refresh_loop(self) -> None:
+        fleet = self.lifsea.fleet
+        while True:
+            await fleet.refresh(on_result=self._changed)
+            busy = any(s.update and s.update.state in BUSY_STATES for s in fleet.snapshots.values())
+            await asyncio.sleep(1.0 if busy else self.lifsea.refresh_interval)
+
+    def _changed(self, snapshot: NodeSnapshot) -> None:
+        self._dirty.add(snapshot.name)
+
+    def _visible(self) -> list[NodeSnapshot]:
+        snapshots = list(self.lifsea.fleet.snapshots.values())
+        if self.filter_text:
+            needle = self.filter_text.lower()
+            snapshots = [s for s in snapshots if needle in " ".join(map(str, self._cells(s, plain=True))).lower()]
+        sort = SORTS[self.sort_index]
+        if sort == "state":
+            snapshots.sort(key=lambda s: (s.reachable, s.name))
+        elif sort == "booted":
+            snapshots.sort(key=lambda s: (s.booted_version or "", s.name))
+        elif sort == "latency":
+            snapshots.sort(key=lambda s: (s.latency_ms is None, s.latency_ms or 0.0))
+        else:
+            snapshots.sort(key=lambda s: s.name)
+        return snapshots
+
+    def _style(self, variable: str) -> str:
+        return self.lifsea.colour(variable)
+
+    def _cells(self, snapshot: NodeSnapshot, plain: bool = False) -> list[Text | str]:
+        if snapshot.problem:
+            state: Text | str = Text(f"✗ {snapshot.problem}"[:70], style=self._style("node-down"))
+        elif snapshot.reachable:
+            state = Text("● ok", style=self._style("node-ok"))
+        else:
+            state = Text("… connecting", style=self._style("node-unknown"))
+        booted = Text(snapshot.booted_version or "?", style=self._style("booted"))
+        pending = snapshot.pending
+        next_boot = Text(pending.version or pending.checksum[:10], style=self._style("pending")) if pending else ""
+        update = ""
+        if snapshot.update is not None:
+            update = snapshot.update.state.value
+            if snapshot.update.state.value == "available" and snapshot.update.targets:
+                update += f" → {snapshot.update.targets[0].version}"
+            if snapshot.update.state.value == "failed" and snapshot.update.last_error:
+                update += f": {snapshot.update.last_error[:40]}"
+        latency = f"{snapshot.latency_ms:.0f} ms" if snapshot.latency_ms is not None else ""
+        cells: list[Text | str] = [
+            "●" if snapshot.name in self.selected else " ",
+            snapshot.name,
+            state,
+            booted,
+            next_boot,
+            update,
+            latency,
+            ago(snapshot.last_seen),
+        ]
+        return [cell.plain if plain and isinstance(cell, Text) else cell for cell in cells]
+
+    def _flush(self) -> None:
+        """Repaint what changed since the last flush: a burst of node results costs one repaint."""
+        table = self.query_one("#nodes", DataTable)
+        if self._rebuild:
+            self._rebuild = False
+            self._dirty.clear()
+            cursor = self._cursor_name()
+            table.clear()
+            for snapshot in self._visible():
+                table.add_row(*self._cells(snapshot), key=snapshot.name)
+            if cursor is not None and cursor in table.rows:
+                table.move_cursor(row=table.get_row_index(cursor))
+        elif self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            if self.filter_text or SORTS[self.sort_index] != "name":
+                self._rebuild = True  # membership or order may have changed
+                self._flush()
+                return
+            for name in dirty:
+                if name not in table.rows:
+                    continue
+                for (key, _), cell in zip(COLUMNS, self._cells(self.lifsea.fleet.snapshots[name]), strict=True):
+                    table.update_cell(name, key, cell)
+        else:
+            return
+        self._update_drift()
+
+    def _tick_ages(self) -> None:
+        table = self.query_one("#nodes", DataTable)
+        for name, snapshot in self.lifsea.fleet.snapshots.items():
+            if name in table.rows:
+                table.update_cell(name, "seen", ago(snapshot.last_seen))
+
+    def _update_drift(self) -> None:
+        snapshots = list(self.lifsea.fleet.snapshots.values())
+        drift = version_drift(snapshots)
+        down = sum(1 for s in snapshots if s.problem)
+        parts = [f"{version}: {count}" for version, count in drift.items()]
+        text = Text("Versions  ", style="bold")
+        text.append("   ".join(parts))
+        if len([v for v in drift if v != "unknown"]) > 1:
+            text.append("   (drift)", style=self._style("pending"))
+        if down:
+            text.append(f"   {down} not answering", style=self._style("node-down"))
+        if self.selected:
+            text.append(f"   {len(self.selected)} selected", style="bold")
+        self.query_one("#drift", Static).update(text)
+
+    def _cursor_name(self) -> str | None:
+        table = self.query_one("#nodes", DataTable)
+        if table.row_count == 0:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return str(row_key.value)
+
+    # -- actions ---------------------------------------------------------------------------------------
+
+    @on(DataTable.RowSelected, "#nodes")
+    def _row_chosen(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_open(self) -> None:
+        name = self._cursor_name()
+        if name is not None:
+            from lifsea_tui.tui.screens.node import NodeScreen
+
+            self.app.push_screen(NodeScreen(name))
+
+    def action_toggle_select(self) -> None:
+        name = self._cursor_name()
+        if name is None:
+            return
+        self.selected.symmetric_difference_update({name})
+        self._dirty.add(name)
+        self._flush()
+
+    def action_select_all(self) -> None:
+        visible = {s.name for s in self._visible()}
+        self.selected = set() if visible <= self.selected else visible
+        self._rebuild = True
+        self._flush()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.disabled = False
+        box.add_class("shown")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self._rebuild = True
+        self._flush()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self.query_one("#nodes", DataTable).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.remove_class("shown")
+        box.disabled = True
+        self.query_one("#nodes", DataTable).focus()
+
+    def action_sort(self) -> None:
+        self.sort_index = (self.sort_index + 1) % len(SORTS)
+        self.notify(f"sorted by {SORTS[self.sort_index]}", timeout=2)
+        self._rebuild = True
+        self._flush()
+
+    def action_refresh_now(self) -> None:
+        self.run_worker(
+            self.lifsea.fleet.refresh(force=True, on_result=self._changed), group="fleet-manual", exit_on_error=False
+        )
+
+    def targets(self) -> list[str]:
+        if self.selected:
+            return sorted(self.selected)
+        name = self._cursor_name()
+        return [name] if name else []
+
+    def action_act(self, action: str) -> None:
+        nodes = self.targets()
+        if not nodes:
+            return
+
+        def chosen(reason: str | None) -> None:
+            if reason:
+                self.run_action(action, nodes, reason)
+
+        self.app.push_screen(ReasonModal(action, nodes), chosen)
+
+    @work(group="fleet-actions", exit_on_error=False)
+    async def run_action(self, action: str, nodes: list[str], reason: str) -> None:
+        fleet = self.lifsea.fleet
+        self.notify(f"{action} on {len(nodes)} node(s)…", timeout=3)
+
+        async def one(name: str) -> tuple[str, str | None]:
+            try:
+                result = await fleet.client(name).action(action, reason)
+            except NodeError as error:
+                return name, str(error)
+            finally:
+                await fleet.refresh_node(name)
+                self._dirty.add(name)
+            return name, None if result.accepted else "not accepted"
+
+        outcomes = await asyncio.gather(*(one(name) for name in nodes))
+        failed = [(name, why) for name, why in outcomes if why]
+        if failed:
+            lines = "\n".join(f"{name}: {why}" for name, why in failed[:8])
+            more = f"\n… and {len(failed) - 8} more" if len(failed) > 8 else ""
+            self.notify(
+                f"{action}: {len(nodes) - len(failed)} ok, {len(failed)} failed\n{lines}{more}",
+                severity="error",
+                timeout=15,
+            )
+        else:
+            self.notify(f"{action}: ok on {len(nodes)} node(s)", timeout=5)

@@ -1,0 +1,382 @@
+"""One node: overview, deployments and history, upgrades, audit; live from the node's event stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+
+from lifsea_tui.api import AuditPage, Deployment, HistoryList, NodeInfo, UpdateStatus
+from lifsea_tui.client.node import NodeError
+from lifsea_tui.tui.screens.modals import ReasonModal
+
+if TYPE_CHECKING:
+    from lifsea_tui.tui.app import LifseaApp
+
+POLL_SECONDS = 3.0
+AUDIT_PAGE = 50
+
+
+def _short(checksum: str | None) -> str:
+    return checksum[:12] if checksum else "?"
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "?"
+
+
+class NodeScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", id="node-back"),
+        Binding("c", "act('check')", "Check", id="node-check"),
+        Binding("s", "act('stage')", "Stage", id="node-stage"),
+        Binding("x", "act('cancel')", "Cancel update", id="node-cancel"),
+        Binding("b", "act('rollback')", "Rollback", id="node-rollback"),
+        Binding("r", "act('reboot')", "Reboot", id="node-reboot"),
+        Binding("v", "verify", "Verify audit", id="node-verify"),
+        Binding("n", "older", "Older audit", id="node-older", show=False),
+        Binding("p", "newer", "Newer audit", id="node-newer", show=False),
+        Binding("ctrl+r", "reload", "Refresh", id="node-refresh"),
+    ]
+    DEFAULT_CSS = """
+    NodeScreen {
+        #live { height: 1; padding: 0 1; background: $panel; }
+        .note { padding: 0 1; color: $text-muted; }
+        .problem { padding: 0 1; color: $error; }
+        DataTable { height: auto; max-height: 16; }
+        #history { max-height: 12; }
+        #audit-table { height: 1fr; max-height: 100%; }
+    }
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.node_name = name
+        self.audit_before: int | None = None
+        self.audit_page: AuditPage | None = None
+        self.live_text = "connecting…"
+
+    @property
+    def lifsea(self) -> LifseaApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(self.live_text, id="live")
+        with TabbedContent(id="tabs"):
+            with TabPane("Overview", id="tab-overview"), VerticalScroll():
+                yield Static("loading…", id="overview")
+            with TabPane("Deployments & history", id="tab-deployments"), VerticalScroll():
+                deployments: DataTable[Text | str] = DataTable(id="deployments", cursor_type="row")
+                for label in ("#", "Version", "Checksum", "State", "Origin", "Committed", "Subject"):
+                    deployments.add_column(label, key=label)
+                yield deployments
+                yield Static("", id="deployment-detail", classes="note")
+                yield Static("History", classes="note")
+                history: DataTable[str] = DataTable(id="history", cursor_type="row")
+                for label in ("When", "Event", "Version", "Who", "Why"):
+                    history.add_column(label, key=label)
+                yield history
+            with TabPane("Upgrades", id="tab-upgrades"), VerticalScroll():
+                yield Static("loading…", id="upgrades")
+            with TabPane("Audit", id="tab-audit"):
+                yield Static("", id="chain", classes="note")
+                audit: DataTable[str] = DataTable(id="audit-table", cursor_type="row")
+                for label in ("Seq", "Time", "Actor", "Role", "Action", "Reason", "Outcome"):
+                    audit.add_column(label, key=label)
+                yield audit
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"node {self.node_name}"
+        self.load()
+        self.follow()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "act" and self.lifsea.read_only:
+            return False
+        return True
+
+    # -- loading ---------------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="node-load", exit_on_error=False)
+    async def load(self) -> None:
+        client = self.lifsea.fleet.client(self.node_name)
+        results = await asyncio.gather(
+            client.node(),
+            client.deployments(),
+            client.history(),
+            client.upgrades(),
+            client.audit(before=self.audit_before, limit=AUDIT_PAGE),
+            return_exceptions=True,
+        )
+        info, deployments, history, update, audit = results
+        self._show_overview(info)
+        self._show_deployments(deployments, update)
+        self._show_history(history)
+        self._show_upgrades(update)
+        self._show_audit(audit)
+        self.lifsea.fleet.snapshots[self.node_name].deployments = (
+            deployments.deployments
+            if not isinstance(deployments, BaseException)
+            else self.lifsea.fleet.snapshots[self.node_name].deployments
+        )
+
+    @work(exclusive=True, group="node-follow", exit_on_error=False)
+    async def follow(self) -> None:
+        """Reload when the node pushes a change; poll while its event stream is down."""
+        client = self.lifsea.fleet.client(self.node_name)
+        while True:
+            try:
+                async for event in client.events():
+                    self._set_live("live: following the node's events")
+                    if not isinstance(event, dict):
+                        self.load()
+            except NodeError as error:
+                self._set_live(f"polling every {POLL_SECONDS:.0f} s (event stream: {error})")
+            await asyncio.sleep(POLL_SECONDS)
+            self.load()
+
+    def _set_live(self, text: str) -> None:
+        if text != self.live_text:
+            self.live_text = text
+            self.query_one("#live", Static).update(text)
+
+    def _problem(self, widget_id: str, error: BaseException) -> None:
+        self.query_one(widget_id, Static).update(Text(f"✗ {error}", style=self.lifsea.colour("node-down")))
+
+    def _show_overview(self, info: NodeInfo | BaseException) -> None:
+        if isinstance(info, BaseException):
+            self._problem("#overview", info)
+            return
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        uptime = f"{info.uptime_seconds / 3600:.1f} h" if info.uptime_seconds is not None else "?"
+        for label, value in (
+            ("Name", info.name),
+            ("OS", f"{info.os_name or '?'} {info.os_version or ''}"),
+            ("Booted commit", info.booted_checksum or "unknown"),
+            ("Kernel", info.kernel),
+            ("Uptime", uptime),
+            ("Machine id", info.machine_id or "?"),
+            ("Agent", info.agent_version),
+        ):
+            table.add_row(label, value)
+        table.add_row("", "")
+        table.add_row("Capabilities", "")
+        for name, capability in sorted(info.capabilities.items()):
+            mark = (
+                Text("✓ " + name, style=self.lifsea.colour("node-ok"))
+                if capability.available
+                else Text("✗ " + name, style=self.lifsea.colour("node-down"))
+            )
+            table.add_row(mark, capability.reason or "")
+        self.query_one("#overview", Static).update(table)
+
+    def _show_deployments(self, listing: Any, update: Any) -> None:
+        table = self.query_one("#deployments", DataTable)
+        detail = self.query_one("#deployment-detail", Static)
+        table.clear()
+        if isinstance(listing, BaseException):
+            detail.update(Text(f"✗ {listing}", style=self.lifsea.colour("node-down")))
+            return
+        for deployment in listing.deployments:
+            table.add_row(
+                str(deployment.index),
+                deployment.version or "?",
+                _short(deployment.checksum),
+                self._flags(deployment),
+                deployment.origin_refspec or "",
+                _when(deployment.timestamp),
+                deployment.subject or "",
+                key=deployment.checksum + str(deployment.serial),
+            )
+        note = "" if listing.booted_known else "The booted deployment cannot be determined (node down?). "
+        if isinstance(update, UpdateStatus) and update.targets and update.targets[0].diff:
+            target, diff = update.targets[0], update.targets[0].diff
+            note += (
+                f"Update {target.version} against booted: {diff.added} added, {diff.modified} changed, "
+                f"{diff.removed} removed files"
+            )
+            if diff.packages_added or diff.packages_removed or diff.packages_changed:
+                note += (
+                    f"; packages +{len(diff.packages_added)} -{len(diff.packages_removed)} "
+                    f"~{len(diff.packages_changed)}"
+                )
+        detail.update(note)
+
+    def _flags(self, deployment: Deployment) -> Text:
+        text = Text()
+        for flag, variable in (
+            ("booted", "booted"),
+            ("pending", "pending"),
+            ("rollback", "node-unknown"),
+            ("pinned", "node-unknown"),
+        ):
+            if getattr(deployment, flag):
+                text.append(f"{flag} ", style=self.lifsea.colour(variable))
+        if deployment.default and not deployment.pending:
+            text.append("default")
+        return text
+
+    def _show_history(self, history: HistoryList | BaseException) -> None:
+        table = self.query_one("#history", DataTable)
+        table.clear()
+        if isinstance(history, BaseException):
+            table.add_row("", f"✗ {history}", "", "", "")
+            return
+        for entry in history.entries[:200]:
+            table.add_row(
+                _when(entry.time),
+                entry.event,
+                entry.version or _short(entry.checksum),
+                entry.actor or "",
+                entry.reason or "",
+            )
+
+    def _show_upgrades(self, update: UpdateStatus | BaseException) -> None:
+        if isinstance(update, BaseException):
+            self._problem("#upgrades", update)
+            return
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        state = Text(
+            update.state.value,
+            style=self.lifsea.colour(
+                "pending"
+                if update.state.value in ("available", "staged", "checking", "staging")
+                else "node-down"
+                if update.state.value == "failed"
+                else "node-ok"
+            ),
+        )
+        if update.operation:
+            state.append(f"  ({update.operation} running…)")
+        table.add_row("State", state)
+        table.add_row("Follows", update.refspec or "?")
+        table.add_row("Last checked", _when(update.last_checked) if update.last_checked else "never")
+        if update.last_error:
+            table.add_row("Last error", Text(update.last_error, style=self.lifsea.colour("node-down")))
+        table.add_row("", "")
+        if not update.targets:
+            table.add_row("Targets", "none known: press c to check")
+        for target in update.targets:
+            table.add_row(
+                f"→ {target.version or _short(target.checksum)}", f"{_when(target.timestamp)}  {target.subject or ''}"
+            )
+            if target.diff:
+                diff = target.diff
+                table.add_row("", f"{diff.added} added, {diff.modified} changed, {diff.removed} removed files")
+                for line in diff.sample:
+                    table.add_row("", Text(line, style="dim"))
+                for package in diff.packages_added:
+                    table.add_row("", f"+ {package}")
+                for package in diff.packages_removed:
+                    table.add_row("", f"- {package}")
+                for package in diff.packages_changed:
+                    table.add_row("", f"~ {package}")
+        table.add_row("", "")
+        table.add_row("Keys", "c check · s stage · x cancel staged · b rollback · r reboot")
+        self.query_one("#upgrades", Static).update(table)
+
+    def _show_audit(self, page: AuditPage | BaseException) -> None:
+        table = self.query_one("#audit-table", DataTable)
+        table.clear()
+        if isinstance(page, BaseException):
+            self._problem("#chain", page)
+            return
+        self.audit_page = page
+        for record in reversed(page.records):
+            outcome_style = (
+                self.lifsea.colour("node-down")
+                if record.outcome.startswith(("refused", "failed", "interrupted"))
+                else ""
+            )
+            table.add_row(
+                str(record.seq),
+                _when(record.time),
+                record.actor,
+                record.role or "",
+                record.action,
+                record.reason or "",
+                Text(record.outcome, style=outcome_style),
+            )
+        first = page.records[0].seq if page.records else None
+        where = "newest" if self.audit_before is None else f"before {self.audit_before}"
+        self.query_one("#chain", Static).update(
+            f"{len(page.records)} records ({where}); head seq {page.head_seq} · n older · p newer · v verify chain"
+            + (f" · oldest shown {first}" if first is not None else "")
+        )
+
+    # -- actions ---------------------------------------------------------------------------------------
+
+    def action_reload(self) -> None:
+        self.load()
+
+    def action_older(self) -> None:
+        if self.audit_page and self.audit_page.records and self.audit_page.records[0].seq > 0:
+            self.audit_before = self.audit_page.records[0].seq
+            self.load()
+
+    def action_newer(self) -> None:
+        if self.audit_before is not None:
+            newer = self.audit_before + AUDIT_PAGE
+            self.audit_before = None if self.audit_page is None or newer > self.audit_page.head_seq else newer
+            self.load()
+
+    @work(group="node-verify", exit_on_error=False)
+    async def action_verify(self) -> None:
+        chain = self.query_one("#chain", Static)
+        chain.update("verifying the audit chain…")
+        try:
+            result = await self.lifsea.fleet.client(self.node_name).audit_verify()
+        except NodeError as error:
+            chain.update(Text(f"✗ cannot verify: {error}", style=self.lifsea.colour("node-down")))
+            return
+        if result.ok:
+            chain.update(
+                Text(
+                    f"✓ chain verified: {result.records} records, head {result.head_seq}",
+                    style=self.lifsea.colour("node-ok"),
+                )
+            )
+        else:
+            chain.update(
+                Text(
+                    f"✗ CHAIN BROKEN at record {result.first_bad_seq}: {result.problem}",
+                    style=self.lifsea.colour("node-down"),
+                )
+            )
+
+    def action_act(self, action: str) -> None:
+        def chosen(reason: str | None) -> None:
+            if reason:
+                self.run_action(action, reason)
+
+        self.app.push_screen(ReasonModal(action, [self.node_name]), chosen)
+
+    @work(group="node-actions", exit_on_error=False)
+    async def run_action(self, action: str, reason: str) -> None:
+        self._set_live(f"{action}: sent…")
+        try:
+            result = await self.lifsea.fleet.client(self.node_name).action(action, reason)
+        except NodeError as error:
+            self.notify(f"{action} on {self.node_name}: {error}", severity="error", timeout=10)
+            self._set_live(f"{action} failed: {error}")
+        else:
+            self.notify(
+                f"{action} on {self.node_name}: {result.status.state.value} (audit record {result.audit_seq})",
+                timeout=6,
+            )
+            self._set_live(f"{action}: {result.status.state.value}")
+        self.load()
