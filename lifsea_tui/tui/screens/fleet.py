@@ -208,11 +208,11 @@ class FleetScreen(Screen[None]):
         text = Text("Versions  ", style="bold")
         text.append("   ".join(parts))
         if len([v for v in drift if v != "unknown"]) > 1:
-            text.append("   (drift)", style=self._style("pending"))
+            text.append("    (drift)", style=self._style("pending"))
         if down:
-            text.append(f"   {down} not answering", style=self._style("node-down"))
+            text.append(f"    {down} not answering", style=self._style("node-down"))
         if self.selected:
-            text.append(f"   {len(self.selected)} selected", style="bold")
+            text.append(f"    {len(self.selected)} selected", style="bold")
         self.query_one("#drift", Static).update(text)
 
     def _cursor_name(self) -> str | None:

@@ -26,7 +26,7 @@ class ReasonModal(ModalScreen[str | None]):
     ReasonModal {
         align: center middle;
         & > Vertical {
-            width: 72; height: auto; padding: 1 2;
+            width: 72; height: auto; padding: 1 2; overflow: hidden;
             border: thick $warning; background: $panel;
         }
         #title { text-style: bold; color: $warning; }

@@ -49,6 +49,8 @@ class NodeScreen(Screen[None]):
     DEFAULT_CSS = """
     NodeScreen {
         #live { height: 1; padding: 0 1; background: $panel; }
+        #tabs { height: 1fr; }
+        TabPane { height: 1fr; }
         .note { padding: 0 1; color: $text-muted; }
         .problem { padding: 0 1; color: $error; }
         DataTable { height: auto; max-height: 16; }

@@ -1,0 +1,199 @@
+"""A fleet with fixed answers, for snapshot tests only.
+
+Snapshots compare pictures, so every figure on screen must be the same on every run: latencies, times
+and checksums here are fixed. The behaviour behind these screens is tested against real agents and lab
+nodes elsewhere; this stands in for the network so that the pictures are stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from lifsea_tui.api import (
+    AuditPage,
+    AuditRecord,
+    AuditVerify,
+    Capability,
+    Deployment,
+    DeploymentList,
+    DiffSummary,
+    HistoryEntry,
+    HistoryList,
+    NodeInfo,
+    UpdateState,
+    UpdateStatus,
+    UpdateTarget,
+)
+from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.node import NodeError, NodeTarget, Problem
+
+T0 = datetime(2026, 11, 26, 3, 0, 0, tzinfo=UTC)
+OLD, NEW = "a" * 64, "b" * 64
+
+
+def deployment(index: int, checksum: str, version: str, **flags: bool) -> Deployment:
+    return Deployment(
+        index=index,
+        osname="lifsea",
+        checksum=checksum,
+        serial=0,
+        version=version,
+        timestamp=T0,
+        subject=f"LifseaOS {version}",
+        origin_refspec="lab:lifsea/x86_64/stable",
+        booted=flags.get("booted", False),
+        default=index == 0,
+        pending=flags.get("pending", False),
+        rollback=flags.get("rollback", False),
+        pinned=False,
+    )
+
+
+DEPLOYMENTS = [deployment(0, NEW, "1.1", pending=True), deployment(1, OLD, "1.0", booted=True)]
+UPDATE = UpdateStatus(
+    state=UpdateState.staged,
+    refspec="lab:lifsea/x86_64/stable",
+    booted_checksum=OLD,
+    targets=[
+        UpdateTarget(
+            checksum=NEW,
+            version="1.1",
+            timestamp=T0,
+            subject="LifseaOS 1.1: security fixes",
+            diff=DiffSummary(
+                added=2,
+                modified=3,
+                removed=1,
+                sample=["M /usr/lib/os-release", "A /usr/etc/motd"],
+                packages_added=["lifsea-release 1.1"],
+                packages_removed=[],
+                packages_changed=["openssl 3.0.13 -> 3.0.14"],
+            ),
+        )
+    ],
+    operation=None,
+    last_error=None,
+    last_checked=T0,
+    changed_at=T0,
+)
+
+
+class FrozenClient:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def node(self) -> NodeInfo:
+        return NodeInfo(
+            name=self.name,
+            machine_id="0" * 32,
+            os_name="LifseaOS",
+            os_version="1.0",
+            kernel="6.1.0-lifsea",
+            uptime_seconds=5400.0,
+            agent_version="0.1.0",
+            booted_checksum=OLD,
+            capabilities={
+                "deployments": Capability(available=True),
+                "reboot": Capability(available=True),
+                "ops_shell": Capability(available=False, reason="not built into this agent version yet"),
+            },
+        )
+
+    async def deployments(self) -> DeploymentList:
+        return DeploymentList(deployments=DEPLOYMENTS, booted_known=True)
+
+    async def history(self) -> HistoryList:
+        return HistoryList(
+            entries=[
+                HistoryEntry(
+                    time=T0,
+                    event="deployed",
+                    checksum=NEW,
+                    version="1.1",
+                    actor="alice",
+                    reason="CHG-7 security fixes",
+                    audit_seq=3,
+                ),
+                HistoryEntry(
+                    time=T0, event="booted", checksum=OLD, version="1.0", actor="system", reason=None, audit_seq=0
+                ),
+            ]
+        )
+
+    async def upgrades(self) -> UpdateStatus:
+        return UPDATE
+
+    async def audit(self, **_: Any) -> AuditPage:
+        records = [
+            AuditRecord(
+                seq=seq,
+                time=T0,
+                node=self.name,
+                actor=actor,
+                role=role,
+                action=action,
+                reason=reason,
+                params={},
+                outcome=outcome,
+                prev="0" * 64,
+                hash=f"{seq:064x}",
+            )
+            for seq, actor, role, action, reason, outcome in (
+                (0, "system", None, "node.booted", None, "ok"),
+                (1, "alice", "operator", "upgrade.check", "CHG-7 security fixes", "ok"),
+                (2, "bob", "reader", "rollback", None, "refused: bob has role reader"),
+                (3, "alice", "operator", "upgrade.stage", "CHG-7 security fixes", "ok"),
+            )
+        ]
+        return AuditPage(records=records, head_seq=3, head_hash=f"{3:064x}")
+
+    async def audit_verify(self) -> AuditVerify:
+        return AuditVerify(ok=True, records=4, head_seq=3, head_hash=f"{3:064x}", first_bad_seq=None, problem=None)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        raise NodeError(Problem.unreachable, "frozen fleet has no event stream")
+        yield {}
+
+    async def aclose(self) -> None:
+        pass
+
+
+class FrozenFleet(Fleet):
+    def __init__(self) -> None:
+        names = ["edge-1", "edge-2", "edge-3", "edge-4"]
+        super().__init__([NodeTarget(name=name, url=f"https://{name}:7443", token="t") for name in names])
+        self.clients = {name: FrozenClient(name) for name in names}  # type: ignore[misc]
+        future = 4_000_000_000.0  # "0s ago" on every run
+        for index, name in enumerate(names):
+            snapshot = self.snapshots[name]
+            if name == "edge-4":
+                snapshot.problem = "timeout: no answer within 10 s"
+                continue
+            snapshot.deployments = (
+                DEPLOYMENTS
+                if name == "edge-1"
+                else [deployment(0, OLD if index else NEW, "1.0" if index else "1.1", booted=True)]
+            )
+            snapshot.update = (
+                UPDATE
+                if name == "edge-1"
+                else UpdateStatus(
+                    state=UpdateState.idle,
+                    refspec=None,
+                    booted_checksum=None,
+                    targets=[],
+                    operation=None,
+                    last_error=None,
+                    last_checked=None,
+                    changed_at=T0,
+                )
+            )
+            snapshot.latency_ms = 12.0 + index
+            snapshot.last_seen = future
+
+    async def refresh(self, names: Iterable[str] | None = None, *, force: bool = False, on_result: Any = None) -> None:
+        for snapshot in self.snapshots.values():
+            if on_result is not None:
+                on_result(snapshot)

@@ -1,0 +1,174 @@
+"""Dead, slow, TLS-failing, unauthorized and misbehaving nodes: each gets its own reason, none holds up the
+others, and the console shows every one in its own row without a traceback."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable
+
+from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget, Problem
+from lifsea_tui.lab import certs
+from lifsea_tui.tui.app import LifseaApp
+from tests.helpers import RunningAgent
+from tests.misbehaving import MODES, MisbehavingNode
+
+TIMEOUT = 1.5  # the console's per-node timeout in these tests (10 s by default)
+
+
+@pytest.fixture
+def bad_nodes(tmp_path: Path, agent: RunningAgent) -> Iterator[dict[str, NodeTarget]]:
+    """The good agent plus one node per failure mode, all on loopback."""
+    ca = agent.ca_file
+    cert, key = certs.issue(agent.ca_file.parent, tmp_path / "bad", "bad")
+    nodes = {mode: MisbehavingNode(mode, cert, key, slow_seconds=30) for mode in MODES}
+    stranger_cert, stranger_key = certs.issue(tmp_path / "other-ca", tmp_path / "stranger", "stranger")
+    nodes["tls"] = MisbehavingNode("garbage", stranger_cert, stranger_key)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    token = agent.tokens["operator"]
+    targets = {
+        mode: NodeTarget(name=mode, url=node.url, token=token, ca_file=ca, timeout=TIMEOUT)
+        for mode, node in nodes.items()
+    }
+    targets["unreachable"] = NodeTarget(
+        name="unreachable", url=f"https://127.0.0.1:{dead}", token=token, ca_file=ca, timeout=TIMEOUT
+    )
+    targets["good"] = NodeTarget(name="good", url=agent.url, token=token, ca_file=ca, timeout=TIMEOUT)
+    yield targets
+    for node in nodes.values():
+        node.stop()
+
+
+EXPECTED = {
+    "slow": Problem.timeout,
+    "garbage": Problem.bad_response,
+    "server-error": Problem.server_error,
+    "wrong-schema": Problem.bad_response,
+    "unauthorized": Problem.unauthorized,
+    "tls": Problem.tls,
+    "unreachable": Problem.unreachable,
+}
+
+
+async def test_each_fault_has_its_reason(bad_nodes: dict[str, NodeTarget]) -> None:
+    for mode, problem in EXPECTED.items():
+        client = NodeClient(bad_nodes[mode])
+        try:
+            with pytest.raises(NodeError) as raised:
+                await client.deployments()
+            assert raised.value.problem == problem, (mode, str(raised.value))
+        finally:
+            await client.aclose()
+
+
+async def test_fleet_refresh_is_not_held_up(bad_nodes: dict[str, NodeTarget]) -> None:
+    fleet = Fleet(list(bad_nodes.values()))
+    arrivals: list[tuple[str, float]] = []
+    started = time.monotonic()
+    await fleet.refresh(on_result=lambda s: arrivals.append((s.name, time.monotonic() - started)))
+    await fleet.aclose()
+    order = [name for name, _ in arrivals]
+    assert order[-1] == "slow"  # the only one that waits for its timeout
+    assert dict(arrivals)["good"] < TIMEOUT
+    assert fleet.snapshots["good"].reachable and fleet.snapshots["good"].booted_version == "1.0"
+    for mode, problem in EXPECTED.items():
+        assert fleet.snapshots[mode].problem and fleet.snapshots[mode].problem.startswith(str(problem)), mode
+    # A failing node backs off: an immediate second refresh leaves it alone, a forced one does not.
+    arrivals.clear()
+    fleet = Fleet(list(bad_nodes.values()))
+    await fleet.refresh()
+    await fleet.refresh(on_result=lambda s: arrivals.append((s.name, 0)))
+    assert {name for name, _ in arrivals} == {"good"}
+    await fleet.aclose()
+
+
+async def test_event_stream_dropped_mid_stream(bad_nodes: dict[str, NodeTarget]) -> None:
+    client = NodeClient(bad_nodes["ws-drop"])
+    received = []
+    with pytest.raises(NodeError) as raised:
+        async for event in client.events():
+            received.append(event)
+    await client.aclose()
+    assert received and received[0]["kind"] == "hello"
+    assert raised.value.problem == Problem.unreachable and "closed" in raised.value.detail
+
+
+async def test_console_shows_every_fault_in_its_row(
+    bad_nodes: dict[str, NodeTarget], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIFSEA_TUI_STATE_DIR", str(tmp_path / "state"))
+    app = LifseaApp(Fleet(list(bad_nodes.values())), refresh_interval=1.0)
+    async with app.run_test(size=(160, 40)) as pilot:
+        table = app.screen.query_one("#nodes", DataTable)
+        deadline = time.monotonic() + 10
+        # While the slow node hangs, the rest are shown and keys still work.
+        while not app.fleet.snapshots["good"].reachable:
+            assert time.monotonic() < deadline
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+        started = time.monotonic()
+        await pilot.press("o")
+        await pilot.pause()
+        assert time.monotonic() - started < 0.5
+        while not app.fleet.snapshots["slow"].problem:
+            assert time.monotonic() < deadline
+            await pilot.pause(0.1)
+        await pilot.pause(0.3)
+        cells = {str(table.get_row(name)[1]): str(getattr(table.get_row(name)[2], "plain", "")) for name in bad_nodes}
+        assert "ok" in cells["good"]
+        for mode, problem in EXPECTED.items():
+            assert str(problem) in cells[mode], (mode, cells[mode])
+        assert "Traceback" not in "".join(cells.values())
+    assert app.return_code in (None, 0)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "[[nodes]]\nname = 'a'\n",
+        "[[nodes]]\nname = 'a'\nurl = 'ftp://x'\ntoken = 't'\n",
+        "[[nodes]]\nname = 'a'\nurl = 'https://x'\ntoken_env = 'LIFSEA_NO_SUCH_VARIABLE'\n",
+        "[[nodes]]\nname = 'a'\nurl = 'https://x'\ntoken_file = 'missing.token'\n",
+        "[[nodes]]\nname = 'a'\nurl = 'https://x'\ntoken = 't'\n"
+        "[[nodes]]\nname = 'a'\nurl = 'https://y'\ntoken = 't'\n",
+        "not toml [",
+    ],
+)
+def test_bad_inventory_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    from lifsea_tui.client import inventory
+
+    path = tmp_path / "nodes.toml"
+    path.write_text(content)
+    with pytest.raises(inventory.InventoryError) as raised:
+        inventory.from_file(path)
+    assert str(path) in str(raised.value)
+
+
+def test_inventory_reads_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifsea_tui.client import inventory
+
+    (tmp_path / "a.token").write_text("secret-a\n")
+    monkeypatch.setenv("LIFSEA_TEST_TOKEN", "secret-b")
+    path = tmp_path / "nodes.toml"
+    path.write_text(
+        "[[nodes]]\nname = 'a'\nurl = 'https://a:7443/'\ntoken_file = 'a.token'\ntimeout = 3\n"
+        "[[nodes]]\nname = 'b'\nurl = 'https://b:7443'\ntoken_env = 'LIFSEA_TEST_TOKEN'\n"
+    )
+    a, b = inventory.from_file(path)
+    assert (a.name, a.url, a.token, a.timeout) == ("a", "https://a:7443", "secret-a", 3.0)
+    assert (b.token, b.timeout) == ("secret-b", 10.0)
+
+
+def test_cli_reports_a_bad_inventory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lifsea_tui.tui.cli import main
+
+    assert main(["--inventory", str(tmp_path / "nope.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
