@@ -30,7 +30,11 @@ def targets(status: dict, role: str = "operator") -> list[NodeTarget]:
 async def until(pilot: Pilot, what: str, condition: Callable[[], bool], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, (
+            f"timed out waiting for {what}; "
+            + "; ".join(n.message for n in pilot.app._notifications)
+            + f"; {pilot.app.screen}"
+        )
         await pilot.pause(0.1)
 
 
@@ -71,9 +75,8 @@ async def test_upgrade_and_rollback_from_the_keyboard(fleet: tuple[dict, dict[st
     assert published.returncode == 0, published.stderr
     app = LifseaApp(Fleet(targets(status)), refresh_interval=1.0)
     async with app.run_test(size=(140, 40)) as pilot:
-        snapshot = app.fleet.snapshots[node]
-        await until(pilot, "node2 answered", lambda: snapshot.reachable)
-        original = snapshot.booted_version
+        await until(pilot, "node2 answered", lambda: app.fleet.snapshots[node].reachable)
+        original = app.fleet.snapshots[node].booted_version
         table = app.screen.query_one("#nodes", DataTable)
         table.move_cursor(row=table.get_row_index(node))
         await pilot.press("enter")
@@ -131,7 +134,7 @@ async def test_upgrade_and_rollback_from_the_keyboard(fleet: tuple[dict, dict[st
         ):
             assert reason in reasons
         await pilot.press("v")
-        await until(pilot, "chain verified", lambda: "verified" in str(screen.query_one("#chain", Static).content))
+        await until(pilot, "chain verified", lambda: "verified" in str(screen.query_one("#verify", Static).content))
 
 
 async def test_read_only_hides_actions(fleet: tuple[dict, dict[str, str], Layout]) -> None:

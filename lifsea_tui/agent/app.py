@@ -35,6 +35,7 @@ from lifsea_tui.api import (
     EventKind,
     HistoryList,
     NodeInfo,
+    NodeSummary,
     OperationResult,
     StageRequest,
     UpdateStatus,
@@ -242,6 +243,18 @@ def create_app(config: AgentConfig) -> FastAPI:
         deployments, booted_known = await agent.ostree.deployments()
         agent.note_boot(deployments)
         return DeploymentList(deployments=deployments, booted_known=booted_known)
+
+    @api.get(r.SUMMARY)
+    async def get_summary(who: Caller) -> NodeSummary:
+        deployments, booted_known = await agent.ostree.deployments()
+        agent.note_boot(deployments)
+        head = agent.audit.head
+        return NodeSummary(
+            deployments=DeploymentList(deployments=deployments, booted_known=booted_known),
+            update=await agent.updates.status(),
+            audit_head_seq=head.seq,
+            audit_head_hash=head.hash if head.seq >= 0 else None,
+        )
 
     @api.get(r.HISTORY)
     async def get_history(who: Caller) -> HistoryList:

@@ -23,6 +23,7 @@ RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", r.OPENAPI): PUBLIC,
     ("GET", r.METRICS): READ,
     ("GET", r.NODE): READ,
+    ("GET", r.SUMMARY): READ,
     ("GET", r.DEPLOYMENTS): READ,
     ("GET", r.HISTORY): READ,
     ("GET", r.UPGRADES): READ,

@@ -119,6 +119,15 @@ class UpdateStatus(BaseModel):
     changed_at: datetime
 
 
+class NodeSummary(BaseModel):
+    """What a fleet view polls: deployments, update state and audit head in one cheap answer."""
+
+    deployments: DeploymentList
+    update: UpdateStatus
+    audit_head_seq: int
+    audit_head_hash: str | None
+
+
 class ActionRequest(Strict):
     # Not only blanks. Spelled out in ASCII so that every regex engine that reads the schema (Python's,
     # the Rust one pydantic validates with, a client's JavaScript) agrees on what it accepts.

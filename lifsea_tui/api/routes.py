@@ -1,6 +1,7 @@
 """Route paths of node API v1, named once for the agent and the client."""
 
 NODE = "/v1/node"
+SUMMARY = "/v1/summary"
 DEPLOYMENTS = "/v1/deployments"
 HISTORY = "/v1/history"
 UPGRADES = "/v1/upgrades"

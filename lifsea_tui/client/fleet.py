@@ -2,17 +2,20 @@
 
 A node that does not answer never holds up the others: every node is refreshed in its own task, results
 are handed back as each one completes, and a node that keeps failing is asked less often (up to once a
-minute) until it answers again.
+minute) until it answers again. A refresh is one request a node (/v1/summary) over a keep-alive
+connection. Each node has its own small HTTP client: one shared pool for a thousand hosts costs far more
+per request (its pool is searched linearly), measured at 20 s against 2 s for a 1,000-node refresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from lifsea_tui.api import Deployment, NodeInfo, UpdateStatus
+from lifsea_tui.api import Deployment, UpdateStatus
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 
 BACKOFF_START = 2.0
@@ -21,18 +24,21 @@ BACKOFF_MAX = 60.0
 
 @dataclass
 class NodeSnapshot:
-    """What the console knows of one node: its last good answers, and why the last try failed if it did."""
+    """What the console knows of one node: its last good answers, and why the last try failed if it did.
+
+    Replaced whole on every refresh, never changed in place, so a reader on another thread always sees
+    one consistent answer.
+    """
 
     name: str
     url: str
     problem: str | None = None  # None when the last refresh succeeded
-    info: NodeInfo | None = None
     deployments: list[Deployment] = field(default_factory=list)
     update: UpdateStatus | None = None
+    audit_head: tuple[int, str | None] | None = None
     latency_ms: float | None = None
     last_seen: float | None = None  # wall-clock time of the last good answer
     failures: int = 0
-    refreshing: bool = False
 
     @property
     def reachable(self) -> bool:
@@ -72,28 +78,29 @@ class Fleet:
         return self.clients[name]
 
     async def refresh_node(self, name: str) -> NodeSnapshot:
-        snapshot = self.snapshots[name]
-        client = self.clients[name]
-        snapshot.refreshing = True
+        old = self.snapshots[name]
         async with self._semaphore:
             started = time.perf_counter()
             try:
-                info, deployments, update = await asyncio.gather(client.node(), client.deployments(), client.upgrades())
+                summary = await self.clients[name].summary()
             except NodeError as error:
-                snapshot.problem = str(error)
-                snapshot.failures += 1
-                delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (snapshot.failures - 1))
-                self._next_try[name] = time.monotonic() + delay
+                failures = old.failures + 1
+                self._next_try[name] = time.monotonic() + min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1))
+                new = dataclasses.replace(old, problem=str(error), failures=failures)
             else:
-                snapshot.latency_ms = (time.perf_counter() - started) * 1000
-                snapshot.info, snapshot.deployments, snapshot.update = info, deployments.deployments, update
-                snapshot.problem = None
-                snapshot.failures = 0
-                snapshot.last_seen = time.time()
                 self._next_try.pop(name, None)
-            finally:
-                snapshot.refreshing = False
-        return snapshot
+                new = dataclasses.replace(
+                    old,
+                    problem=None,
+                    failures=0,
+                    deployments=summary.deployments.deployments,
+                    update=summary.update,
+                    audit_head=(summary.audit_head_seq, summary.audit_head_hash),
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    last_seen=time.time(),
+                )
+        self.snapshots[name] = new
+        return new
 
     async def refresh(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import ssl
@@ -22,6 +23,7 @@ from lifsea_tui.api import (
     Event,
     HistoryList,
     NodeInfo,
+    NodeSummary,
     OperationResult,
     UpdateStatus,
 )
@@ -85,12 +87,11 @@ class NodeClient:
     def __init__(self, target: NodeTarget, *, max_connections: int = 4) -> None:
         self.target = target
         self._http = httpx.AsyncClient(
-            base_url=target.url,
             verify=ssl_context(target.ca_file),
-            timeout=httpx.Timeout(target.timeout),
-            headers={"Authorization": f"Bearer {target.token}"},
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
+        self._headers = {"Authorization": f"Bearer {target.token}"}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -105,13 +106,20 @@ class NodeClient:
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> ModelT:
+        # Connections belong to the loop that opened them; a second loop would hang on them, silently.
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError(f"NodeClient for {self.target.name} used from a second event loop")
         try:
             response = await self._http.request(
                 method,
-                path,
+                self.target.url + path,
                 json=body,
                 params=params,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                headers=self._headers,
+                timeout=timeout or self.target.timeout,
             )
         except httpx.TimeoutException as error:
             raise NodeError(Problem.timeout, f"no answer within {timeout or self.target.timeout:.0f} s") from error
@@ -152,6 +160,9 @@ class NodeClient:
 
     async def node(self) -> NodeInfo:
         return await self._request("GET", r.NODE, NodeInfo)
+
+    async def summary(self) -> NodeSummary:
+        return await self._request("GET", r.SUMMARY, NodeSummary)
 
     async def deployments(self) -> DeploymentList:
         return await self._request("GET", r.DEPLOYMENTS, DeploymentList)

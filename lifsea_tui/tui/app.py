@@ -7,6 +7,7 @@ from textual.binding import Binding
 from textual.theme import Theme
 
 from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.netloop import NetworkLoop
 from lifsea_tui.tui import locations
 from lifsea_tui.tui.screens.fleet import FleetScreen
 from lifsea_tui.tui.themes import CONSOLE_VARIABLES, load_themes
@@ -26,6 +27,7 @@ class LifseaApp(App[None]):
     def __init__(self, fleet: Fleet, *, read_only: bool = False, refresh_interval: float = 5.0) -> None:
         super().__init__()
         self.fleet = fleet
+        self.net = NetworkLoop()
         self.read_only = read_only
         self.refresh_interval = refresh_interval
         self.settings = locations.load_settings()
@@ -68,4 +70,5 @@ class LifseaApp(App[None]):
             self.action_show_help_panel()
 
     async def on_unmount(self) -> None:
-        await self.fleet.aclose()
+        await self.net.run(self.fleet.aclose())
+        self.net.stop()

@@ -10,28 +10,29 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from lifsea_tui.client.fleet import NodeSnapshot, version_drift
 from lifsea_tui.client.node import NodeError
+from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import ReasonModal
 
 if TYPE_CHECKING:
     from lifsea_tui.tui.app import LifseaApp
 
+# Fixed widths: cells change all the time, and measuring a thousand rows on each change would cost more
+# than the repaint. Long reasons are cut here and shown whole on the node screen.
 COLUMNS = (
-    ("sel", " "),
-    ("name", "Node"),
-    ("state", "Reachability"),
-    ("booted", "Booted"),
-    ("next", "Next boot"),
-    ("update", "Update"),
-    ("latency", "Latency"),
-    ("seen", "Last seen"),
+    ("sel", " ", 1),
+    ("name", "Node", 16),
+    ("state", "Reachability", 44),
+    ("booted", "Booted", 10),
+    ("next", "Next boot", 10),
+    ("update", "Update", 24),
+    ("latency", "Latency", 8),
+    ("seen", "Last seen", 9),
 )
 SORTS = ("name", "state", "booted", "latency")
-ACTIONS = ("check", "stage", "cancel", "rollback", "reboot")
 BUSY_STATES = ("checking", "staging")
 
 
@@ -46,7 +47,7 @@ def ago(when: float | None) -> str:
     return f"{seconds // 3600}h ago"
 
 
-class FleetScreen(Screen[None]):
+class FleetScreen(ConsoleScreen):
     BINDINGS = [
         Binding("enter", "open", "Open", id="fleet-open", priority=True),
         Binding("space", "toggle_select", "Select", id="fleet-select"),
@@ -77,6 +78,7 @@ class FleetScreen(Screen[None]):
         self.sort_index = 0
         self._dirty: set[str] = set()
         self._rebuild = True
+        self._rebuilt_at = 0.0
 
     @property
     def lifsea(self) -> LifseaApp:
@@ -87,12 +89,13 @@ class FleetScreen(Screen[None]):
         yield Static("", id="drift")
         yield Input(placeholder="filter nodes: name, version, state (esc clears)", id="filter", disabled=True)
         table: DataTable[Text | str] = DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
         yield table
         yield Footer()
 
     def on_mount(self) -> None:
+        self._ui_loop = asyncio.get_running_loop()
         self.sub_title = f"{len(self.lifsea.fleet.snapshots)} nodes"
         self.query_one("#nodes", DataTable).focus()
         self.set_interval(0.2, self._flush)
@@ -111,12 +114,13 @@ class FleetScreen(Screen[None]):
     async def refresh_loop(self) -> None:
         fleet = self.lifsea.fleet
         while True:
-            await fleet.refresh(on_result=self._changed)
+            await self.lifsea.net.run(fleet.refresh(on_result=self._changed))
             busy = any(s.update and s.update.state in BUSY_STATES for s in fleet.snapshots.values())
             await asyncio.sleep(1.0 if busy else self.lifsea.refresh_interval)
 
     def _changed(self, snapshot: NodeSnapshot) -> None:
-        self._dirty.add(snapshot.name)
+        """Called on the network loop for each answer; the UI loop repaints on its next flush."""
+        self._ui_loop.call_soon_threadsafe(self._dirty.add, snapshot.name)
 
     def _visible(self) -> list[NodeSnapshot]:
         snapshots = list(self.lifsea.fleet.snapshots.values())
@@ -139,7 +143,7 @@ class FleetScreen(Screen[None]):
 
     def _cells(self, snapshot: NodeSnapshot, plain: bool = False) -> list[Text | str]:
         if snapshot.problem:
-            state: Text | str = Text(f"✗ {snapshot.problem}"[:70], style=self._style("node-down"))
+            state: Text | str = Text(f"✗ {snapshot.problem}", style=self._style("node-down"))
         elif snapshot.reachable:
             state = Text("● ok", style=self._style("node-ok"))
         else:
@@ -153,7 +157,7 @@ class FleetScreen(Screen[None]):
             if snapshot.update.state.value == "available" and snapshot.update.targets:
                 update += f" → {snapshot.update.targets[0].version}"
             if snapshot.update.state.value == "failed" and snapshot.update.last_error:
-                update += f": {snapshot.update.last_error[:40]}"
+                update += f": {snapshot.update.last_error}"
         latency = f"{snapshot.latency_ms:.0f} ms" if snapshot.latency_ms is not None else ""
         cells: list[Text | str] = [
             "●" if snapshot.name in self.selected else " ",
@@ -172,6 +176,7 @@ class FleetScreen(Screen[None]):
         table = self.query_one("#nodes", DataTable)
         if self._rebuild:
             self._rebuild = False
+            self._rebuilt_at = time.monotonic()
             self._dirty.clear()
             cursor = self._cursor_name()
             table.clear()
@@ -180,25 +185,37 @@ class FleetScreen(Screen[None]):
             if cursor is not None and cursor in table.rows:
                 table.move_cursor(row=table.get_row_index(cursor))
         elif self._dirty:
-            dirty, self._dirty = self._dirty, set()
             if self.filter_text or SORTS[self.sort_index] != "name":
-                self._rebuild = True  # membership or order may have changed
-                self._flush()
+                # Membership or order may have changed: rebuild, but at most once a second.
+                if time.monotonic() - self._rebuilt_at >= 1.0:
+                    self._rebuild = True
+                    self._flush()
                 return
+            # Only rows on screen are repainted now; the rest stay dirty until they scroll into view.
+            first = int(table.scroll_y)
+            visible = {str(row.key.value) for row in table.ordered_rows[first : first + table.size.height]}
+            dirty = self._dirty & visible
+            self._dirty -= dirty
             for name in dirty:
                 if name not in table.rows:
                     continue
-                for (key, _), cell in zip(COLUMNS, self._cells(self.lifsea.fleet.snapshots[name]), strict=True):
-                    table.update_cell(name, key, cell)
+                current = table.get_row(name)
+                for (key, _, _), old, cell in zip(
+                    COLUMNS, current, self._cells(self.lifsea.fleet.snapshots[name]), strict=True
+                ):
+                    if cell != old:  # each update repaints the table: skip the ones that did not change
+                        table.update_cell(name, key, cell)
         else:
             return
         self._update_drift()
 
     def _tick_ages(self) -> None:
+        """Ages change every second: update only the rows on screen."""
         table = self.query_one("#nodes", DataTable)
-        for name, snapshot in self.lifsea.fleet.snapshots.items():
-            if name in table.rows:
-                table.update_cell(name, "seen", ago(snapshot.last_seen))
+        first = int(table.scroll_y)
+        for row in table.ordered_rows[first : first + table.size.height]:
+            name = str(row.key.value)
+            table.update_cell(name, "seen", ago(self.lifsea.fleet.snapshots[name].last_seen))
 
     def _update_drift(self) -> None:
         snapshots = list(self.lifsea.fleet.snapshots.values())
@@ -279,9 +296,8 @@ class FleetScreen(Screen[None]):
         self._flush()
 
     def action_refresh_now(self) -> None:
-        self.run_worker(
-            self.lifsea.fleet.refresh(force=True, on_result=self._changed), group="fleet-manual", exit_on_error=False
-        )
+        refresh = self.lifsea.fleet.refresh(force=True, on_result=self._changed)
+        self.run_worker(self.lifsea.net.run(refresh), group="fleet-manual", exit_on_error=False)
 
     def targets(self) -> list[str]:
         if self.selected:
@@ -311,11 +327,13 @@ class FleetScreen(Screen[None]):
             except NodeError as error:
                 return name, str(error)
             finally:
-                await fleet.refresh_node(name)
-                self._dirty.add(name)
+                self._changed(await fleet.refresh_node(name))
             return name, None if result.accepted else "not accepted"
 
-        outcomes = await asyncio.gather(*(one(name) for name in nodes))
+        async def every() -> list[tuple[str, str | None]]:
+            return list(await asyncio.gather(*(one(name) for name in nodes)))
+
+        outcomes = await self.lifsea.net.run(every())
         failed = [(name, why) for name, why in outcomes if why]
         if failed:
             lines = "\n".join(f"{name}: {why}" for name, why in failed[:8])

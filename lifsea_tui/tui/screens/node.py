@@ -11,11 +11,11 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from lifsea_tui.api import AuditPage, Deployment, HistoryList, NodeInfo, UpdateStatus
 from lifsea_tui.client.node import NodeError
+from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import ReasonModal
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "?"
 
 
-class NodeScreen(Screen[None]):
+class NodeScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="node-back"),
         Binding("c", "act('check')", "Check", id="node-check"),
@@ -91,6 +91,8 @@ class NodeScreen(Screen[None]):
                 yield Static("loading…", id="upgrades")
             with TabPane("Audit", id="tab-audit"):
                 yield Static("", id="chain", classes="note")
+                # Kept apart from #chain, which every reload rewrites: a verdict stays until asked again.
+                yield Static("press v to verify the audit chain", id="verify", classes="note")
                 audit: DataTable[str] = DataTable(id="audit-table", cursor_type="row")
                 for label in ("Seq", "Time", "Actor", "Role", "Action", "Reason", "Outcome"):
                     audit.add_column(label, key=label)
@@ -112,36 +114,43 @@ class NodeScreen(Screen[None]):
     @work(exclusive=True, group="node-load", exit_on_error=False)
     async def load(self) -> None:
         client = self.lifsea.fleet.client(self.node_name)
-        results = await asyncio.gather(
-            client.node(),
-            client.deployments(),
-            client.history(),
-            client.upgrades(),
-            client.audit(before=self.audit_before, limit=AUDIT_PAGE),
-            return_exceptions=True,
-        )
-        info, deployments, history, update, audit = results
+        before = self.audit_before
+
+        async def fetch() -> list[Any]:  # runs on the network loop
+            return await asyncio.gather(
+                client.node(),
+                client.deployments(),
+                client.history(),
+                client.upgrades(),
+                client.audit(before=before, limit=AUDIT_PAGE),
+                return_exceptions=True,
+            )
+
+        info, deployments, history, update, audit = await self.lifsea.net.run(fetch())
         self._show_overview(info)
         self._show_deployments(deployments, update)
         self._show_history(history)
         self._show_upgrades(update)
         self._show_audit(audit)
-        self.lifsea.fleet.snapshots[self.node_name].deployments = (
-            deployments.deployments
-            if not isinstance(deployments, BaseException)
-            else self.lifsea.fleet.snapshots[self.node_name].deployments
-        )
 
     @work(exclusive=True, group="node-follow", exit_on_error=False)
     async def follow(self) -> None:
         """Reload when the node pushes a change; poll while its event stream is down."""
         client = self.lifsea.fleet.client(self.node_name)
+        ui_loop = asyncio.get_running_loop()
+
+        def arrived(event: Any) -> None:
+            self._set_live("live: following the node's events")
+            if not isinstance(event, dict):  # the hello is a dict; changes are Events
+                self.load()
+
+        async def stream() -> None:  # runs on the network loop
+            async for event in client.events():
+                ui_loop.call_soon_threadsafe(arrived, event)
+
         while True:
             try:
-                async for event in client.events():
-                    self._set_live("live: following the node's events")
-                    if not isinstance(event, dict):
-                        self.load()
+                await self.lifsea.net.run(stream())
             except NodeError as error:
                 self._set_live(f"polling every {POLL_SECONDS:.0f} s (event stream: {error})")
             await asyncio.sleep(POLL_SECONDS)
@@ -316,7 +325,7 @@ class NodeScreen(Screen[None]):
         first = page.records[0].seq if page.records else None
         where = "newest" if self.audit_before is None else f"before {self.audit_before}"
         self.query_one("#chain", Static).update(
-            f"{len(page.records)} records ({where}); head seq {page.head_seq} · n older · p newer · v verify chain"
+            f"{len(page.records)} records ({where}); head seq {page.head_seq} · n older · p newer"
             + (f" · oldest shown {first}" if first is not None else "")
         )
 
@@ -338,10 +347,10 @@ class NodeScreen(Screen[None]):
 
     @work(group="node-verify", exit_on_error=False)
     async def action_verify(self) -> None:
-        chain = self.query_one("#chain", Static)
+        chain = self.query_one("#verify", Static)
         chain.update("verifying the audit chain…")
         try:
-            result = await self.lifsea.fleet.client(self.node_name).audit_verify()
+            result = await self.lifsea.net.run(self.lifsea.fleet.client(self.node_name).audit_verify())
         except NodeError as error:
             chain.update(Text(f"✗ cannot verify: {error}", style=self.lifsea.colour("node-down")))
             return
@@ -371,7 +380,7 @@ class NodeScreen(Screen[None]):
     async def run_action(self, action: str, reason: str) -> None:
         self._set_live(f"{action}: sent…")
         try:
-            result = await self.lifsea.fleet.client(self.node_name).action(action, reason)
+            result = await self.lifsea.net.run(self.lifsea.fleet.client(self.node_name).action(action, reason))
         except NodeError as error:
             self.notify(f"{action} on {self.node_name}: {error}", severity="error", timeout=10)
             self._set_live(f"{action} failed: {error}")

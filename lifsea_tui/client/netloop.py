@@ -1,0 +1,30 @@
+"""A second asyncio loop, on its own thread, for all of the console's network I/O.
+
+Parsing a thousand nodes' answers costs CPU; on the UI's loop it would delay every key press. Here it
+runs beside the UI, which only awaits results: `await net.run(coroutine)`. Cancelling the awaiting side
+cancels the work on the network loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class NetworkLoop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="lifsea-network", daemon=True)
+        self._thread.start()
+
+    async def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
