@@ -213,7 +213,10 @@ class OstreeBackend:
         return commits
 
     async def diff(self, old: str, new: str) -> DiffSummary:
-        out = await run(["ostree", f"--repo={self.repo_path}", "diff", old, new], 120, "diff")
+        out, (old_packages, new_packages) = await asyncio.gather(
+            run(["ostree", f"--repo={self.repo_path}", "diff", old, new], 120, "diff"),
+            asyncio.gather(self._packages(old), self._packages(new)),
+        )
         counts = {"A": 0, "M": 0, "D": 0}
         sample = []
         for line in out.splitlines():
@@ -222,7 +225,6 @@ class OstreeBackend:
                 counts[kind] += 1
                 if len(sample) < DIFF_SAMPLE:
                     sample.append(f"{kind} {path.strip()}")
-        old_packages, new_packages = await asyncio.gather(self._packages(old), self._packages(new))
         return DiffSummary(
             added=counts["A"],
             modified=counts["M"],
@@ -251,26 +253,13 @@ class OstreeBackend:
 
     # -- changing -----------------------------------------------------------------------------------
 
-    async def pull(self, refspec: str, timeout: float, *, history: int = 0) -> None:
-        """Pull the ref's newest commit and tree; with `history`, first the metadata of that many parents."""
+    async def pull(self, refspec: str, timeout: float, *, metadata_depth: int | None = None) -> None:
+        """Pull the ref's newest commit and tree; with `metadata_depth`, only commit metadata, that deep."""
         remote, _, ref = refspec.rpartition(":")
         if not remote:
             raise BackendError("failed", f"origin {refspec!r} names no remote; nothing to pull from")
-        if history:
-            await run(
-                [
-                    "ostree",
-                    f"--repo={self.repo_path}",
-                    "pull",
-                    "--commit-metadata-only",
-                    f"--depth={history}",
-                    remote,
-                    ref,
-                ],
-                timeout,
-                f"pull {refspec}",
-            )
-        await run(["ostree", f"--repo={self.repo_path}", "pull", remote, ref], timeout, f"pull {refspec}")
+        depth = ["--commit-metadata-only", f"--depth={metadata_depth}"] if metadata_depth else []
+        await run(["ostree", f"--repo={self.repo_path}", "pull", *depth, remote, ref], timeout, f"pull {refspec}")
 
     async def deploy(self, checksum: str, refspec: str, timeout: float) -> None:
         """Deploy `checksum` as the new default, its origin `refspec`; keep the booted deployment."""

@@ -190,8 +190,16 @@ class UpdateManager:
 
         async def work() -> dict[str, Any]:
             self._refspec = refspec
+            booted = next((d for d in deployments if d.booted), None)
+            stop_at = booted.checksum if booted else None
             try:
-                await self.ostree.pull(refspec, self.pull_timeout, history=HISTORY_DEPTH)
+                await self.ostree.pull(refspec, self.pull_timeout)
+                newest = await self.ostree.resolve(refspec)
+                chain = await self.ostree.chain(newest, stop_at)
+                if chain and chain[-1].parent not in (None, stop_at):
+                    # More than one release since the booted one: fetch the older commits' metadata too.
+                    await self.ostree.pull(refspec, self.pull_timeout, metadata_depth=HISTORY_DEPTH)
+                    chain = await self.ostree.chain(newest, stop_at)
             except BackendError as error:
                 self._set(UpdateState.failed, error.detail)
                 lowered = error.detail.lower()
@@ -200,10 +208,6 @@ class UpdateManager:
                         "update_server_unavailable", f"update server unreachable: {error.detail}"
                     ) from error
                 raise
-            newest = await self.ostree.resolve(refspec)
-            booted = next((d for d in deployments if d.booted), None)
-            stop_at = booted.checksum if booted else None
-            chain = await self.ostree.chain(newest, stop_at)
             targets = [
                 UpdateTarget(
                     checksum=c.checksum, version=c.version, timestamp=c.timestamp, subject=c.subject, diff=None
