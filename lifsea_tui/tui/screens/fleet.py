@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 # than the repaint. Long reasons are cut here and shown whole on the node screen.
 COLUMNS = (
     ("sel", " ", 1),
-    ("name", "Node", 16),
-    ("state", "Reachability", 44),
+    ("name", "Node", 14),
+    ("state", "Reachability", 32),
     ("booted", "Booted", 10),
     ("next", "Next boot", 10),
-    ("update", "Update", 24),
+    ("update", "Update", 18),
     ("latency", "Latency", 8),
     ("seen", "Last seen", 9),
 )
@@ -47,9 +47,14 @@ def ago(when: float | None) -> str:
     return f"{seconds // 3600}h ago"
 
 
+class NodeTable(DataTable[Text | str]):
+    """The fleet table: enter opens the node under the cursor (and says so in the footer)."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Open", id="fleet-open")]
+
+
 class FleetScreen(ConsoleScreen):
     BINDINGS = [
-        Binding("enter", "open", "Open", id="fleet-open", priority=True),
         Binding("space", "toggle_select", "Select", id="fleet-select"),
         Binding("a", "select_all", "Select all", id="fleet-select-all", show=False),
         Binding("slash", "filter", "Filter", key_display="/", id="fleet-filter"),
@@ -88,7 +93,7 @@ class FleetScreen(ConsoleScreen):
         yield Header()
         yield Static("", id="drift")
         yield Input(placeholder="filter nodes: name, version, state (esc clears)", id="filter", disabled=True)
-        table: DataTable[Text | str] = DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
+        table = NodeTable(id="nodes", cursor_type="row", zebra_stripes=True)
         for key, label, width in COLUMNS:
             table.add_column(label, key=key, width=width)
         yield table
