@@ -29,6 +29,24 @@ def _short(checksum: str | None) -> str:
     return checksum[:12] if checksum else "?"
 
 
+def _label_grid() -> Table:
+    """Two columns: a bold label and its value."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    return table
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "?"
 
@@ -168,10 +186,8 @@ class NodeScreen(ConsoleScreen):
         if isinstance(info, BaseException):
             self._problem("#overview", info)
             return
-        table = Table.grid(padding=(0, 2))
-        table.add_column(style="bold")
-        table.add_column()
-        uptime = f"{info.uptime_seconds / 3600:.1f} h" if info.uptime_seconds is not None else "?"
+        table = _label_grid()
+        uptime = _duration(info.uptime_seconds)
         for label, value in (
             ("Name", info.name),
             ("OS", f"{info.os_name or '?'} {info.os_version or ''}"),
@@ -258,9 +274,7 @@ class NodeScreen(ConsoleScreen):
         if isinstance(update, BaseException):
             self._problem("#upgrades", update)
             return
-        table = Table.grid(padding=(0, 2))
-        table.add_column(style="bold")
-        table.add_column()
+        table = _label_grid()
         state = Text(
             update.state.value,
             style=self.lifsea.colour(
