@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
@@ -147,3 +149,28 @@ async def test_read_only_hides_actions(fleet: tuple[dict, dict[str, str], Layout
         assert not app.screen.is_modal  # no confirmation: the action does not exist in read-only mode
         shown = {key for key, active in app.active_bindings.items() if active.binding.show and active.enabled}
         assert shown.isdisjoint({"c", "s", "b", "r"})
+
+
+async def test_fleet_follows_node_events(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    """A change made elsewhere (here, straight through the API) reaches the fleet table from the node's event
+    stream: polling is set to once an hour, so only the stream can bring it."""
+    status, env, _ = fleet
+    node = status["nodes"][0]
+    published = lab(["publish", "--version", "8.0", "--subject", "LifseaOS 8.0: seen live"], env)
+    assert published.returncode == 0, published.stderr
+    app = LifseaApp(Fleet(targets(status)), refresh_interval=3600)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, "nodes answered", lambda: all(s.reachable for s in app.fleet.snapshots.values()))
+        await pilot.pause(1.0)  # the event streams are open
+        context = ssl.create_default_context(cafile=node["ca_file"])
+        async with httpx.AsyncClient(
+            base_url=node["url"],
+            verify=context,
+            timeout=120,
+            headers={"Authorization": f"Bearer {node['tokens']['operator']}"},
+        ) as http:
+            response = await http.post("/v1/upgrades/check", json={"reason": "checked outside the console"})
+            assert response.status_code == 200, response.text
+        started = time.monotonic()
+        await until(pilot, "8.0 in the fleet table", lambda: "8.0" in row(app, node["name"])[5], timeout=10)
+        assert time.monotonic() - started < 5

@@ -126,5 +126,25 @@ class Fleet:
 
         await asyncio.gather(*(one(name) for name in chosen))
 
+    async def follow(self, on_change: Callable[[NodeSnapshot], None]) -> None:
+        """Refresh a node as soon as it pushes a change on /v1/events; runs until cancelled.
+
+        A node whose stream is down is retried with backoff; meanwhile the periodic refresh covers it.
+        """
+
+        async def one(name: str) -> None:
+            failures = 0
+            while True:
+                try:
+                    async for event in self.clients[name].events():
+                        failures = 0
+                        if not isinstance(event, dict):  # the hello is a dict; changes are Events
+                            on_change(await self.refresh_node(name))
+                except NodeError:
+                    failures += 1
+                await asyncio.sleep(min(BACKOFF_MAX, BACKOFF_START * 2 ** min(failures, 6)))
+
+        await asyncio.gather(*(one(name) for name in self.clients))
+
     async def aclose(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self.clients.values()))

@@ -13,6 +13,9 @@ from lifsea_tui.tui.screens.fleet import FleetScreen
 from lifsea_tui.tui.themes import CONSOLE_VARIABLES, load_themes
 
 DEFAULT_THEME = "lifsea-dark"
+# Up to this many nodes the fleet follows every node's event stream; a larger fleet is polled only
+# (a stream is a TLS websocket a node, held open).
+EVENTS_LIMIT = 200
 
 
 class LifseaApp(App[None]):
@@ -24,12 +27,15 @@ class LifseaApp(App[None]):
         Binding("question_mark", "toggle_help", "Help", key_display="?", id="help"),
     ]
 
-    def __init__(self, fleet: Fleet, *, read_only: bool = False, refresh_interval: float = 5.0) -> None:
+    def __init__(
+        self, fleet: Fleet, *, read_only: bool = False, refresh_interval: float = 5.0, events_limit: int = EVENTS_LIMIT
+    ) -> None:
         super().__init__()
         self.fleet = fleet
         self.net = NetworkLoop()
         self.read_only = read_only
         self.refresh_interval = refresh_interval
+        self.events_limit = events_limit
         self.settings = locations.load_settings()
         self._colours: tuple[str, dict[str, str]] | None = None
         if read_only:

@@ -106,6 +106,8 @@ class FleetScreen(ConsoleScreen):
         self.set_interval(0.2, self._flush)
         self.set_interval(1.0, self._tick_ages)
         self.refresh_loop()
+        if len(self.lifsea.fleet.snapshots) <= self.lifsea.events_limit:
+            self.follow_events()
         self._flush()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -122,6 +124,11 @@ class FleetScreen(ConsoleScreen):
             await self.lifsea.net.run(fleet.refresh(on_result=self._changed))
             busy = any(s.update and s.update.state in BUSY_STATES for s in fleet.snapshots.values())
             await asyncio.sleep(1.0 if busy else self.lifsea.refresh_interval)
+
+    @work(exclusive=True, group="fleet-events", exit_on_error=False)
+    async def follow_events(self) -> None:
+        """Live changes from every node's event stream; the periodic refresh is the fallback."""
+        await self.lifsea.net.run(self.lifsea.fleet.follow(self._changed))
 
     def _changed(self, snapshot: NodeSnapshot) -> None:
         """Called on the network loop for each answer; the UI loop repaints on its next flush."""
