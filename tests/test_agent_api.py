@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import threading
 import time
 
@@ -267,3 +268,25 @@ def test_events_refuse_without_token(agent: RunningAgent) -> None:
             return closed.value.rcvd.code if closed.value.rcvd else None
 
     assert asyncio.run(scenario()) == routes.CLOSE_UNAUTHORIZED
+
+
+def test_stage_an_older_target(agent: RunningAgent, tiny_node: TinyNode) -> None:
+    """Two releases are new; staging the older one fetches its tree (a check only fetched its metadata)."""
+    image.publish(tiny_node.repo, "1.1")
+    image.publish(tiny_node.repo, "1.2")
+    with client(agent, "operator") as http:
+        targets = http.post(routes.UPGRADES_CHECK, json={"reason": "two new"}).json()["status"]["targets"]
+        older = next(t for t in targets if t["version"] == "1.1")
+        staged = http.post(routes.UPGRADES_STAGE, json={"reason": "the older one", "checksum": older["checksum"]})
+        assert staged.status_code == 202, staged.text
+        deadline = time.monotonic() + 60
+        while (state := http.get(routes.UPGRADES).json())["state"] != "staged":
+            assert state["state"] != "failed", state["last_error"]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        pending = [d for d in http.get(routes.DEPLOYMENTS).json()["deployments"] if d["pending"]]
+    assert [(d["version"], d["checksum"]) for d in pending] == [("1.1", older["checksum"])]
+    listing = subprocess.run(
+        ["ostree", "admin", "status", f"--sysroot={tiny_node.sysroot}"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Version: 1.1" in listing

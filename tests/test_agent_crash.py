@@ -55,22 +55,26 @@ def test_sigkill_during_stage(tmp_path: Path, tiny_node: TinyNode, where: str) -
     config, info = write_agent_config(tmp_path / "agent", host_root=tiny_node.host_root, sysroot_path=tiny_node.sysroot)
     headers = {"Authorization": f"Bearer {info['tokens']['operator']}"}
     image.publish(tiny_node.repo, "1.1")
+    image.publish(tiny_node.repo, "1.2")  # a check fetches the newest tree, and only the metadata of 1.1
     proc = _start(config, info)
     listener = None
     try:
         with httpx.Client(
             base_url=info["url"], verify=ssl.create_default_context(cafile=str(info["ca"])), headers=headers, timeout=30
         ) as http:
-            assert http.post(routes.UPGRADES_CHECK, json={"reason": "before the crash"}).status_code == 200
+            checked = http.post(routes.UPGRADES_CHECK, json={"reason": "before the crash"})
+            assert checked.status_code == 200
+            body: dict[str, str] = {"reason": "crash me"}
             if where == "during-pull":
                 import socket
 
                 listener = socket.socket()
                 listener.bind(("127.0.0.1", 0))
                 listener.listen(4)
-                image.publish(tiny_node.repo, "1.2")  # something new to pull, from a server that hangs
+                # Stage 1.1, whose tree must still be pulled, from an update server that now hangs.
+                body["checksum"] = checked.json()["status"]["targets"][1]["checksum"]
                 sysroot.set_remote(tiny_node.sysroot, f"http://127.0.0.1:{listener.getsockname()[1]}")
-            accepted = http.post(routes.UPGRADES_STAGE, json={"reason": "crash me"})
+            accepted = http.post(routes.UPGRADES_STAGE, json=body)
             assert accepted.status_code == 202
             if where == "during-pull":
                 time.sleep(0.5)

@@ -196,6 +196,20 @@ class OstreeBackend:
 
         return await asyncio.to_thread(read)
 
+    async def has_tree(self, checksum: str) -> bool:
+        """Whether the commit and its whole tree are in the repo (not just its metadata)."""
+        self._require()
+
+        def check() -> bool:
+            _, repo = self._load().get_repo(None)
+            try:
+                _, _, state = repo.load_commit(checksum)
+            except Exception:  # noqa: BLE001 - GLib.Error: not in the repo at all
+                return False
+            return not (state & OSTree.RepoCommitState.PARTIAL)
+
+        return await asyncio.to_thread(check)
+
     async def resolve(self, refspec: str) -> str:
         out = await run(["ostree", f"--repo={self.repo_path}", "rev-parse", refspec], 30, f"resolve {refspec}")
         return out.strip()

@@ -254,7 +254,9 @@ class UpdateManager:
 
         async def work() -> dict[str, Any]:
             try:
-                await self.ostree.pull(refspec, self.pull_timeout)
+                if not await self.ostree.has_tree(target.checksum):  # an older target: only its metadata is here
+                    remote = refspec.rpartition(":")[0]
+                    await self.ostree.pull(f"{remote}:{target.checksum}", self.pull_timeout)
                 await self.ostree.deploy(target.checksum, refspec, self.pull_timeout)
             except BackendError as error:
                 self._set(UpdateState.failed, error.detail)

@@ -76,5 +76,6 @@ class LifseaApp(App[None]):
             self.action_show_help_panel()
 
     async def on_unmount(self) -> None:
+        await self.net.cancel_all()
         await self.net.run(self.fleet.aclose())
         self.net.stop()
