@@ -153,13 +153,6 @@ def has_ref(repo: Path, ref: str = REF) -> bool:
     return result.returncode == 0
 
 
-def version_of(repo: Path, rev: str) -> str | None:
-    out = subprocess.run(
-        ["ostree", f"--repo={repo}", "show", "--print-metadata-key=version", rev], capture_output=True, text=True
-    )
-    return out.stdout.strip().strip("'") or None if out.returncode == 0 else None
-
-
 def build_base(repo: Path, work: Path, progress: Progress) -> str:
     """Debootstrap the base system and commit it as 1.0; returns the commit."""
     init_repo(repo)
