@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -16,9 +15,6 @@ from lifsea_tui.client.fleet import NodeSnapshot, version_drift
 from lifsea_tui.client.node import NodeError
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import ReasonModal
-
-if TYPE_CHECKING:
-    from lifsea_tui.tui.app import LifseaApp
 
 # Fixed widths: cells change all the time, and measuring a thousand rows on each change would cost more
 # than the repaint. Long reasons are cut here and shown whole on the node screen.
@@ -85,10 +81,6 @@ class FleetScreen(ConsoleScreen):
         self._rebuild = True
         self._rebuilt_at = 0.0
 
-    @property
-    def lifsea(self) -> LifseaApp:
-        return self.app  # type: ignore[return-value]
-
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="drift")
@@ -109,11 +101,6 @@ class FleetScreen(ConsoleScreen):
         if len(self.lifsea.fleet.snapshots) <= self.lifsea.events_limit:
             self.follow_events()
         self._flush()
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "act" and self.lifsea.read_only:
-            return False
-        return True
 
     # -- data ------------------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
@@ -17,9 +17,6 @@ from lifsea_tui.api import AuditPage, Deployment, HistoryList, NodeInfo, UpdateS
 from lifsea_tui.client.node import NodeError
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import ReasonModal
-
-if TYPE_CHECKING:
-    from lifsea_tui.tui.app import LifseaApp
 
 POLL_SECONDS = 3.0
 AUDIT_PAGE = 50
@@ -84,10 +81,6 @@ class NodeScreen(ConsoleScreen):
         self.audit_page: AuditPage | None = None
         self.live_text = "connecting…"
 
-    @property
-    def lifsea(self) -> LifseaApp:
-        return self.app  # type: ignore[return-value]
-
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(self.live_text, id="live")
@@ -121,11 +114,6 @@ class NodeScreen(ConsoleScreen):
         self.title = f"node {self.node_name}"
         self.load()
         self.follow()
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "act" and self.lifsea.read_only:
-            return False
-        return True
 
     # -- loading ---------------------------------------------------------------------------------------
 
