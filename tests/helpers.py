@@ -15,9 +15,10 @@ from pathlib import Path
 import uvicorn
 
 from lifsea_tui.agent.app import create_app
-from lifsea_tui.agent.config import AgentConfig, TokenEntry, hash_token
+from lifsea_tui.agent.config import AgentConfig, OpsConfig, TokenEntry, hash_token
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.api import Role
+from lifsea_tui.api import ops as ops_protocol
 from lifsea_tui.lab import certs, image, sysroot
 from lifsea_tui.lab.updateserver import UpdateServer
 
@@ -96,6 +97,7 @@ def start_agent(
     name: str = "tiny",
     watch_interval: float = 0.2,
     max_body: int = 64 * 1024,
+    ops: OpsConfig | None = None,
 ) -> RunningAgent:
     ca, cert, key = issue_pki(base / "pki", name)
     tokens = {role.value: secrets.token_urlsafe(24) for role in Role}
@@ -112,6 +114,7 @@ def start_agent(
         ],
         watch_interval=watch_interval,
         max_body_bytes=max_body,
+        ops=ops or OpsConfig(),
     )
     app = create_app(config)
     sock = socket.socket()
@@ -123,8 +126,8 @@ def start_agent(
             ssl_certfile=str(cert),
             ssl_keyfile=str(key),
             log_level="warning",
-            ws_ping_interval=5,
-            ws_ping_timeout=15,
+            ws_ping_interval=ops_protocol.PING_INTERVAL,
+            ws_ping_timeout=ops_protocol.PING_TIMEOUT,
             lifespan="on",
         )
     )

@@ -49,7 +49,7 @@ def test_status_json_shape(fleet: tuple[dict, dict[str, str], Layout]) -> None:
     assert status["update_server"].startswith("http://127.0.0.1:")
     assert [n["name"] for n in status["nodes"]] == ["node1", "node2"]
     for node in status["nodes"]:
-        assert set(node["tokens"]) == {"reader", "operator", "admin"}
+        assert set(node["tokens"]) == {"reader", "operator", "admin", "auditor"}
         assert Path(node["ca_file"]).exists()
     again = lab(["up", "--nodes", "2"], env)  # idempotent
     assert again.returncode == 0, again.stderr

@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,7 +22,9 @@ from lifsea_tui.agent.config import AgentConfig
 from lifsea_tui.agent.errors import ApiError
 from lifsea_tui.agent.events import EventHub
 from lifsea_tui.agent.node import history, node_info
+from lifsea_tui.agent.ops import Attachment, OpsManager
 from lifsea_tui.agent.ostree import OstreeBackend
+from lifsea_tui.agent.recording import RecordingError, cast_path, read_meta
 from lifsea_tui.agent.systemd import SystemdBackend
 from lifsea_tui.agent.updates import UpdateManager
 from lifsea_tui.api import (
@@ -31,15 +33,22 @@ from lifsea_tui.api import (
     AuditVerify,
     Deployment,
     DeploymentList,
+    EndRequest,
     ErrorBody,
     EventKind,
     HistoryList,
     NodeInfo,
     NodeSummary,
     OperationResult,
+    OpsSession,
+    OpsSessionList,
+    OpsSessionRequest,
+    RecordingInfo,
+    RecordingList,
     StageRequest,
     UpdateStatus,
 )
+from lifsea_tui.api import ops as proto
 from lifsea_tui.api import routes as r
 from lifsea_tui.api.routes import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 
@@ -73,6 +82,7 @@ class Agent:
         self.ostree = OstreeBackend(config.sysroot, config.host_root, config.osname)
         self.systemd = SystemdBackend(config.system_bus)
         self.updates = UpdateManager(self.ostree, self.systemd, self.audit, self.events, config.pull_timeout)
+        self.ops = OpsManager(config, self.audit, self.events, self.ostree)
         self.authn = Authenticator(config.tokens)
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.started = time.monotonic()
@@ -80,6 +90,7 @@ class Agent:
         self._last_booted: str | None = None
 
     async def start(self) -> None:
+        await self.ops.start()
         await self.updates.recover()
         for record in self.audit.records():
             if record.action == "node.booted" and isinstance(record.params.get("checksum"), str):
@@ -207,6 +218,7 @@ def create_app(config: AgentConfig) -> FastAPI:
             yield
         finally:
             watcher.cancel()
+            await agent.ops.shutdown()
             await agent.updates.shutdown()
 
     app = FastAPI(title="lifsea-agent", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -236,7 +248,9 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     @api.get(r.NODE)
     async def get_node(who: Caller) -> NodeInfo:
-        return await node_info(config.node_name, config.host_root, agent.ostree, agent.systemd)
+        return await node_info(
+            config.node_name, config.host_root, agent.ostree, agent.systemd, agent.ops.unavailable_reason()
+        )
 
     @api.get(r.DEPLOYMENTS)
     async def get_deployments(who: Caller) -> DeploymentList:
@@ -306,7 +320,189 @@ def create_app(config: AgentConfig) -> FastAPI:
     async def get_audit_verify(who: Caller) -> AuditVerify:
         return await asyncio.to_thread(verify, agent.audit.path)
 
+    # -- break-glass ops sessions and their recordings ---------------------------------------------
+
+    SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
+    OPS_ERRORS: dict[int | str, dict[str, Any]] = {
+        **ACTION_ERRORS,
+        404: {"model": ErrorBody, "description": "no such session"},
+        429: {"model": ErrorBody, "description": "too many ops sessions open"},
+    }
+
+    @api.post(r.OPS_SESSIONS, status_code=201, responses=OPS_ERRORS)
+    async def ops_start(body: OpsSessionRequest, who: Caller) -> OpsSession:
+        return (await agent.ops.create(who, body)).model()
+
+    @api.get(r.OPS_SESSIONS)
+    async def ops_list(who: Caller) -> OpsSessionList:
+        return OpsSessionList(sessions=agent.ops.list())
+
+    @api.get(r.OPS_SESSION, responses={404: {"model": ErrorBody, "description": "no such session"}})
+    async def ops_get(session_id: SessionId, who: Caller) -> OpsSession:
+        session = agent.ops.find(session_id)
+        if session is None:
+            raise ApiError("not_found", f"no ops session {session_id}")
+        return session.model()
+
+    @api.delete(r.OPS_SESSION, responses=OPS_ERRORS)
+    async def ops_end(session_id: SessionId, body: EndRequest, who: Caller) -> OpsSession:
+        session = agent.ops.sessions.get(session_id)
+        if session is None:
+            raise ApiError("not_found", f"no open ops session {session_id}")
+        try:
+            agent.audit.append(
+                actor=who.actor,
+                role=who.role,
+                action="ops.session.stop",
+                reason=body.reason,
+                params={"session": session_id, "owner": session.owner.actor},
+                outcome="started",
+            )
+        except AuditUnavailable as error:
+            raise ApiError("audit_unavailable", f"{error}; the session was not ended") from error
+        await agent.ops.end(session, "ended", who)
+        return session.model()
+
+    @api.get(r.RECORDINGS)
+    async def recordings(who: Caller) -> RecordingList:
+        found = []
+        directory = config.ops.recordings
+        for path in sorted(directory.glob("*.cast")) if directory.is_dir() else []:
+            meta = read_meta(directory, path.stem) or {}
+            try:
+                found.append(
+                    RecordingInfo(
+                        id=path.stem,
+                        actor=str(meta.get("actor", "unknown")),
+                        reason=str(meta.get("reason", "")),
+                        started=meta.get("started") or path.stat().st_mtime,
+                        ended=meta.get("ended"),
+                        size=path.stat().st_size,
+                        sha256=meta.get("sha256"),
+                        end_reason=meta.get("end_reason"),
+                    )
+                )
+            except (OSError, ValueError):
+                continue
+        found.sort(key=lambda info: info.started, reverse=True)
+        return RecordingList(recordings=found)
+
+    @api.get(
+        r.RECORDING,
+        response_class=FileResponse,
+        responses={200: {"content": {"application/x-asciicast": {}}}, 404: {"model": ErrorBody, "description": "none"}},
+    )
+    async def recording(recording_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")], who: Caller) -> FileResponse:
+        path = cast_path(config.ops.recordings, recording_id)
+        if not path.is_file():
+            raise ApiError("not_found", f"no recording {recording_id}")
+        meta = read_meta(config.ops.recordings, recording_id) or {}
+        try:
+            agent.audit.append(
+                actor=who.actor,
+                role=who.role,
+                action="recording.view",
+                reason=None,
+                params={"recording": recording_id, "sha256": meta.get("sha256"), "size": path.stat().st_size},
+                outcome="ok",
+            )
+        except AuditUnavailable as error:
+            raise ApiError("audit_unavailable", f"{error}; a recording is not shown unaudited") from error
+        return FileResponse(path, media_type="application/x-asciicast", filename=f"{recording_id}.cast")
+
     app.include_router(api)
+
+    @app.websocket(r.OPS_ATTACH)
+    async def ops_attach(websocket: WebSocket, session_id: str) -> None:
+        def refuse(actor: str, role: str | None, code: int, detail: str) -> None:
+            with contextlib.suppress(AuditUnavailable):
+                agent.audit.append(
+                    actor=actor,
+                    role=role,
+                    action="ops.session.attach",
+                    reason=None,
+                    params={"session": session_id[:64], "close_code": code},
+                    outcome=f"refused: {detail}"[:500],
+                )
+
+        if proto.SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
+            await websocket.accept()
+            await websocket.close(proto.CLOSE_PROTOCOL, f"subprotocol {proto.SUBPROTOCOL} required")
+            return
+        await websocket.accept(subprotocol=proto.SUBPROTOCOL)
+        try:
+            identity = agent.authn.identify(websocket.headers.get("authorization"))
+            agent.authn.authorize("WS", r.OPS_ATTACH, identity)
+        except AuthError as error:
+            code = CLOSE_UNAUTHORIZED if error.status == 401 else CLOSE_FORBIDDEN
+            refuse("unknown-token" if error.status == 401 else identity.actor, None, code, error.detail)
+            await websocket.close(code, error.detail[:120])
+            return
+        session = agent.ops.sessions.get(session_id)
+        if session is None or session.ending:
+            await websocket.close(proto.CLOSE_NOT_FOUND, f"no open ops session {session_id[:32]}")
+            return
+        if identity.actor != session.owner.actor:
+            detail = f"session {session_id} belongs to {session.owner.actor}"
+            refuse(identity.actor, identity.role, CLOSE_FORBIDDEN, detail)
+            await websocket.close(CLOSE_FORBIDDEN, detail)
+            return
+        inbound = frozenset({proto.STDIN, proto.CONTROL})
+
+        async def receive() -> bytes | str | None:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            return message.get("bytes") if message.get("bytes") is not None else message.get("text", "")
+
+        async def violation(error: proto.ProtocolError) -> None:
+            refuse(identity.actor, identity.role, error.code, f"protocol: {error.detail}")
+            with contextlib.suppress(Exception):
+                await websocket.close(error.code, error.detail[:120])
+
+        try:
+            first = await asyncio.wait_for(receive(), 10)
+            if first is None:
+                return
+            _, hello = proto.parse(first, allowed=inbound)
+            if not isinstance(hello, dict) or hello["type"] != "hello":
+                raise proto.ProtocolError(proto.CLOSE_PROTOCOL, "data before hello")
+            cols, rows = proto.size_of(hello)
+        except TimeoutError:
+            await violation(proto.ProtocolError(proto.CLOSE_PROTOCOL, "no hello within 10 s"))
+            return
+        except proto.ProtocolError as error:
+            await violation(error)
+            return
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return
+        attachment = Attachment(send=websocket.send_bytes, close=websocket.close)
+        try:
+            await agent.ops.attach(session, attachment, cols, rows)
+            while not session.ending:
+                frame = await receive()
+                if frame is None or session.ending:
+                    break
+                _, payload = proto.parse(frame, allowed=inbound)
+                if isinstance(payload, bytes):
+                    await agent.ops.write_input(session, payload)
+                elif payload["type"] == "resize":
+                    agent.ops.resize(session, *proto.size_of(payload))
+                elif payload["type"] == "eof":
+                    await agent.ops.write_input(session, b"\x04")
+                else:
+                    raise proto.ProtocolError(
+                        proto.CLOSE_PROTOCOL, f"unexpected control message {payload['type'][:40]!r}"
+                    )
+        except proto.ProtocolError as error:
+            agent.ops.detach(session, attachment)
+            await violation(error)
+        except RecordingError as error:
+            await agent.ops.end(session, f"recording failed: {error}")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        finally:
+            agent.ops.detach(session, attachment)
 
     @app.websocket(r.EVENTS)
     async def events(websocket: WebSocket) -> None:

@@ -15,8 +15,10 @@ from lifsea_tui.api import Role
 from lifsea_tui.api import routes as r
 
 PUBLIC: frozenset[Role] = frozenset()  # no identity needed
-READ = frozenset({Role.reader, Role.operator, Role.admin})
+READ = frozenset({Role.reader, Role.operator, Role.admin, Role.auditor})
 OPERATE = frozenset({Role.operator, Role.admin})
+BREAK_GLASS = frozenset({Role.admin})
+RECORDINGS = frozenset({Role.admin, Role.auditor})
 
 RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", r.HEALTHZ): PUBLIC,
@@ -35,6 +37,13 @@ RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", r.AUDIT): READ,
     ("GET", r.AUDIT_VERIFY): READ,
     ("WS", r.EVENTS): READ,
+    ("POST", r.OPS_SESSIONS): BREAK_GLASS,
+    ("GET", r.OPS_SESSIONS): READ,
+    ("GET", r.OPS_SESSION): READ,
+    ("DELETE", r.OPS_SESSION): BREAK_GLASS,
+    ("WS", r.OPS_ATTACH): BREAK_GLASS,
+    ("GET", r.RECORDINGS): RECORDINGS,
+    ("GET", r.RECORDING): RECORDINGS,
 }
 
 

@@ -92,6 +92,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lifsea_tui.agent.app import create_app
+    from lifsea_tui.api import ops as ops_protocol
 
     overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _) in SERVE_FLAGS.items()}
     try:
@@ -109,8 +110,8 @@ def serve(args: argparse.Namespace) -> int:
             ssl_keyfile=str(config.tls_key) if config.tls_key else None,
             ssl_ca_certs=str(config.tls_client_ca) if config.tls_client_ca else None,
             ssl_cert_reqs=ssl.CERT_REQUIRED if config.tls_client_ca else ssl.CERT_NONE,
-            ws_ping_interval=5,
-            ws_ping_timeout=15,
+            ws_ping_interval=ops_protocol.PING_INTERVAL,
+            ws_ping_timeout=ops_protocol.PING_TIMEOUT,
             log_level=args.log_level,
             access_log=False,
             lifespan="on",

@@ -27,6 +27,73 @@ class TokenEntry:
 
 
 @dataclass
+class OpsConfig:
+    """The break-glass shell. No image means no ops shell on this node (the capability says so)."""
+
+    image: str | None = None  # an ostree refspec in the node's repo, e.g. "lab:lifsea/x86_64/ops"
+    runtime: str = "runc"
+    namespaces: Path = Path("/proc/1/ns")  # the node's namespaces to join (the agent runs with hostPID)
+    dir: Path = Path("/var/lib/lifsea-agent/ops")  # image checkouts and per-session bundles
+    recordings: Path = Path("/var/lib/lifsea-agent/recordings")
+    default_ttl: int = 15 * 60
+    max_ttl: int = 60 * 60
+    idle_timeout: int = 15 * 60
+    grace: int = 60
+    warn_before: int = 60  # seconds before the TTL ends that the shell is told
+    max_sessions: int = 4
+    max_sessions_per_user: int = 2
+    require_ticket: bool = False
+    record_input: bool = False
+    allow_writable_host: bool = False
+    min_free_bytes: int = 16 * 1024 * 1024  # a session is refused when its recording could not grow this much
+
+
+OPS_INTS = ("default_ttl", "max_ttl", "idle_timeout", "grace", "warn_before", "max_sessions", "max_sessions_per_user")
+OPS_BOOLS = ("require_ticket", "record_input", "allow_writable_host")
+
+
+def _ops(section: Any) -> OpsConfig:
+    if not isinstance(section, dict):
+        raise ConfigError("[ops] must be a table")
+    unknown = set(section) - {
+        "image",
+        "runtime",
+        "namespaces",
+        "dir",
+        "recordings",
+        "min_free_bytes",
+        *OPS_INTS,
+        *OPS_BOOLS,
+    }
+    if unknown:
+        raise ConfigError(f"[ops]: unknown keys {', '.join(sorted(unknown))}")
+    ops = OpsConfig()
+    if "image" in section:
+        if not isinstance(section["image"], str) or not section["image"]:
+            raise ConfigError("ops.image must be an ostree refspec")
+        ops.image = section["image"]
+    if section.get("runtime", "runc") != "runc":
+        raise ConfigError(f"ops.runtime {section['runtime']!r}: this agent drives runc only (containerd is not built)")
+    for key in ("namespaces", "dir", "recordings"):
+        if key in section:
+            setattr(ops, key, _path(section[key], f"ops.{key}"))
+    for key in (*OPS_INTS, "min_free_bytes"):
+        if key in section:
+            value = section[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"ops.{key} must be a whole number >= 0")
+            setattr(ops, key, value)
+    for key in OPS_BOOLS:
+        if key in section:
+            if not isinstance(section[key], bool):
+                raise ConfigError(f"ops.{key} must be true or false")
+            setattr(ops, key, section[key])
+    if ops.default_ttl > ops.max_ttl:
+        raise ConfigError("ops.default_ttl is longer than ops.max_ttl")
+    return ops
+
+
+@dataclass
 class AgentConfig:
     node_name: str
     host_root: Path = Path("/host")
@@ -44,6 +111,7 @@ class AgentConfig:
     max_body_bytes: int = 64 * 1024
     pull_timeout: float = 300.0
     watch_interval: float = 1.0
+    ops: OpsConfig = field(default_factory=OpsConfig)
 
 
 def hash_token(token: str) -> str:
@@ -117,6 +185,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(f"token {name!r}: sha256 must be 64 hex digits")
         config.tokens.append(TokenEntry(name=name, role=role, sha256=digest))
+    config.ops = _ops(data.get("ops", {}))
     if not config.tokens:
         raise ConfigError("no [[tokens]]: nobody could use this agent")
     if config.tls_client_ca is not None and config.tls_cert is None:

@@ -16,6 +16,8 @@ STATUS = {
     "unavailable": 503,
     "update_server_unavailable": 503,
     "audit_unavailable": 503,
+    "recording_unavailable": 503,
+    "too_many_sessions": 429,
 }
 
 

@@ -38,7 +38,9 @@ def read_os_release(host_root: Path) -> dict[str, str]:
     return {}
 
 
-async def node_info(name: str, host_root: Path, ostree: OstreeBackend, systemd: SystemdBackend) -> NodeInfo:
+async def node_info(
+    name: str, host_root: Path, ostree: OstreeBackend, systemd: SystemdBackend, ops_reason: str | None
+) -> NodeInfo:
     release = read_os_release(host_root)
     try:
         machine_id: str | None = (host_root / "etc" / "machine-id").read_text().strip() or None
@@ -64,7 +66,8 @@ async def node_info(name: str, host_root: Path, ostree: OstreeBackend, systemd: 
         capabilities["reboot"] = Capability(available=True, reason=None)
     except BackendError as error:
         capabilities["reboot"] = Capability(available=False, reason=error.detail)
-    for missing in ("services", "logs", "ops_shell"):
+    capabilities["ops_shell"] = Capability(available=ops_reason is None, reason=ops_reason)
+    for missing in ("services", "logs"):
         capabilities[missing] = Capability(available=False, reason="not built into this agent version yet")
     return NodeInfo(
         name=name,

@@ -183,6 +183,26 @@ class OstreeBackend:
             self._cache_key, self._cache = key, value
         return value
 
+    async def booted_directory(self) -> Path | None:
+        """The booted deployment's directory (the node's root, as a path this process can mount)."""
+
+        def find() -> Path | None:
+            self._require()
+            host_id = self._host_root_id()
+            sysroot = self._load()
+            for deployment in sysroot.get_deployments():
+                path = sysroot.get_deployment_directory(deployment).get_path()
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == host_id:
+                    return Path(path)
+            return None
+
+        return await asyncio.to_thread(find)
+
+    def stateroot_var(self) -> Path:
+        """The node's /var: one per stateroot, shared by all its deployments."""
+        return self.sysroot / "ostree" / "deploy" / self.osname / "var"
+
     async def deployments(self) -> tuple[list[Deployment], bool]:
         """The deployments in boot order, and whether the booted one could be determined."""
         return await asyncio.to_thread(self._read)

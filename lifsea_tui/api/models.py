@@ -22,6 +22,7 @@ class Role(enum.StrEnum):
     reader = "reader"
     operator = "operator"
     admin = "admin"
+    auditor = "auditor"  # reads everything, recordings included; changes nothing
 
 
 class ErrorBody(BaseModel):
@@ -183,6 +184,7 @@ class EventKind(enum.StrEnum):
     deployments = "deployments"
     update = "update"
     audit = "audit"
+    ops = "ops"
     lagged = "lagged"
 
 
@@ -190,3 +192,60 @@ class Event(BaseModel):
     kind: EventKind
     time: datetime
     data: dict[str, Any]
+
+
+# -- break-glass ops sessions ---------------------------------------------------------------------------
+
+
+class OpsSessionRequest(ActionRequest):
+    ticket: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"[^ \t\n\r\f\v]", description="incident or change ticket"
+    )
+    ttl_seconds: int | None = Field(default=None, ge=10, le=24 * 3600, description="capped by the agent's config")
+    writable_host: bool = Field(default=False, description="mount /host read-write (only where the config allows)")
+
+
+class OpsSessionState(enum.StrEnum):
+    starting = "starting"
+    attached = "attached"
+    detached = "detached"  # running, nobody attached; torn down when the grace period ends
+    ended = "ended"
+
+
+class OpsSession(BaseModel):
+    id: str
+    node: str
+    actor: str
+    reason: str
+    ticket: str | None
+    writable_host: bool
+    state: OpsSessionState
+    created: datetime
+    expires_at: datetime
+    recording: str = Field(description="id for /v1/recordings/{id}")
+    audit_seq: int = Field(description="the audit record of the session's start")
+    exit_code: int | None = None
+    end_reason: str | None = None
+
+
+class OpsSessionList(BaseModel):
+    sessions: list[OpsSession]
+
+
+class EndRequest(ActionRequest):
+    pass
+
+
+class RecordingInfo(BaseModel):
+    id: str
+    actor: str
+    reason: str
+    started: datetime
+    ended: datetime | None
+    size: int
+    sha256: str | None = Field(description="set when the recording is sealed")
+    end_reason: str | None
+
+
+class RecordingList(BaseModel):
+    recordings: list[RecordingInfo]

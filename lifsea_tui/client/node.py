@@ -25,6 +25,9 @@ from lifsea_tui.api import (
     NodeInfo,
     NodeSummary,
     OperationResult,
+    OpsSession,
+    OpsSessionList,
+    RecordingList,
     UpdateStatus,
 )
 from lifsea_tui.api import routes as r
@@ -197,6 +200,46 @@ class NodeClient:
         return await self._request(
             "POST", paths[name], OperationResult, body={"reason": reason, **extra}, timeout=timeout
         )
+
+    # -- break-glass ops sessions -------------------------------------------------------------------------
+
+    async def ops_start(
+        self, reason: str, *, ticket: str | None = None, ttl_seconds: int | None = None, writable_host: bool = False
+    ) -> OpsSession:
+        body: dict[str, Any] = {"reason": reason, "writable_host": writable_host}
+        if ticket:
+            body["ticket"] = ticket
+        if ttl_seconds:
+            body["ttl_seconds"] = ttl_seconds
+        return await self._request("POST", r.OPS_SESSIONS, OpsSession, body=body, timeout=60)
+
+    async def ops_sessions(self) -> OpsSessionList:
+        return await self._request("GET", r.OPS_SESSIONS, OpsSessionList)
+
+    async def ops_session(self, session_id: str) -> OpsSession:
+        return await self._request("GET", r.OPS_SESSION.format(session_id=session_id), OpsSession)
+
+    async def ops_end(self, session_id: str, reason: str) -> OpsSession:
+        path = r.OPS_SESSION.format(session_id=session_id)
+        return await self._request("DELETE", path, OpsSession, body={"reason": reason}, timeout=30)
+
+    async def recordings(self) -> RecordingList:
+        return await self._request("GET", r.RECORDINGS, RecordingList)
+
+    async def recording(self, recording_id: str) -> bytes:
+        """The asciicast file (the node audits that it was viewed)."""
+        path = r.RECORDING.format(recording_id=recording_id)
+        try:
+            response = await self._http.get(
+                self.target.url + path, headers=self._headers, timeout=max(self.target.timeout, 60)
+            )
+        except httpx.TimeoutException as error:
+            raise NodeError(Problem.timeout, "recording download timed out") from error
+        except httpx.TransportError as error:
+            raise NodeError(Problem.unreachable, str(error) or type(error).__name__) from error
+        if response.status_code >= 400:
+            raise self._http_error(response)
+        return response.content
 
     # -- events --------------------------------------------------------------------------------------------
 

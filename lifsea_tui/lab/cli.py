@@ -57,20 +57,22 @@ def _free_port() -> int:
 
 
 def ensure_image(layout: Layout) -> None:
-    """The lab's update repo holds the base image: pulled from the cache, built into it on a cold start."""
-    if image.has_ref(layout.repo):
-        return
+    """The lab's update repo holds the OS image and the ops image: from the cache, built into it when cold."""
     cache_repo = cache_dir() / "repo"
-    if not image.has_ref(cache_repo):
-        started = time.monotonic()
-        progress(f"building the OS image once (cached in {cache_dir()})")
-        image.build_base(cache_repo, cache_dir(), progress)
-        progress(f"image built in {time.monotonic() - started:.0f} s")
-    image.init_repo(layout.repo)
-    subprocess.run(
-        ["ostree", f"--repo={layout.repo}", "pull-local", str(cache_repo), image.REF], check=True, capture_output=True
-    )
-    subprocess.run(["ostree", f"--repo={layout.repo}", "summary", "--update"], check=True, capture_output=True)
+    builders = {image.REF: ("the OS image", image.build_base), image.OPS_REF: ("the ops image", image.build_ops)}
+    for ref, (what, build) in builders.items():
+        if image.has_ref(layout.repo, ref):
+            continue
+        if not image.has_ref(cache_repo, ref):
+            started = time.monotonic()
+            progress(f"building {what} once (cached in {cache_dir()})")
+            build(cache_repo, cache_dir(), progress)
+            progress(f"{what} built in {time.monotonic() - started:.0f} s")
+        image.init_repo(layout.repo)
+        subprocess.run(
+            ["ostree", f"--repo={layout.repo}", "pull-local", str(cache_repo), ref], check=True, capture_output=True
+        )
+        subprocess.run(["ostree", f"--repo={layout.repo}", "summary", "--update"], check=True, capture_output=True)
 
 
 def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
@@ -78,7 +80,8 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
     cert, key = node.certs / f"{spec.name}.pem", node.certs / f"{spec.name}.key"
     if not cert.exists():
         certs.issue(layout.pki / "ca", node.certs, spec.name)
-    audit_dir = sysroot.stateroot_var(node.sysroot) / "lib" / "lifsea-agent" / "audit"
+    var = sysroot.stateroot_var(node.sysroot)
+    audit_dir = var / "lib" / "lifsea-agent" / "audit"
     tokens = "".join(
         f'\n[[tokens]]\nname = "lab-{role}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
         for role, token in spec.tokens.items()
@@ -87,7 +90,9 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
         f'node_name = "{spec.name}"\n\n[paths]\nhost_root = "{node.host_root}"\nsysroot = "{node.sysroot}"\n'
         f'system_bus = "{node.bus}"\njournal = ["{node.host_root}/var/log/journal"]\n\n'
         f'[listen]\nhost = "127.0.0.1"\nport = {spec.port}\n\n[tls]\ncert = "{cert}"\nkey = "{key}"\n\n'
-        f'[audit]\ndir = "{audit_dir}"\n{tokens}'
+        f'[audit]\ndir = "{audit_dir}"\n\n'
+        f'[ops]\nimage = "{sysroot.REMOTE}:{image.OPS_REF}"\nnamespaces = "{node.namespaces}"\n'
+        f'dir = "{node.ops_dir}"\nrecordings = "{var / "lib" / "lifsea-agent" / "recordings"}"\n{tokens}'
     )
     node.agent_config.chmod(0o600)
 
@@ -175,6 +180,7 @@ def up(layout: Layout, count: int) -> int:
                 sysroot.create(node.sysroot, url)
             else:
                 sysroot.set_remote(node.sysroot, url)
+            sysroot.pull_ops_image(node.sysroot, layout.repo)
             write_agent_config(layout, node_spec)
     finally:
         server.stop()

@@ -23,6 +23,17 @@ MIRROR = "http://deb.debian.org/debian"
 # Realistic services for a container-host node: cron and a small web server stand in for workloads.
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "procps", "iproute2", "cron", "nginx-light", "less"]
 
+# The ops image: what the break-glass shell runs in. Diagnostic tools the node itself does not carry.
+OPS_REF = "lifsea/x86_64/ops"
+OPS_PACKAGES = [
+    "procps", "iproute2", "less", "strace", "curl", "ca-certificates", "vim-tiny", "iputils-ping", "lsof",
+    "dnsutils", "psmisc",
+]  # fmt: skip
+OPS_PROFILE = r"""# The break-glass shell: make it impossible to mistake for an ordinary one.
+PS1='\[\e[1;97;41m\] OPS \[\e[0m\] \u@\h:\w\$ '
+echo "ops container on $(hostname): the node's root is read-only at /host; this session is recorded."
+"""
+
 Progress = Callable[[str], None]
 
 
@@ -201,3 +212,31 @@ def publish(repo: Path, version: str, subject: str | None = None, ref: str = REF
         for path in overlay.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         return commit(repo, [f"ref={ref}", f"dir={overlay}"], version, subject, ref)
+
+
+def build_ops(repo: Path, work: Path, progress: Progress) -> str:
+    """Debootstrap the ops image (a shell and diagnostic tools) and commit it on OPS_REF; returns the commit.
+
+    It is a container root, not a bootable tree: /etc stays where it is, and /host is where the agent
+    mounts the node's root.
+    """
+    init_repo(repo)
+    rootfs = work / "ops-rootfs"
+    if rootfs.exists():
+        shutil.rmtree(rootfs)
+    progress(f"debootstrap the ops image ({', '.join(OPS_PACKAGES)}): about a minute")
+    _run(
+        ["debootstrap", "--variant=minbase", f"--include={','.join(OPS_PACKAGES)}", SUITE, str(rootfs), MIRROR],
+        "debootstrap (ops image)",
+    )
+    # Device nodes cannot be committed, and the runtime mounts /dev, /proc, /sys, /run and /tmp anyway.
+    for volatile in ("var/cache/apt", "var/lib/apt/lists", "dev", "proc", "sys", "run", "tmp"):
+        shutil.rmtree(rootfs / volatile, ignore_errors=True)
+        (rootfs / volatile).mkdir(exist_ok=True)
+    (rootfs / "host").mkdir(exist_ok=True)
+    (rootfs / "etc" / "hostname").unlink(missing_ok=True)
+    (rootfs / "etc" / "profile.d" / "lifsea-ops.sh").write_text(OPS_PROFILE)
+    progress("committing the ops image into ostree")
+    checksum = commit(repo, [f"dir={rootfs}"], "ops-1", "LifseaOS ops image", OPS_REF)
+    shutil.rmtree(rootfs)
+    return checksum

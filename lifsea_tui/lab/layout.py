@@ -110,6 +110,16 @@ class NodeLayout:
         return self.root / "root"
 
     @property
+    def namespaces(self) -> Path:
+        """A symlink to /proc/LEADER/ns: the namespaces an ops container joins."""
+        return self.root / "ns"
+
+    @property
+    def ops_dir(self) -> Path:
+        """The agent's ops containers: image checkouts and per-session bundles."""
+        return self.root / "ops"
+
+    @property
     def bus(self) -> Path:
         return self.host_root / "run" / "dbus" / "system_bus_socket"
 

@@ -125,8 +125,9 @@ class Machine:
         waiter = asyncio.create_task(self._wait_leader(self.proc.pid, deployment))
         status = await self.proc.wait()
         waiter.cancel()
-        with contextlib.suppress(FileNotFoundError):
-            self.node.host_root.unlink()
+        for link in (self.node.host_root, self.node.namespaces):
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
         self._set("down", last_exit=status)
         return status
 
@@ -136,12 +137,12 @@ class Machine:
         while leader is None:
             leader = _init_of(nspawn_pid)
             await asyncio.sleep(0.05)
-        link = self.node.host_root
-        tmp = link.with_name("root.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        tmp.symlink_to(f"/proc/{leader}/root")
-        os.replace(tmp, link)
+        for link, target in ((self.node.host_root, "root"), (self.node.namespaces, "ns")):
+            tmp = link.with_name(f"{link.name}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            tmp.symlink_to(f"/proc/{leader}/{target}")
+            os.replace(tmp, link)
         while not self.node.bus.exists():
             await asyncio.sleep(0.05)
         self._set("running", leader=leader, deployment=str(deployment))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from lifsea_tui.lab.image import OSNAME, REF, ImageError
+from lifsea_tui.lab.image import OPS_REF, OSNAME, REF, ImageError
 
 REMOTE = "lab"
 
@@ -33,6 +33,16 @@ def set_remote(sysroot: Path, remote_url: str) -> None:
     repo = sysroot / "ostree" / "repo"
     _run(["ostree", f"--repo={repo}", "remote", "delete", "--if-exists", REMOTE], "remote delete")
     _run(["ostree", f"--repo={repo}", "remote", "add", "--no-gpg-verify", REMOTE, remote_url], "remote add")
+
+
+def pull_ops_image(sysroot: Path, lab_repo: Path) -> None:
+    """Give the node the ops image now, so the first break-glass shell does not wait for a download.
+
+    Straight from the lab's repo on this machine (as the update server would serve it, several times
+    faster), recorded as the lab remote's ref so a later `ostree pull lab` updates it.
+    """
+    repo = sysroot / "ostree" / "repo"
+    _run(["ostree", f"--repo={repo}", "pull-local", f"--remote={REMOTE}", str(lab_repo), OPS_REF], "pull the ops image")
 
 
 def is_created(sysroot: Path) -> bool:

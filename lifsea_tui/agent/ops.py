@@ -1,0 +1,847 @@
+"""Break-glass ops sessions: a runc container in the node's namespaces, its terminal, its recording.
+
+A session is created by an admin with a reason. The agent checks the ops image out of the node's
+ostree repo (once per image commit), writes an OCI bundle that joins the node's pid, net, ipc and uts
+namespaces (its own mount namespace, the image read-only as its root, the node's root at /host), and
+starts it with `runc run -d --console-socket`: runc hands back the terminal's master side, and the agent,
+a child subreaper, adopts the shell when runc exits, so it learns the shell's exit status.
+
+Everything the terminal prints is recorded (see recording.py) whether or not anyone is attached. A
+session ends when its shell exits, at its TTL, after an idle timeout, when nobody re-attaches within the
+grace period, on DELETE, when its recording cannot be written, and when the agent stops. Ending always
+does the same things in the same order: kill every process of the container (`runc delete --force`),
+drain and close the terminal, seal the recording, write the audit record with the recording's SHA-256
+and size, tell the client, delete the bundle. A session directory still on disk when the agent starts
+belongs to an agent that was killed; it is torn down and its recording sealed as interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import struct
+import tempfile
+import termios
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
+from lifsea_tui.agent.auth import Identity
+from lifsea_tui.agent.config import AgentConfig
+from lifsea_tui.agent.errors import ApiError, BackendError
+from lifsea_tui.agent.events import EventHub
+from lifsea_tui.agent.ostree import OstreeBackend, run
+from lifsea_tui.agent.recording import Recorder, RecordingError, Seal, seal_interrupted
+from lifsea_tui.api import EventKind, OpsSession, OpsSessionRequest, OpsSessionState
+from lifsea_tui.api import ops as proto
+
+log = logging.getLogger("lifsea.agent.ops")
+
+CONTAINER_PREFIX = "lifsea-ops-"
+SHELL = ["/bin/bash", "-l"]
+TERM = "xterm-256color"
+TAIL_BYTES = 64 * 1024  # what a re-attach gets replayed
+READ_CHUNK = 64 * 1024
+RUNC_TIMEOUT = 20.0
+SYNC_EVERY = 2.0
+RECENT_ENDED = 50
+PR_SET_CHILD_SUBREAPER = 36
+
+# Enough to debug a node as root: trace, signal, read anything, manage its network. Not CAP_SYS_ADMIN
+# unless /host is writable: with it a shell could remount /host read-write or enter the node's mounts.
+# Each with its number, to keep only those the agent itself holds (runc cannot grant more).
+CAPABILITIES = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_FSETID": 4,
+    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12,
+    "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18, "CAP_SYS_PTRACE": 19, "CAP_SYS_RESOURCE": 24, "CAP_AUDIT_WRITE": 29,
+}  # fmt: skip
+CAP_SYS_ADMIN = ("CAP_SYS_ADMIN", 21)
+
+
+def held_capabilities(wanted: dict[str, int]) -> list[str]:
+    """The capabilities in `wanted` that are in this process's bounding set."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        bounding = int(status.split("CapBnd:", 1)[1].split()[0], 16)
+    except (OSError, IndexError, ValueError):
+        return list(wanted)
+    return [name for name, bit in wanted.items() if bounding >> bit & 1]
+
+
+BASE_MOUNTS: list[dict[str, Any]] = [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {
+        "destination": "/dev",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+    },
+    {
+        "destination": "/dev/pts",
+        "type": "devpts",
+        "source": "devpts",
+        "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+    },
+    {
+        "destination": "/dev/shm",
+        "type": "tmpfs",
+        "source": "shm",
+        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+    },
+    {
+        "destination": "/sys",
+        "type": "none",
+        "source": "/sys",
+        "options": ["rbind", "nosuid", "noexec", "nodev", "ro"],
+    },
+    {
+        "destination": "/tmp",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=1777", "size=256m"],
+    },
+    {
+        "destination": "/root",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=700", "size=64m"],
+    },
+    {
+        "destination": "/run",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=755", "size=64m"],
+    },
+]  # fmt: skip
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (the shell, once `runc run -d` exits) so their exit status is ours."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def bundle_spec(
+    *, image_root: Path, namespaces: Path, cgroup: str, session_id: str, mounts: list[dict[str, Any]], admin: bool
+) -> dict[str, Any]:
+    """The OCI runtime config of an ops container."""
+    caps = held_capabilities(CAPABILITIES | (dict([CAP_SYS_ADMIN]) if admin else {}))
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": True,
+            "user": {"uid": 0, "gid": 0},
+            "args": SHELL,
+            "env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                f"TERM={TERM}",
+                "HOME=/root",
+                "LANG=C.UTF-8",
+                f"LIFSEA_OPS_SESSION={session_id}",
+            ],
+            "cwd": "/root",
+            "capabilities": {kind: caps for kind in ("bounding", "effective", "permitted")},
+            "noNewPrivileges": False,
+        },
+        "root": {"path": str(image_root), "readonly": True},
+        # No "hostname": the container shares the node's uts namespace, and setting one would rename the node.
+        "mounts": [
+            *BASE_MOUNTS,
+            *mounts,
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid", "path": str(namespaces / "pid")},
+                {"type": "network", "path": str(namespaces / "net")},
+                {"type": "ipc", "path": str(namespaces / "ipc")},
+                {"type": "uts", "path": str(namespaces / "uts")},
+                {"type": "mount"},
+            ],
+            "cgroupsPath": cgroup,
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }
+
+
+@dataclass(eq=False)
+class Attachment:
+    """One websocket attached to a session; `send` writes a whole frame, `close` ends the connection."""
+
+    send: Callable[[bytes], Awaitable[None]]
+    close: Callable[[int, str], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    node: str
+    owner: Identity
+    reason: str
+    ticket: str | None
+    writable_host: bool
+    created: datetime
+    expires_at: datetime
+    audit_seq: int
+    recorder: Recorder
+    container: str
+    bundle: Path
+    state: OpsSessionState = OpsSessionState.starting
+    master: int | None = None
+    pid: int | None = None
+    pidfd: int | None = None
+    cols: int = 80
+    rows: int = 24
+    tail: deque[bytes] = field(default_factory=deque)
+    tail_size: int = 0
+    attachment: Attachment | None = None
+    attached_once: bool = False
+    detached_at: float | None = None
+    last_input: float = field(default_factory=time.monotonic)
+    warned: set[int] = field(default_factory=set)
+    exit_code: int | None = None
+    end_reason: str | None = None
+    ending: bool = False
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def model(self) -> OpsSession:
+        return OpsSession(
+            id=self.id,
+            node=self.node,
+            actor=self.owner.actor,
+            reason=self.reason,
+            ticket=self.ticket,
+            writable_host=self.writable_host,
+            state=self.state,
+            created=self.created,
+            expires_at=self.expires_at,
+            recording=self.recorder.id,
+            audit_seq=self.audit_seq,
+            exit_code=self.exit_code,
+            end_reason=self.end_reason,
+        )
+
+    def remember(self, data: bytes) -> None:
+        self.tail.append(data)
+        self.tail_size += len(data)
+        while self.tail_size > TAIL_BYTES and len(self.tail) > 1:
+            self.tail_size -= len(self.tail.popleft())
+
+    def replay(self) -> bytes:
+        """The screen tail for a re-attach: a terminal reset, then recent output from a line start."""
+        data = b"".join(self.tail)
+        if len(data) > TAIL_BYTES:
+            data = data[-TAIL_BYTES:]
+            data = data[data.find(b"\n") + 1 :]
+        return b"\x1bc" + data
+
+
+class OpsManager:
+    def __init__(self, config: AgentConfig, audit: AuditLog, events: EventHub, ostree: OstreeBackend) -> None:
+        self.config = config
+        self.ops = config.ops
+        self.audit = audit
+        self.events = events
+        self.ostree = ostree
+        self.sessions: dict[str, Session] = {}
+        self.recent: deque[Session] = deque(maxlen=RECENT_ENDED)
+        self._image_lock = asyncio.Lock()
+        self._endings: set[asyncio.Task[None]] = set()
+        # runc's state of this agent's containers only: another agent on the machine (the lab runs one
+        # a node) has its own, so neither's start-up tidying touches the other's sessions.
+        self._runc = ["runc", f"--root={self.ops.dir / 'runc'}"]
+        self._subreaper = False
+
+    # -- availability, start and stop -----------------------------------------------------------------
+
+    def unavailable_reason(self) -> str | None:
+        if self.ops.image is None:
+            return "no ops image configured ([ops] image in the agent's config)"
+        if shutil.which("runc") is None:
+            return "runc is not installed"
+        if not (self.ops.namespaces / "pid").exists():
+            return f"the node's namespaces are not at {self.ops.namespaces} (is the node running?)"
+        if self.ostree.unavailable_reason() is not None:
+            return f"the ops image comes from the node's ostree repo: {self.ostree.unavailable_reason()}"
+        return None
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.ops.dir / "sessions"
+
+    async def start(self) -> None:
+        """Tear down what a killed agent left: containers, bundles; seal their recordings as interrupted."""
+        if self.ops.image is None:
+            return
+        if not self._subreaper:
+            become_subreaper()
+            self._subreaper = True
+        known: set[str] = set()
+        if self.sessions_dir.is_dir():
+            for bundle in sorted(self.sessions_dir.iterdir()):
+                known.add(CONTAINER_PREFIX + bundle.name)
+                await self._recover(bundle)
+        with contextlib.suppress(BackendError):
+            listing = json.loads(await run([*self._runc, "list", "--format=json"], RUNC_TIMEOUT, "runc list") or "null")
+            for container in listing or []:
+                cid = str(container.get("id", ""))
+                if cid.startswith(CONTAINER_PREFIX) and cid not in known:
+                    await self._delete_container(cid)
+
+    async def _recover(self, bundle: Path) -> None:
+        try:
+            meta = json.loads((bundle / "session.json").read_text())
+        except (OSError, ValueError):
+            meta = {"id": bundle.name}
+        session_id = str(meta.get("id", bundle.name))
+        await self._delete_container(CONTAINER_PREFIX + session_id)
+        seal = seal_interrupted(self.ops.recordings, session_id, "the agent stopped during the session")
+        with contextlib.suppress(AuditUnavailable):
+            self.audit.append(
+                actor=str(meta.get("actor", "unknown")),
+                role=meta.get("role"),
+                action="ops.session.end",
+                reason=meta.get("reason"),
+                params={
+                    "session": session_id,
+                    "recording": session_id,
+                    "sha256": seal.sha256 if seal else None,
+                    "size": seal.size if seal else None,
+                    "exit_code": None,
+                    "end_reason": "interrupted",
+                },
+                outcome="interrupted: the agent stopped during the session; container torn down at its restart",
+            )
+        shutil.rmtree(bundle, ignore_errors=True)
+        log.warning("tore down ops session %s left by a previous agent", session_id)
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(
+            *(self.end(session, "agent shutdown") for session in list(self.sessions.values())), return_exceptions=True
+        )
+
+    # -- create -------------------------------------------------------------------------------------
+
+    def _refuse(self, who: Identity, request: OpsSessionRequest, code: str, detail: str) -> ApiError:
+        try:
+            self.audit.append(
+                actor=who.actor,
+                role=who.role,
+                action="ops.session.start",
+                reason=request.reason,
+                params={"ticket": request.ticket, "writable_host": request.writable_host},
+                outcome=f"refused: {detail}",
+            )
+        except AuditUnavailable as error:
+            return ApiError("audit_unavailable", f"{error}; no session was started")
+        return ApiError(code, detail, audited=True)
+
+    def _check(self, who: Identity, request: OpsSessionRequest) -> None:
+        problem = self.unavailable_reason()
+        if problem is not None:
+            raise self._refuse(who, request, "unavailable", f"ops shell unavailable: {problem}")
+        if self.ops.require_ticket and not request.ticket:
+            raise self._refuse(who, request, "bad_request", "this node requires a ticket for an ops shell")
+        if request.writable_host and not self.ops.allow_writable_host:
+            raise self._refuse(who, request, "forbidden", "this node's config does not allow a writable /host")
+        live = [s for s in self.sessions.values() if not s.ending]
+        if len(live) >= self.ops.max_sessions:
+            raise self._refuse(
+                who, request, "too_many_sessions", f"{len(live)} ops sessions open (at most {self.ops.max_sessions})"
+            )
+        mine = [s for s in live if s.owner.actor == who.actor]
+        if len(mine) >= self.ops.max_sessions_per_user:
+            raise self._refuse(
+                who, request, "too_many_sessions",
+                f"{who.actor} has {len(mine)} ops sessions open (at most {self.ops.max_sessions_per_user})",
+            )  # fmt: skip
+        try:
+            self.ops.recordings.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.ops.recordings).free
+        except OSError as error:
+            raise self._refuse(
+                who, request, "recording_unavailable", f"recording directory unusable: {error.strerror or error}"
+            ) from error
+        if free < self.ops.min_free_bytes:
+            raise self._refuse(
+                who, request, "recording_unavailable",
+                f"recording directory {self.ops.recordings} has {free} bytes free (needs {self.ops.min_free_bytes}): "
+                "a session that cannot be recorded is not started",
+            )  # fmt: skip
+
+    async def create(self, who: Identity, request: OpsSessionRequest) -> Session:
+        self._check(who, request)
+        ttl = min(request.ttl_seconds or self.ops.default_ttl, self.ops.max_ttl)
+        session_id = secrets.token_hex(8)
+        created = _now()
+        params = {
+            "session": session_id,
+            "ticket": request.ticket,
+            "ttl_seconds": ttl,
+            "writable_host": request.writable_host,
+            "recording": session_id,
+            "record_input": self.ops.record_input,
+        }
+        try:
+            record = self.audit.append(
+                actor=who.actor,
+                role=who.role,
+                action="ops.session.start",
+                reason=request.reason,
+                params=params,
+                outcome="started",
+            )
+        except AuditUnavailable as error:
+            raise ApiError("audit_unavailable", f"{error}; no session was started") from error
+        recorder = Recorder(
+            self.ops.recordings,
+            session_id,
+            {"id": session_id, "actor": who.actor, "reason": request.reason, "ticket": request.ticket},
+        )
+        session = Session(
+            id=session_id,
+            node=self.config.node_name,
+            owner=who,
+            reason=request.reason,
+            ticket=request.ticket,
+            writable_host=request.writable_host,
+            created=created,
+            expires_at=created + timedelta(seconds=ttl),
+            audit_seq=record.seq,
+            recorder=recorder,
+            container=CONTAINER_PREFIX + session_id,
+            bundle=self.sessions_dir / session_id,
+        )
+        try:
+            recorder.open(
+                session.cols,
+                session.rows,
+                {"TERM": TERM, "SHELL": SHELL[0]},
+                f"{self.config.node_name}: {request.reason}",
+            )
+            await self._launch(session)
+        except (RecordingError, ApiError, OSError) as error:
+            detail = str(error) if not isinstance(error, ApiError) else error.detail
+            code = "recording_unavailable" if isinstance(error, RecordingError) else getattr(error, "code", "failed")
+            await self._teardown(session, f"failed to start: {detail}")
+            raise ApiError(code, f"ops session not started: {detail}", audited=True) from error
+        session.state = OpsSessionState.detached
+        session.detached_at = time.monotonic()
+        self.sessions[session_id] = session
+        session.tasks = [
+            asyncio.create_task(self._pump(session)),
+            asyncio.create_task(self._supervise(session)),
+        ]
+        self._publish(session)
+        return session
+
+    async def _image_root(self) -> Path:
+        """The ops image checked out of the node's repo (pulled first if the node does not have it)."""
+        assert self.ops.image is not None
+        repo = self.config.sysroot / "ostree" / "repo"
+        async with self._image_lock:
+            try:
+                rev = (
+                    await run(["ostree", f"--repo={repo}", "rev-parse", self.ops.image], 30, "find the ops image")
+                ).strip()
+            except BackendError:
+                if ":" not in self.ops.image:
+                    raise
+                remote, ref = self.ops.image.split(":", 1)
+                await run(
+                    ["ostree", f"--repo={repo}", "pull", remote, ref], self.config.pull_timeout, "pull the ops image"
+                )
+                rev = (
+                    await run(["ostree", f"--repo={repo}", "rev-parse", self.ops.image], 30, "find the ops image")
+                ).strip()
+            root = self.ops.dir / "images" / rev
+            if not root.is_dir():
+                tmp = root.with_name(f"{rev}.tmp-{secrets.token_hex(4)}")
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                await run(["ostree", f"--repo={repo}", "checkout", rev, str(tmp)], 300, "check out the ops image")
+                os.replace(tmp, root)
+            return root
+
+    async def _host_mounts(self, writable: bool) -> list[dict[str, Any]]:
+        """The node's root at /host: its booted deployment (with its /usr always read-only and its /var)."""
+        mode = "rw" if writable else "ro"
+        booted = await self.ostree.booted_directory()
+        if booted is None:
+            return [
+                {
+                    "destination": "/host",
+                    "type": "bind",
+                    "source": str(self.config.host_root),
+                    "options": ["rbind", mode],
+                }
+            ]
+        mounts = [
+            {"destination": "/host", "type": "bind", "source": str(booted), "options": ["rbind", mode]},
+            {"destination": "/host/usr", "type": "bind", "source": str(booted / "usr"), "options": ["rbind", "ro"]},
+        ]
+        var = self.ostree.stateroot_var()
+        if var.is_dir():
+            mounts.append({"destination": "/host/var", "type": "bind", "source": str(var), "options": ["rbind", mode]})
+        return mounts
+
+    async def _launch(self, session: Session) -> None:
+        image_root = await self._image_root()
+        session.bundle.mkdir(parents=True)
+        (session.bundle / "session.json").write_text(
+            json.dumps(
+                {"id": session.id, "actor": session.owner.actor, "role": session.owner.role, "reason": session.reason}
+            )
+        )
+        spec = bundle_spec(
+            image_root=image_root,
+            namespaces=self.ops.namespaces,
+            cgroup=f"/lifsea-ops/{self.config.node_name}-{session.id}",
+            session_id=session.id,
+            mounts=await self._host_mounts(session.writable_host),
+            admin=session.writable_host,
+        )
+        (session.bundle / "config.json").write_text(json.dumps(spec))
+        pid_file = session.bundle / "pid"
+        # A socket path must fit in 108 bytes, which the bundle's may not: a private directory in /tmp.
+        with tempfile.TemporaryDirectory(prefix="lifsea-ops-") as private, socket.socket(socket.AF_UNIX) as listener:
+            console = Path(private) / "console.sock"
+            listener.bind(str(console))
+            listener.listen(1)
+            try:
+                await run(
+                    [*self._runc, "run", "--detach", f"--console-socket={console}", f"--pid-file={pid_file}",
+                     f"--bundle={session.bundle}", session.container],
+                    RUNC_TIMEOUT, "start the ops container",
+                )  # fmt: skip
+            except BackendError as error:
+                # runc logs warnings (cgroups, freezer) before the error that matters; keep the error.
+                errors = re.findall(r'level=error msg="((?:[^"\\]|\\.)*)"', error.detail)
+                if errors:
+                    error.detail = f"start the ops container: {errors[-1]}"
+                raise
+            listener.settimeout(5)
+            conn, _ = listener.accept()
+            with conn:
+                _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+        if not fds:
+            raise BackendError("failed", "runc did not hand over the container's terminal")
+        session.master = fds[0]
+        os.set_blocking(session.master, False)
+        self._set_size(session, session.cols, session.rows)
+        session.pid = int(pid_file.read_text().strip())
+        session.pidfd = os.pidfd_open(session.pid)
+
+    # -- the terminal -------------------------------------------------------------------------------
+
+    def _set_size(self, session: Session, cols: int, rows: int) -> None:
+        session.cols, session.rows = cols, rows
+        if session.master is not None:
+            fcntl.ioctl(session.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    async def _readable(self, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+    async def _pump(self, session: Session) -> None:
+        """Terminal output to the recording, the tail and the attached client; the shell's exit ends it.
+
+        While a client is attached, the next read waits for the last send: a slow client slows the
+        shell's output (the terminal's buffer fills and the writer blocks) instead of the agent's memory.
+        """
+        assert session.master is not None and session.pidfd is not None
+        exited = asyncio.create_task(self._readable(session.pidfd))
+        try:
+            while True:
+                readable = asyncio.create_task(self._readable(session.master))
+                done, _ = await asyncio.wait({readable, exited}, return_when=asyncio.FIRST_COMPLETED)
+                if readable not in done:
+                    readable.cancel()
+                    break
+                if not await self._read_once(session):
+                    break
+        except RecordingError as error:
+            exited.cancel()
+            self._end_later(session, f"recording failed: {error}")
+            return
+        finally:
+            exited.cancel()
+        session.exit_code = self._reap(session)
+        self._end_later(session, "exited")
+
+    def _end_later(self, session: Session, reason: str) -> None:
+        """End from inside one of the session's own tasks (which ending cancels)."""
+        task = asyncio.create_task(self.end(session, reason))
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
+
+    async def _read_once(self, session: Session) -> bool:
+        """Read what the terminal has and pass it on; False at the terminal's end."""
+        assert session.master is not None
+        try:
+            data = os.read(session.master, READ_CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False  # EIO: nothing holds the terminal's other side any more
+        if not data:
+            return False
+        session.recorder.output(data)
+        session.remember(data)
+        async with session.send_lock:
+            attachment = session.attachment
+            if attachment is not None:
+                try:
+                    await attachment.send(proto.data(proto.STDOUT, data))
+                except Exception:  # noqa: BLE001 - any failure of the connection means it is gone
+                    self._detach(session, attachment)
+        return True
+
+    def _reap(self, session: Session) -> int | None:
+        if session.pidfd is None:
+            return None
+        try:
+            result = os.waitid(os.P_PIDFD, session.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return None  # not adopted: the exit status went to someone else
+        if result is None:
+            return None
+        return result.si_status if result.si_code == os.CLD_EXITED else 128 + result.si_status
+
+    async def write_input(self, session: Session, data: bytes) -> None:
+        session.last_input = time.monotonic()
+        if self.ops.record_input:
+            session.recorder.input(data)
+        view = memoryview(data)
+        while view and session.master is not None and not session.ending:
+            try:
+                written = os.write(session.master, view)
+                view = view[written:]
+            except BlockingIOError:
+                await self._writable(session.master)
+            except OSError:
+                return
+
+    async def _writable(self, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, 5)
+        finally:
+            loop.remove_writer(fd)
+
+    def resize(self, session: Session, cols: int, rows: int) -> None:
+        if (cols, rows) != (session.cols, session.rows):
+            self._set_size(session, cols, rows)
+            session.recorder.resize(cols, rows)
+
+    # -- attach and detach --------------------------------------------------------------------------
+
+    async def attach(self, session: Session, attachment: Attachment, cols: int, rows: int) -> None:
+        """Make `attachment` the session's client: hello, then the screen tail on a re-attach."""
+        previous = session.attachment
+        reattach = session.attached_once
+        async with session.send_lock:
+            self.resize(session, cols, rows)
+            # What the shell printed before this attach (its first prompt, or the screen the dropped
+            # connection last showed) is sent first, so the client starts from what the terminal shows.
+            replay = session.replay() if session.tail else b""
+            await attachment.send(
+                proto.control(
+                    "hello",
+                    session=session.id,
+                    recording=session.recorder.id,
+                    expires_at=session.expires_at.isoformat().replace("+00:00", "Z"),
+                    replayed=len(replay),
+                    reattached=reattach,
+                )
+            )
+            if replay:
+                await attachment.send(proto.data(proto.STDOUT, replay))
+            session.attachment = attachment
+            session.attached_once = True
+            session.detached_at = None
+            session.state = OpsSessionState.attached
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous.close(proto.CLOSE_TAKEN_OVER, "attached from another connection")
+        with contextlib.suppress(RecordingError):
+            session.recorder.marker("re-attached" if reattach else "attached")
+        self._audit_step(session, "ops.session.reattach" if reattach else "ops.session.attach", "ok")
+        self._publish(session)
+
+    def _detach(self, session: Session, attachment: Attachment) -> None:
+        if session.attachment is not attachment or session.ending:
+            return
+        session.attachment = None
+        session.detached_at = time.monotonic()
+        session.state = OpsSessionState.detached
+        with contextlib.suppress(RecordingError):
+            session.recorder.marker("detached")
+        self._audit_step(session, "ops.session.detach", f"ok: re-attach within {self.ops.grace} s or it ends")
+        self._publish(session)
+
+    def detach(self, session: Session, attachment: Attachment) -> None:
+        self._detach(session, attachment)
+
+    def _audit_step(self, session: Session, action: str, outcome: str, params: dict[str, Any] | None = None) -> None:
+        with contextlib.suppress(AuditUnavailable):
+            self.audit.append(
+                actor=session.owner.actor,
+                role=session.owner.role,
+                action=action,
+                reason=session.reason,
+                params={"session": session.id, **(params or {})},
+                outcome=outcome,
+            )
+
+    # -- time limits --------------------------------------------------------------------------------
+
+    async def _supervise(self, session: Session) -> None:
+        """Once a second: expiry warnings, TTL, idle timeout, the re-attach grace period, recording sync."""
+        last_sync = time.monotonic()
+        while not session.ending:
+            await asyncio.sleep(1)
+            now = time.monotonic()
+            left = (session.expires_at - _now()).total_seconds()
+            reason = None
+            if left <= 0:
+                reason = "ttl"
+            elif now - session.last_input > self.ops.idle_timeout:
+                reason = "idle"
+            elif session.detached_at is not None and now - session.detached_at > self.ops.grace:
+                reason = "detached"
+            if reason is not None:
+                await self.end(session, reason)
+                return
+            for threshold in (self.ops.warn_before, 10):
+                if left <= threshold and threshold not in session.warned:
+                    session.warned.add(threshold)
+                    await self._warn(session, int(left))
+            if now - last_sync > SYNC_EVERY:
+                last_sync = now
+                try:
+                    session.recorder.sync()
+                except RecordingError as error:
+                    await self.end(session, f"recording failed: {error}")
+                    return
+
+    async def _warn(self, session: Session, seconds_left: int) -> None:
+        with contextlib.suppress(RecordingError):
+            session.recorder.marker(f"expiring in {seconds_left} s")
+        async with session.send_lock:
+            if session.attachment is not None:
+                with contextlib.suppress(Exception):
+                    await session.attachment.send(proto.control("expiring", seconds_left=seconds_left))
+
+    # -- ending -------------------------------------------------------------------------------------
+
+    async def end(self, session: Session, reason: str, who: Identity | None = None) -> None:
+        """End the session (idempotent): kill, drain, seal, audit, tell the client, clean up."""
+        if session.ending:
+            await session.ended.wait()
+            return
+        session.ending = True
+        current = asyncio.current_task()
+        for task in session.tasks:
+            if task is not current:
+                task.cancel()
+        if who is not None:
+            reason = f"{reason} by {who.actor}"
+        await self._teardown(session, reason)
+        async with session.send_lock:
+            attachment, session.attachment = session.attachment, None
+            if attachment is not None:
+                with contextlib.suppress(Exception):
+                    await attachment.send(proto.control("exit", code=session.exit_code, reason=reason))
+                    await attachment.close(1000, f"session ended: {reason}"[:120])
+        self.sessions.pop(session.id, None)
+        self.recent.append(session)
+        self._publish(session)
+
+    async def _teardown(self, session: Session, reason: str) -> None:
+        await self._delete_container(session.container)
+        if session.master is not None:
+            # Whatever the shell printed last is part of the record.
+            with contextlib.suppress(RecordingError):
+                for _ in range(64):
+                    if not await self._read_once(session):
+                        break
+            os.close(session.master)
+            session.master = None
+        if session.exit_code is None:
+            session.exit_code = self._reap(session)
+        if session.pidfd is not None:
+            os.close(session.pidfd)
+            session.pidfd = None
+        session.end_reason = reason
+        session.state = OpsSessionState.ended
+        seal: Seal | None = None
+        problem = None
+        try:
+            seal = session.recorder.seal(reason)
+        except (OSError, RecordingError) as error:
+            problem = str(error)
+        with contextlib.suppress(AuditUnavailable):
+            self.audit.append(
+                actor=session.owner.actor,
+                role=session.owner.role,
+                action="ops.session.end",
+                reason=session.reason,
+                params={
+                    "session": session.id,
+                    "recording": session.recorder.id,
+                    "sha256": seal.sha256 if seal else None,
+                    "size": seal.size if seal else None,
+                    "exit_code": session.exit_code,
+                    "end_reason": reason,
+                    "seconds": round((_now() - session.created).total_seconds(), 1),
+                },
+                outcome="ok" if problem is None else f"failed: recording not sealed: {problem}",
+            )
+        shutil.rmtree(session.bundle, ignore_errors=True)
+        session.ended.set()
+
+    async def _delete_container(self, container: str) -> None:
+        try:
+            await run([*self._runc, "delete", "--force", container], RUNC_TIMEOUT, "remove the ops container")
+        except BackendError as error:
+            if "does not exist" not in error.detail and "not found" not in error.detail:
+                log.warning("%s", error.detail)
+
+    def _publish(self, session: Session) -> None:
+        self.events.publish(EventKind.ops, {"session": session.model().model_dump(mode="json")})
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def find(self, session_id: str) -> Session | None:
+        return self.sessions.get(session_id) or next((s for s in self.recent if s.id == session_id), None)
+
+    def list(self) -> list[OpsSession]:
+        return [s.model() for s in self.sessions.values()]
