@@ -8,7 +8,7 @@ nodes elsewhere; this stands in for the network so that the pictures are stable.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lifsea_tui.api import (
@@ -22,6 +22,9 @@ from lifsea_tui.api import (
     HistoryEntry,
     HistoryList,
     NodeInfo,
+    OpsSessionList,
+    RecordingInfo,
+    RecordingList,
     UpdateState,
     UpdateStatus,
     UpdateTarget,
@@ -148,6 +151,25 @@ class FrozenClient:
             )
         ]
         return AuditPage(records=records, head_seq=3, head_hash=f"{3:064x}")
+
+    async def ops_sessions(self) -> OpsSessionList:
+        return OpsSessionList(sessions=[])
+
+    async def recordings(self) -> RecordingList:
+        return RecordingList(
+            recordings=[
+                RecordingInfo(
+                    id="0123456789abcdef",
+                    actor="oncall",
+                    reason="INC-7 disk full on /var",
+                    started=T0,
+                    ended=T0 + timedelta(minutes=12),
+                    size=48213,
+                    sha256="c" * 64,
+                    end_reason="exited",
+                )
+            ]
+        )
 
     async def audit_verify(self) -> AuditVerify:
         return AuditVerify(ok=True, records=4, head_seq=3, head_hash=f"{3:064x}", first_bad_seq=None, problem=None)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from lifsea_tui.api import Deployment, UpdateStatus
+from lifsea_tui.client.heads import AuditHeads
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 
 BACKOFF_START = 2.0
@@ -36,6 +37,7 @@ class NodeSnapshot:
     deployments: list[Deployment] = field(default_factory=list)
     update: UpdateStatus | None = None
     audit_head: tuple[int, str | None] | None = None
+    audit_warning: str | None = None  # the chain no longer holds a record the console saw (see heads.py)
     latency_ms: float | None = None
     last_seen: float | None = None  # wall-clock time of the last good answer
     failures: int = 0
@@ -68,8 +70,9 @@ def version_drift(snapshots: Iterable[NodeSnapshot]) -> dict[str, int]:
 
 
 class Fleet:
-    def __init__(self, targets: list[NodeTarget], *, concurrency: int = 64) -> None:
+    def __init__(self, targets: list[NodeTarget], *, concurrency: int = 64, heads: AuditHeads | None = None) -> None:
         self.clients = {target.name: NodeClient(target) for target in targets}
+        self.heads = heads or AuditHeads(None)
         self.snapshots = {target.name: NodeSnapshot(target.name, target.url) for target in targets}
         self._semaphore = asyncio.Semaphore(concurrency)
         self._next_try: dict[str, float] = {}
@@ -89,6 +92,7 @@ class Fleet:
                 new = dataclasses.replace(old, problem=str(error), failures=failures)
             else:
                 self._next_try.pop(name, None)
+                warning = await self.heads.check(self.clients[name], summary.audit_head_seq, summary.audit_head_hash)
                 new = dataclasses.replace(
                     old,
                     problem=None,
@@ -96,6 +100,7 @@ class Fleet:
                     deployments=summary.deployments.deployments,
                     update=summary.update,
                     audit_head=(summary.audit_head_seq, summary.audit_head_hash),
+                    audit_warning=warning,
                     latency_ms=(time.perf_counter() - started) * 1000,
                     last_seen=time.time(),
                 )
@@ -125,6 +130,7 @@ class Fleet:
                     await result
 
         await asyncio.gather(*(one(name) for name in chosen))
+        self.heads.save()
 
     async def follow(self, on_change: Callable[[NodeSnapshot], None]) -> None:
         """Refresh a node as soon as it pushes a change on /v1/events; runs until cancelled.
@@ -140,6 +146,7 @@ class Fleet:
                         failures = 0
                         if not isinstance(event, dict):  # the hello is a dict; changes are Events
                             on_change(await self.refresh_node(name))
+                            self.heads.save()
                 except NodeError:
                     failures += 1
                 await asyncio.sleep(min(BACKOFF_MAX, BACKOFF_START * 2 ** min(failures, 6)))

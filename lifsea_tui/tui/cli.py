@@ -11,6 +11,7 @@ from pathlib import Path
 from lifsea_tui import __version__
 from lifsea_tui.client import inventory
 from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.heads import AuditHeads
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.tui import locations
 
@@ -31,17 +32,80 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lifsea-tui", description="Ops console for fleets of ostree-based, container-optimized Linux nodes."
-    )
-    parser.add_argument("--version", action="version", version=f"lifsea-tui {__version__}")
+def add_inventory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inventory",
         type=Path,
         help="TOML file of nodes ([[nodes]] name, url, ca_file, token_file "
         f"or token_env); default: {locations.config_file()}, else the running lab",
     )
+    parser.add_argument("--lab-dir", type=Path, help="the lab to use when no inventory is given")
+    parser.add_argument(
+        "--lab-role",
+        default="admin",
+        choices=["reader", "operator", "admin", "auditor"],
+        help="which of the lab's tokens to use (default admin, so the lab shows every feature)",
+    )
+
+
+def ttl(text: str) -> int:
+    """Seconds, or a number with s, m or h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return int(text[:-1]) * units[text[-1]]
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 900, 15m or 1h") from None
+
+
+def shell_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lifsea-tui shell",
+        description="Open an audited, recorded break-glass shell in a temporary ops container on NODE. "
+        "Exits with the remote shell's exit code (255 if the session could not be used). "
+        "Type ~. at the start of a line to end the session.",
+    )
+    parser.add_argument("node", help="the node's name in the inventory")
+    parser.add_argument("--reason", required=True, help="why (goes into the node's audit log)")
+    parser.add_argument("--ticket", help="incident or change ticket")
+    parser.add_argument("--ttl", type=ttl, help="how long the session may live: 900, 15m, 1h (capped by the node)")
+    parser.add_argument("--session", help="re-attach to this open session instead of starting one")
+    add_inventory_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        targets = {target.name: target for target in targets_from(args)}
+    except inventory.InventoryError as error:
+        print(f"lifsea-tui shell: {error}", file=sys.stderr)
+        return 2
+    if args.node not in targets:
+        print(
+            f"lifsea-tui shell: no node {args.node!r} (known: {', '.join(sorted(targets)) or 'none'})", file=sys.stderr
+        )
+        return 2
+    import asyncio
+
+    from lifsea_tui.tui import rawshell
+
+    options = rawshell.Options(reason=args.reason, ticket=args.ticket, ttl_seconds=args.ttl, session=args.session)
+    return asyncio.run(rawshell.run(targets[args.node], options))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["shell"]:
+        return shell_main(argv[1:])
+    if argv[:1] == ["play"]:
+        from lifsea_tui.tui.player import play_main
+
+        return play_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="lifsea-tui",
+        description="Ops console for fleets of ostree-based, container-optimized Linux nodes. "
+        "Also: `lifsea-tui shell NODE --reason TEXT` (break-glass shell in this terminal), "
+        "`lifsea-tui play FILE` (play a session recording).",
+    )
+    parser.add_argument("--version", action="version", version=f"lifsea-tui {__version__}")
     parser.add_argument("--read-only", action="store_true", help="hide every action that changes a node")
     parser.add_argument("--refresh", type=float, default=5.0, help="seconds between fleet refreshes (default 5)")
     parser.add_argument(
@@ -50,13 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         default=200,
         help="follow every node's event stream up to this many nodes; larger fleets are polled only (default 200)",
     )
-    parser.add_argument("--lab-dir", type=Path, help="the lab to use when no inventory is given")
-    parser.add_argument(
-        "--lab-role",
-        default="operator",
-        choices=["reader", "operator", "admin"],
-        help="which of the lab's tokens the console uses (default operator)",
-    )
+    add_inventory_options(parser)
     args = parser.parse_args(argv)
     try:
         targets = targets_from(args)
@@ -71,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     LifseaApp(
-        Fleet(targets), read_only=args.read_only, refresh_interval=args.refresh, events_limit=args.events_limit
+        Fleet(targets, heads=AuditHeads(locations.audit_heads_file())),
+        read_only=args.read_only,
+        refresh_interval=args.refresh,
+        events_limit=args.events_limit,
     ).run()
     return 0
 

@@ -25,8 +25,17 @@ def user_themes() -> Path:
     return config_dir() / "themes"
 
 
+def state_dir() -> Path:
+    return Path(os.environ.get("LIFSEA_TUI_STATE_DIR") or user_state_dir("lifsea-tui"))
+
+
 def settings_file() -> Path:
-    return Path(os.environ.get("LIFSEA_TUI_STATE_DIR") or user_state_dir("lifsea-tui")) / "settings.json"
+    return state_dir() / "settings.json"
+
+
+def audit_heads_file() -> Path:
+    """The newest audit record seen on each node (seq, hash): see client/heads.py."""
+    return state_dir() / "audit-heads.json"
 
 
 def load_settings() -> dict[str, Any]:

@@ -78,6 +78,7 @@ class FleetScreen(ConsoleScreen):
         self.filter_text = ""
         self.sort_index = 0
         self._dirty: set[str] = set()
+        self._warned: set[str] = set()  # nodes whose audit-chain warning was shown (network loop only)
         self._rebuild = True
         self._rebuilt_at = 0.0
 
@@ -120,6 +121,10 @@ class FleetScreen(ConsoleScreen):
     def _changed(self, snapshot: NodeSnapshot) -> None:
         """Called on the network loop for each answer; the UI loop repaints on its next flush."""
         self._ui_loop.call_soon_threadsafe(self._dirty.add, snapshot.name)
+        if snapshot.audit_warning and snapshot.name not in self._warned:
+            self._warned.add(snapshot.name)
+            message = f"{snapshot.name}: {snapshot.audit_warning}"
+            self._ui_loop.call_soon_threadsafe(lambda: self.notify(message, severity="error", timeout=30))
 
     def _visible(self) -> list[NodeSnapshot]:
         snapshots = list(self.lifsea.fleet.snapshots.values())
@@ -143,6 +148,8 @@ class FleetScreen(ConsoleScreen):
     def _cells(self, snapshot: NodeSnapshot, plain: bool = False) -> list[Text | str]:
         if snapshot.problem:
             state: Text | str = Text(f"✗ {snapshot.problem}", style=self._style("node-down"))
+        elif snapshot.audit_warning:
+            state = Text(f"⚠ {snapshot.audit_warning}", style=self._style("node-down"))
         elif snapshot.reachable:
             state = Text("● ok", style=self._style("node-ok"))
         else:

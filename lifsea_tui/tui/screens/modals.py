@@ -62,3 +62,65 @@ class ReasonModal(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class OpsModal(ModalScreen["tuple[str, str | None, int] | None"]):
+    """Ask for what a break-glass shell needs: reason, ticket, TTL. Dismisses with them, or None."""
+
+    DEFAULT_CSS = """
+    OpsModal {
+        align: center middle;
+        & > Vertical {
+            width: 76; height: auto; padding: 1 2; overflow: hidden;
+            border: thick $error; background: $panel;
+        }
+        #title { text-style: bold; color: $error; }
+        #what { color: $text-muted; margin-bottom: 1; }
+        #problem { color: $error; height: auto; }
+        #keys { color: $text-muted; margin-top: 1; }
+    }
+    """
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="ops-modal-cancel")]
+    DURATIONS = {"s": 1, "m": 60, "h": 3600}
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"Open a break-glass ops shell on {self.node}", id="title")
+            yield Static(
+                "A temporary ops container in the node's namespaces, its root read-only at /host. "
+                "Every byte is recorded by the node; start and end go into its audit log.",
+                id="what",
+            )
+            yield Input(placeholder="reason (required)", id="reason", max_length=500)
+            yield Input(placeholder="ticket (if your node requires one)", id="ticket", max_length=200)
+            yield Input(value="15m", placeholder="time to live: 900, 15m, 1h", id="ttl", max_length=8)
+            yield Static("", id="problem")
+            yield Static("tab next field · enter open · esc cancel", id="keys")
+
+    @on(Input.Submitted)
+    def confirm(self, event: Input.Submitted) -> None:
+        reason = self.query_one("#reason", Input).value.strip()
+        ticket = self.query_one("#ticket", Input).value.strip() or None
+        ttl_text = self.query_one("#ttl", Input).value.strip().lower()
+        problem = self.query_one("#problem", Static)
+        if not reason:
+            problem.update("A reason is required: it goes into the node's audit log.")
+            self.query_one("#reason", Input).focus()
+            return
+        try:
+            unit = self.DURATIONS.get(ttl_text[-1:], 0)
+            ttl = int(ttl_text[:-1]) * unit if unit else int(ttl_text)
+        except ValueError:
+            ttl = 0
+        if ttl < 10:
+            problem.update("Time to live: a number of seconds, or like 15m or 1h (at least 10 s).")
+            self.query_one("#ttl", Input).focus()
+            return
+        self.dismiss((reason, ticket, ttl))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -7,16 +7,28 @@ from typing import Any
 
 from rich.table import Table
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
-from lifsea_tui.api import AuditPage, Deployment, HistoryList, NodeInfo, UpdateStatus
+from lifsea_tui.api import (
+    AuditPage,
+    Deployment,
+    HistoryList,
+    NodeInfo,
+    OpsSession,
+    OpsSessionList,
+    RecordingList,
+    UpdateStatus,
+)
 from lifsea_tui.client.node import NodeError
+from lifsea_tui.tui.cast import parse
+from lifsea_tui.tui.player import PlayerScreen
 from lifsea_tui.tui.screens.base import ConsoleScreen
-from lifsea_tui.tui.screens.modals import ReasonModal
+from lifsea_tui.tui.screens.modals import OpsModal, ReasonModal
+from lifsea_tui.tui.screens.shell import ShellScreen
 
 POLL_SECONDS = 3.0
 AUDIT_PAGE = 50
@@ -56,6 +68,7 @@ class NodeScreen(ConsoleScreen):
         Binding("x", "act('cancel')", "Cancel update", id="node-cancel"),
         Binding("b", "act('rollback')", "Rollback", id="node-rollback"),
         Binding("r", "act('reboot')", "Reboot", id="node-reboot"),
+        Binding("o", "act('ops')", "Ops shell", id="node-ops"),
         Binding("v", "verify", "Verify audit", id="node-verify"),
         Binding("n", "older", "Older audit", id="node-older", show=False),
         Binding("p", "newer", "Newer audit", id="node-newer", show=False),
@@ -80,6 +93,7 @@ class NodeScreen(ConsoleScreen):
         self.audit_before: int | None = None
         self.audit_page: AuditPage | None = None
         self.live_text = "connecting…"
+        self.open_sessions: dict[str, OpsSession] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -100,6 +114,17 @@ class NodeScreen(ConsoleScreen):
                 yield history
             with TabPane("Upgrades", id="tab-upgrades"), VerticalScroll():
                 yield Static("loading…", id="upgrades")
+            with TabPane("Ops sessions & recordings", id="tab-ops"), VerticalScroll():
+                yield Static("Open ops sessions (enter re-attaches your own)", classes="note")
+                sessions: DataTable[str] = DataTable(id="ops-sessions", cursor_type="row")
+                for label in ("Session", "Who", "State", "Reason", "Ticket", "Ends"):
+                    sessions.add_column(label, key=label)
+                yield sessions
+                yield Static("Recordings (enter plays; each viewing is audited on the node)", classes="note")
+                recordings: DataTable[Text | str] = DataTable(id="recordings", cursor_type="row")
+                for label in ("Recording", "Who", "Started", "Size", "Sealed", "Ended because", "Reason"):
+                    recordings.add_column(label, key=label)
+                yield recordings
             with TabPane("Audit", id="tab-audit"):
                 yield Static("", id="chain", classes="note")
                 # Kept apart from #chain, which every reload rewrites: a verdict stays until asked again.
@@ -129,10 +154,13 @@ class NodeScreen(ConsoleScreen):
                 client.history(),
                 client.upgrades(),
                 client.audit(before=before, limit=AUDIT_PAGE),
+                client.ops_sessions(),
+                client.recordings(),
                 return_exceptions=True,
             )
 
-        info, deployments, history, update, audit = await self.lifsea.net.run(fetch())
+        info, deployments, history, update, audit, sessions, recordings = await self.lifsea.net.run(fetch())
+        self._show_ops(sessions, recordings)
         self._show_overview(info)
         self._show_deployments(deployments, update)
         self._show_history(history)
@@ -331,6 +359,56 @@ class NodeScreen(ConsoleScreen):
             + (f" · oldest shown {first}" if first is not None else "")
         )
 
+    def _show_ops(self, sessions: OpsSessionList | BaseException, recordings: RecordingList | BaseException) -> None:
+        table = self.query_one("#ops-sessions", DataTable)
+        table.clear()
+        if isinstance(sessions, BaseException):
+            table.add_row("", "", "", f"cannot list: {sessions}", "", "")
+        else:
+            self.open_sessions = {s.id: s for s in sessions.sessions}
+            for session in sessions.sessions:
+                table.add_row(
+                    session.id, session.actor, session.state.value, session.reason, session.ticket or "",
+                    _when(session.expires_at), key=session.id,
+                )  # fmt: skip
+        table = self.query_one("#recordings", DataTable)
+        table.clear()
+        if isinstance(recordings, BaseException):
+            why = "needs the admin or auditor role" if getattr(recordings, "status", None) == 403 else str(recordings)
+            table.add_row("", "", "", "", "", f"recordings: {why}", "")
+            return
+        for item in recordings.recordings:
+            sealed = Text("yes", style="") if item.sha256 else Text("open", style=self.lifsea.colour("pending"))
+            ended = item.end_reason or ""
+            alarming = ended.startswith(("interrupted", "recording", "failed"))
+            ended_text = Text(ended, style=self.lifsea.colour("node-down") if alarming else "")
+            table.add_row(
+                item.id, item.actor, _when(item.started), f"{item.size:,}", sealed, ended_text, item.reason, key=item.id
+            )  # fmt: skip
+
+    @on(DataTable.RowSelected, "#recordings")
+    def _play(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value:
+            self.play(event.row_key.value)
+
+    @work(group="node-play", exit_on_error=False)
+    async def play(self, recording_id: str) -> None:
+        client = self.lifsea.fleet.client(self.node_name)
+        try:
+            data = await self.lifsea.net.run(client.recording(recording_id))
+        except NodeError as error:
+            self.notify(f"Recording {recording_id}: {error}", severity="error", timeout=10)
+            return
+        self.app.push_screen(PlayerScreen(parse(data), f"{self.node_name}/{recording_id}"))
+
+    @on(DataTable.RowSelected, "#ops-sessions")
+    def _reattach(self, event: DataTable.RowSelected) -> None:
+        session = self.open_sessions.get(event.row_key.value or "")
+        if session is None:
+            return
+        client = self.lifsea.fleet.client(self.node_name)
+        self.app.push_screen(ShellScreen(self.node_name, client.target, session))
+
     # -- actions ---------------------------------------------------------------------------------------
 
     def action_reload(self) -> None:
@@ -372,11 +450,31 @@ class NodeScreen(ConsoleScreen):
             )
 
     def action_act(self, action: str) -> None:
+        if action == "ops":
+            self.app.push_screen(OpsModal(self.node_name), self._open_shell)
+            return
+
         def chosen(reason: str | None) -> None:
             if reason:
                 self.run_action(action, reason)
 
         self.app.push_screen(ReasonModal(action, [self.node_name]), chosen)
+
+    @work(group="node-actions", exit_on_error=False)
+    async def _open_shell(self, answer: tuple[str, str | None, int] | None) -> None:
+        if answer is None:
+            return
+        reason, ticket, ttl = answer
+        client = self.lifsea.fleet.client(self.node_name)
+        self._set_live("ops shell: starting the ops container…")
+        try:
+            session = await self.lifsea.net.run(client.ops_start(reason, ticket=ticket, ttl_seconds=ttl))
+        except NodeError as error:
+            self.notify(f"Ops shell on {self.node_name}: {error}", severity="error", timeout=15)
+            self._set_live(f"ops shell refused: {error}")
+            return
+        self._set_live(f"ops shell: session {session.id} (audit record {session.audit_seq})")
+        self.app.push_screen(ShellScreen(self.node_name, client.target, session))
 
     @work(group="node-actions", exit_on_error=False)
     async def run_action(self, action: str, reason: str) -> None:

@@ -1,0 +1,173 @@
+"""`lifsea-tui shell`: the real terminal, raw, bridged to an ops session's websocket.
+
+Full fidelity (whatever the local terminal can show, the remote shell can draw) and scripting: with a
+pipe on stdin the input is sent as it comes and ends with an end-of-file, and the command exits with
+the remote shell's exit code (255 when the session could not be used, as ssh does). Interactively,
+`~.` at the start of a line ends the session, as in ssh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import termios
+import tty
+from dataclasses import dataclass
+
+from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
+from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output, Reconnecting
+
+FAILED = 255
+ESCAPE = b"~."
+
+
+@dataclass
+class Options:
+    reason: str
+    ticket: str | None = None
+    ttl_seconds: int | None = None
+    session: str | None = None  # attach to this session instead of starting one
+
+
+def _size(fd: int) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return 80, 24
+    return size.columns, size.lines
+
+
+class EscapeWatcher:
+    """Finds `~.` typed at the start of a line; everything else passes through unchanged."""
+
+    def __init__(self) -> None:
+        self.line_start = True
+        self.tilde = False
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        out = bytearray()
+        for byte in data:
+            char = bytes([byte])
+            if self.tilde:
+                self.tilde = False
+                if char == b".":
+                    return bytes(out), True
+                out += b"~"
+            if self.line_start and char == b"~":
+                self.tilde = True
+                continue
+            out += char
+            self.line_start = char in (b"\r", b"\n")
+        return bytes(out), False
+
+
+def _note(text: str, interactive: bool) -> None:
+    if interactive:
+        os.write(sys.stderr.fileno(), f"\r\n[lifsea: {text}]\r\n".encode())
+
+
+async def run(target: NodeTarget, options: Options) -> int:
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    interactive = os.isatty(stdin)
+    client = NodeClient(target)
+    try:
+        if options.session is None:
+            session = await client.ops_start(options.reason, ticket=options.ticket, ttl_seconds=options.ttl_seconds)
+        else:
+            session = await client.ops_session(options.session)
+    except NodeError as error:
+        print(f"lifsea-tui shell: {target.name}: {error}", file=sys.stderr)
+        await client.aclose()
+        return FAILED
+    cols, rows = _size(stdout if os.isatty(stdout) else stdin)
+    shell = OpsShell(target, session.id, cols=cols, rows=rows)
+    _note(
+        f"ops session {session.id} on {target.name}: RECORDED; ends {session.expires_at:%H:%M:%S} UTC; "
+        "`~.` at the start of a line ends it",
+        interactive,
+    )
+    loop = asyncio.get_running_loop()
+    saved = termios.tcgetattr(stdin) if interactive else None
+    escape = EscapeWatcher()
+    ended_by_user = asyncio.Event()
+    pending: set[asyncio.Task[object]] = set()
+
+    def later(coroutine: object) -> None:
+        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    def on_input() -> None:
+        try:
+            data = os.read(stdin, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(stdin)
+            later(shell.eof())
+            return
+        if interactive:
+            data, leave = escape.feed(data)
+            if leave:
+                ended_by_user.set()
+        if data:
+            later(shell.send(data))
+
+    code = FAILED
+    attached = False
+    try:
+        if saved is not None:
+            tty.setraw(stdin)
+            loop.add_signal_handler(signal.SIGWINCH, lambda: later(shell.resize(*_size(stdin))))
+
+        async def watch_escape() -> None:
+            await ended_by_user.wait()
+            with contextlib.suppress(NodeError):
+                await client.ops_end(session.id, f"ended with ~. from lifsea-tui shell ({options.reason})"[:480])
+
+        watcher = asyncio.create_task(watch_escape())
+        async for event in shell.events():
+            if isinstance(event, Output):
+                os.write(stdout, event.data)
+            elif isinstance(event, Hello):
+                if not attached:
+                    attached = True
+                    try:
+                        loop.add_reader(stdin, on_input)
+                    except PermissionError:  # a regular file: epoll cannot watch it, and it never blocks
+                        later(_send_file(shell, stdin))
+                elif event.reattached:
+                    _note("re-attached", interactive)
+            elif isinstance(event, Expiring):
+                _note(f"the session ends in {event.seconds_left} s (TTL)", interactive)
+            elif isinstance(event, Reconnecting):
+                _note(f"connection lost ({event.error}); re-attaching", interactive)
+            elif isinstance(event, Exit):
+                code = event.code if event.code is not None else FAILED
+                if event.reason != "exited":
+                    _note(f"session ended: {event.reason}", interactive)
+                break
+            elif isinstance(event, Closed):
+                print(f"\r\nlifsea-tui shell: {target.name}: {event.reason}", file=sys.stderr)
+                break
+        watcher.cancel()
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(stdin)
+        if saved is not None:
+            loop.remove_signal_handler(signal.SIGWINCH)
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        await shell.close()
+        for task in pending:
+            task.cancel()
+        await client.aclose()
+    return code
+
+
+async def _send_file(shell: OpsShell, fd: int) -> None:
+    while data := os.read(fd, 65536):
+        await shell.send(data)
+    await shell.eof()

@@ -1,0 +1,247 @@
+"""The Shell screen: a break-glass shell on a node, in an embedded terminal, with a banner that never lies.
+
+The session's websocket lives on the network loop. Output is handed to the UI thread in batches (one
+hand-over scheduled at a time, however much arrives meanwhile), and when the UI falls behind by more
+than OUTPUT_HIGH_WATER bytes the network side stops reading, so the node's terminal slows down instead
+of the console's memory growing. Every key goes to the shell except ctrl+], which leaves (and ends the
+session: nothing is left running behind a console that went away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Static
+
+from lifsea_tui.api import OpsSession
+from lifsea_tui.client.node import NodeError, NodeTarget
+from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output, Reconnecting, ShellEvent
+from lifsea_tui.tui.screens.base import ConsoleScreen
+from lifsea_tui.tui.terminal import TerminalView, key_bytes
+
+LEAVE_KEY = "ctrl+right_square_bracket"
+OUTPUT_HIGH_WATER = 4 * 1024 * 1024
+
+
+class ShellTerminal(TerminalView):
+    """The terminal of a live shell: keys and pastes become bytes for the node."""
+
+    BINDINGS = [
+        # ctrl+q quits a Textual app from anywhere (a priority binding); in a shell it is the shell's key.
+        Binding("ctrl+q", "forward('ctrl+q')", show=False, priority=True),
+    ]
+
+    def __init__(self, screen: ShellScreen, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shell_screen = screen
+
+    def action_forward(self, key: str) -> None:
+        data = key_bytes(key, None)
+        if data:
+            self.shell_screen.send(data)
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == LEAVE_KEY or self.shell_screen.exit is not None:
+            return  # the screen's binding, or the session is over and esc goes back
+        event.stop()
+        event.prevent_default()
+        data = key_bytes(event.key, event.character, app_cursor=self.app_cursor)
+        if data:
+            self.shell_screen.send(data)
+
+    def on_paste(self, event: events.Paste) -> None:
+        event.stop()
+        data = event.text.replace("\r\n", "\r").replace("\n", "\r").encode()
+        if self.bracketed_paste:
+            data = b"\x1b[200~" + data + b"\x1b[201~"
+        self.shell_screen.send(data)
+
+    def on_resize(self, event: events.Resize) -> None:
+        cols, rows = max(event.size.width, 2), max(event.size.height, 2)
+        self.resize_screen(cols, rows)
+        self.shell_screen.resized(cols, rows)
+
+
+class ShellScreen(ConsoleScreen):
+    BINDINGS = [
+        Binding(LEAVE_KEY, "leave", "Leave (ends the session)", key_display="ctrl+]", priority=True, id="shell-leave"),
+        Binding("escape", "back", "Back", show=False, id="shell-back"),
+    ]
+    DEFAULT_CSS = """
+    ShellScreen {
+        #banner { height: 1; padding: 0 1; background: $error; color: $text; text-style: bold; }
+        #banner.reconnecting { background: $warning; }
+        #banner.ended { background: $panel; color: $text-muted; }
+        ShellTerminal { height: 1fr; }
+        #hint { height: 1; padding: 0 1; background: $panel; color: $text-muted; }
+    }
+    """
+
+    def __init__(self, node: str, target: NodeTarget, session: OpsSession) -> None:
+        super().__init__()
+        self.node_name = node
+        self.target = target
+        self.session = session
+        self.state = "connecting"
+        self.exit: Exit | Closed | None = None
+        self._shell: OpsShell | None = None
+        self._outbox: asyncio.Queue[bytes] | None = None  # lives on the network loop
+        self._pending = bytearray()
+        self._pending_lock = threading.Lock()
+        self._drain_scheduled = False
+        self._drained: asyncio.Event | None = None  # on the network loop
+        self._ui_loop: asyncio.AbstractEventLoop | None = None
+        self._network_task: Any = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="banner")
+        yield ShellTerminal(self, id="terminal")
+        yield Static(
+            "every key goes to the shell · ctrl+] leaves and ends the session · the node records everything",
+            id="hint",
+        )
+
+    @property
+    def terminal(self) -> ShellTerminal:
+        return self.query_one(ShellTerminal)
+
+    def on_mount(self) -> None:
+        self._ui_loop = asyncio.get_running_loop()
+        self.terminal.focus()
+        self._update_banner()
+        self.set_interval(1.0, self._update_banner)
+        self.call_after_refresh(self._start)
+
+    # -- the network side (coroutines run on the network loop) ----------------------------------------
+
+    def _start(self) -> None:
+        terminal = self.terminal
+        self._shell = OpsShell(self.target, self.session.id, cols=terminal.cols, rows=terminal.rows)
+        self._network_task = asyncio.ensure_future(self.lifsea.net.run(self._network()))
+
+    async def _network(self) -> None:
+        assert self._shell is not None
+        shell = self._shell
+        self._outbox = asyncio.Queue()
+        self._drained = asyncio.Event()
+        sender = asyncio.create_task(self._send_loop(shell, self._outbox))
+        try:
+            async for event in shell.events():
+                if isinstance(event, Output):
+                    await self._hand_over(event.data)
+                else:
+                    self._post(event)
+                if isinstance(event, Exit | Closed):
+                    break
+        finally:
+            sender.cancel()
+            await shell.close()
+
+    async def _send_loop(self, shell: OpsShell, outbox: asyncio.Queue[bytes]) -> None:
+        while True:
+            data = await outbox.get()
+            if data.startswith(b"\x00resize:"):
+                cols, rows = (int(part) for part in data.split(b":", 1)[1].split(b"x"))
+                await shell.resize(cols, rows)
+            else:
+                await shell.send(data)
+
+    async def _hand_over(self, data: bytes) -> None:
+        assert self._ui_loop is not None and self._drained is not None
+        with self._pending_lock:
+            self._pending += data
+            backlog = len(self._pending)
+            schedule = not self._drain_scheduled
+            self._drain_scheduled = True
+        if schedule:
+            self._ui_loop.call_soon_threadsafe(self._drain)
+        if backlog > OUTPUT_HIGH_WATER:
+            self._drained.clear()
+            await self._drained.wait()
+
+    def _post(self, event: ShellEvent) -> None:
+        assert self._ui_loop is not None
+        self._ui_loop.call_soon_threadsafe(self._on_shell_event, event)
+
+    # -- the UI side ------------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        with self._pending_lock:
+            data = bytes(self._pending)
+            self._pending.clear()
+            self._drain_scheduled = False
+        if data:
+            self.terminal.feed(data)
+        drained = self._drained
+        if drained is not None:
+            self.lifsea.net.loop.call_soon_threadsafe(drained.set)
+
+    def _on_shell_event(self, event: ShellEvent) -> None:
+        if isinstance(event, Hello):
+            self.state = "attached"
+            self.session = self.session.model_copy(update={"expires_at": event.expires_at})
+            if event.reattached:
+                self.notify("Re-attached: the screen was replayed from the node", timeout=4)
+        elif isinstance(event, Reconnecting):
+            self.state = f"reconnecting (attempt {event.attempt}: {event.error})"
+        elif isinstance(event, Expiring):
+            self.notify(f"The ops session ends in {event.seconds_left} s (TTL)", severity="warning", timeout=10)
+        elif isinstance(event, Exit | Closed):
+            self._drain()
+            self.exit = event
+            self.state = "ended"
+        self._update_banner()
+
+    def send(self, data: bytes) -> None:
+        if self.exit is not None or self._outbox is None:
+            return
+        outbox = self._outbox
+        self.lifsea.net.loop.call_soon_threadsafe(outbox.put_nowait, data)
+
+    def resized(self, cols: int, rows: int) -> None:
+        self.send(b"\x00resize:" + f"{cols}x{rows}".encode())
+
+    def _update_banner(self) -> None:
+        banner = self.query_one("#banner", Static)
+        banner.set_class(self.state.startswith("reconnecting"), "reconnecting")
+        banner.set_class(self.exit is not None, "ended")
+        text = Text()
+        if isinstance(self.exit, Exit):
+            code = "?" if self.exit.code is None else self.exit.code
+            text.append(f"SESSION ENDED · exit {code} · {self.exit.reason} · ", style="bold")
+            text.append(f"{self.node_name} · recording {self.session.recording} · esc back")
+        elif isinstance(self.exit, Closed):
+            text.append(f"DISCONNECTED · {self.exit.reason} · esc back")
+        else:
+            left = max(0, int((self.session.expires_at - datetime.now(UTC)).total_seconds()))
+            text.append("● RECORDED ", style="bold")
+            text.append(f"{self.node_name} · {self.session.reason} · {left // 60}:{left % 60:02d} left")
+            if self.state != "attached":
+                text.append(f" · {self.state.upper()}", style="bold")
+        banner.update(text)
+
+    def action_back(self) -> None:
+        if self.exit is not None:  # while the shell lives, escape is the shell's key
+            self.app.pop_screen()
+
+    async def action_leave(self) -> None:
+        if self.exit is None:
+            client = self.lifsea.fleet.client(self.node_name)
+            try:
+                await self.lifsea.net.run(
+                    client.ops_end(self.session.id, f"left the shell: {self.session.reason}"[:480])
+                )
+            except NodeError as error:
+                if error.status != 404:
+                    self.notify(f"Could not end the session: {error}", severity="error", timeout=10)
+        if self._shell is not None:
+            shell = self._shell
+            await self.lifsea.net.run(shell.close())
+        self.app.pop_screen()
