@@ -17,8 +17,10 @@ lint: setup
 	.venv/bin/ruff format --check lifsea_tui tests benchmarks
 	.venv/bin/mypy
 
-bench: setup
+bench:
+	@./scripts/setup.sh --bench
 	.venv/bin/python -m benchmarks.agent
+	.venv/bin/python -m benchmarks.ops_shell
 
 lab-down: setup
 	.venv/bin/lifsea-lab down

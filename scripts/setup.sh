@@ -10,6 +10,17 @@ APT_PACKAGES=(
   e2fsprogs procps iproute2 tmux                      # chattr for lab clean-up, pgrep, tmux for trying the console
 )
 
+# Only for `make bench`: OpenSSH is the peer the ops shell is measured against (nodes have no sshd).
+if [[ ${1:-} == --bench ]]; then
+  APT_PACKAGES+=(openssh-server openssh-client)
+  # Installing openssh-server must not start a system sshd: the benchmark runs its own on loopback.
+  if [[ $(id -u) -eq 0 && ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+fi
+
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

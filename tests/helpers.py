@@ -128,6 +128,8 @@ def start_agent(
             log_level="warning",
             ws_ping_interval=ops_protocol.PING_INTERVAL,
             ws_ping_timeout=ops_protocol.PING_TIMEOUT,
+            # The sans-I/O implementation: less work a frame than the legacy one (keystroke echo).
+            ws="websockets-sansio",
             lifespan="on",
         )
     )

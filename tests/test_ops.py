@@ -29,7 +29,7 @@ from lifsea_tui.agent.config import OpsConfig
 from lifsea_tui.api import ops as proto
 from lifsea_tui.api import routes
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
-from lifsea_tui.client.ops import Exit, Expiring, Hello, OpsShell, Output
+from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output
 from lifsea_tui.lab import image, sysroot
 from lifsea_tui.lab.layout import Layout
 from tests.helpers import RunningAgent, start_agent
@@ -470,3 +470,37 @@ def test_agent_killed_mid_session(node1: tuple[dict, Layout, httpx.Client]) -> N
     sealed = next(r for r in listing if r["id"] == session_id)
     assert sealed["sha256"] == end["params"]["sha256"] and sealed["end_reason"].startswith("interrupted")
     assert http.get(routes.AUDIT_VERIFY).json()["ok"]
+
+
+async def test_agent_shutdown_ends_sessions_and_input_can_be_recorded(
+    fleet: tuple[dict, dict[str, str], Layout], tmp_path: Path
+) -> None:
+    _, _, layout = fleet
+    agent = second_agent(tmp_path / "agent", layout, record_input=True)
+    stopped = False
+    try:
+        client = NodeClient(agent_target(agent))
+        session = await client.ops_start("INC-9 shutdown", ttl_seconds=300)
+        driver = Driver(OpsShell(agent_target(agent), session.id))
+        await driver.expect(PROMPT)
+        await driver.run("echo typed-keys", "DONE-K")
+        assert runc_containers(agent.config.ops.dir) == [f"lifsea-ops-{session.id}"]
+        await client.aclose()
+        await asyncio.to_thread(agent.stop)  # off this loop: the client must answer the close handshake
+        stopped = True
+        end = await driver.finished(timeout=20)
+        # The server closes connections (1012) before its shutdown ends the sessions: no exit message.
+        assert isinstance(end, Closed) and end.code == 1012 and "stopping" in end.reason, end
+        assert runc_containers(agent.config.ops.dir) == []
+        records = [json.loads(line) for line in (agent.config.audit_dir / "audit.jsonl").read_text().splitlines()]
+        last = [r for r in records if r["action"] == "ops.session.end"][-1]
+        assert last["params"]["end_reason"] == "agent shutdown" and last["params"]["sha256"]
+        events = [
+            json.loads(line)
+            for line in (agent.config.ops.recordings / f"{session.id}.cast").read_text().splitlines()[1:]
+        ]
+        typed = "".join(e[2] for e in events if e[1] == "i")
+        assert "echo typed-keys" in typed
+    finally:
+        if not stopped:
+            agent.stop()

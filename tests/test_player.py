@@ -128,3 +128,14 @@ def test_play_command_reports_findings(tmp_path: Path) -> None:
         text=True,
     )
     assert missing.returncode == 2 and "nope.cast" in missing.stderr
+
+
+def test_sequences_the_emulator_cannot_parse_do_not_stop_the_terminal() -> None:
+    """vim's CSI > 4 ; m once stopped pyte cold: every later byte was lost to the screen."""
+    from lifsea_tui.tui.terminal import TerminalView
+
+    view = TerminalView(40, 5)
+    view.feed(b"\x1b[?1049hin vim\x1b[>4;m\x1b[?1049lback in the shell\r\n")
+    view.feed(b"\x1b[?9999;;;;;X\x1b]\x07\x1bP\x1b\\still here")
+    assert "back in the shell" in view.text() and "still here" in view.text()
+    assert "in vim" not in view.text()

@@ -36,10 +36,12 @@ async def open_shell(pilot, app: LifseaApp, node: str, reason: str) -> ShellScre
     await pilot.pause(0.2)
     await pilot.press(*reason)
     await pilot.press("tab", *"INC-77", "enter")
+    await pilot.press(*"echo typed-at-once", "enter")  # before the container is up: must not be lost
     await until(pilot, "shell screen", lambda: isinstance(app.screen, ShellScreen))
     screen = app.screen
     assert isinstance(screen, ShellScreen)
     await until(pilot, "a prompt", lambda: "OPS" in screen.terminal.text(), timeout=20)
+    await until(pilot, "early keys", lambda: "\ntyped-at-once" in screen.terminal.text(), timeout=10)
     return screen
 
 
@@ -128,7 +130,11 @@ async def test_ops_shell_refused_for_operator(fleet: tuple[dict, dict[str, str],
             lambda: any("forbidden" in str(n.message) for n in app._notifications),
             timeout=10,
         )
-        assert isinstance(app.screen, NodeScreen)
+        screen = app.screen
+        assert isinstance(screen, ShellScreen) and screen.session is None
+        assert "NOT STARTED" in str(screen.query_one("#banner").content)
+        await pilot.press("escape")
+        await until(pilot, "back", lambda: isinstance(app.screen, NodeScreen))
 
 
 def test_shell_command_bridges_a_pipe_and_returns_the_exit_code(fleet: tuple[dict, dict[str, str], Layout]) -> None:
@@ -178,3 +184,45 @@ def test_shell_command_in_a_terminal_ends_with_tilde_dot(fleet: tuple[dict, dict
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 255
+
+
+async def test_shell_screen_reconnects_after_a_network_drop(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    status, _, _ = fleet
+    app = LifseaApp(Fleet(targets(status, role="admin")), refresh_interval=5.0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_shell(pilot, app, "node1", "INC-82 flaky network")
+        terminal = screen.query_one(ShellTerminal)
+        await type_line(pilot, "echo before-''drop")
+        await until(pilot, "before", lambda: "before-drop" in terminal.text())
+        shell = screen._shell
+        assert shell is not None and shell._socket is not None
+        socket = shell._socket
+        app.net.loop.call_soon_threadsafe(socket.transport.abort)  # the connection dies, no close frame
+        await until(pilot, "the drop noticed", lambda: screen.reconnects >= 1, timeout=10)
+        await until(pilot, "re-attached", lambda: screen.state == "attached", timeout=20)
+        assert "before-drop" in terminal.text()  # the node replayed the screen
+        await type_line(pilot, "echo after-''drop")
+        await until(pilot, "after", lambda: "after-drop" in terminal.text())
+        await pilot.press("ctrl+right_square_bracket")
+        await until(pilot, "left", lambda: isinstance(app.screen, NodeScreen))
+
+
+async def test_a_flood_of_output_does_not_freeze_the_console(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    """Endless output: the console keeps taking keys (ctrl+c stops it) and its backlog stays bounded."""
+    status, _, _ = fleet
+    app = LifseaApp(Fleet(targets(status, role="admin")), refresh_interval=5.0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_shell(pilot, app, "node2", "INC-83 flood")
+        terminal = screen.query_one(ShellTerminal)
+        await type_line(pilot, "yes flood-line")
+        await until(pilot, "flooding", lambda: "flood-line" in terminal.text(), timeout=10)
+        started = time.monotonic()
+        for _ in range(20):  # the console stays responsive while output pours in
+            await pilot.pause(0.05)
+            assert len(screen._pending) <= 2 * 1024 * 1024
+        await pilot.press("ctrl+c")
+        await type_line(pilot, "echo after-''flood")
+        await until(pilot, "the flood stopped", lambda: "after-flood" in terminal.text(), timeout=30)
+        assert time.monotonic() - started < 30
+        await pilot.press("ctrl+right_square_bracket")
+        await until(pilot, "left", lambda: isinstance(app.screen, NodeScreen))

@@ -335,7 +335,7 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     @api.get(r.OPS_SESSIONS)
     async def ops_list(who: Caller) -> OpsSessionList:
-        return OpsSessionList(sessions=agent.ops.list())
+        return OpsSessionList(sessions=agent.ops.open_sessions())
 
     @api.get(r.OPS_SESSION, responses={404: {"model": ErrorBody, "description": "no such session"}})
     async def ops_get(session_id: SessionId, who: Caller) -> OpsSession:
@@ -349,18 +349,7 @@ def create_app(config: AgentConfig) -> FastAPI:
         session = agent.ops.sessions.get(session_id)
         if session is None:
             raise ApiError("not_found", f"no open ops session {session_id}")
-        try:
-            agent.audit.append(
-                actor=who.actor,
-                role=who.role,
-                action="ops.session.stop",
-                reason=body.reason,
-                params={"session": session_id, "owner": session.owner.actor},
-                outcome="started",
-            )
-        except AuditUnavailable as error:
-            raise ApiError("audit_unavailable", f"{error}; the session was not ended") from error
-        await agent.ops.end(session, "ended", who)
+        await agent.ops.stop(session, who, body.reason)
         return session.model()
 
     @api.get(r.RECORDINGS)

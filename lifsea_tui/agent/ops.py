@@ -559,40 +559,44 @@ class OpsManager:
         if session.master is not None:
             fcntl.ioctl(session.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
-    async def _readable(self, fd: int) -> None:
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-
     async def _pump(self, session: Session) -> None:
         """Terminal output to the recording, the tail and the attached client; the shell's exit ends it.
 
-        While a client is attached, the next read waits for the last send: a slow client slows the
+        While a send to the client is in progress the terminal is not read: a slow client slows the
         shell's output (the terminal's buffer fills and the writer blocks) instead of the agent's memory.
         """
-        assert session.master is not None and session.pidfd is not None
-        exited = asyncio.create_task(self._readable(session.pidfd))
+        master, pidfd = session.master, session.pidfd
+        assert master is not None and pidfd is not None
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        exited = asyncio.Event()
+
+        def on_exit() -> None:
+            exited.set()
+            wake.set()
+
+        loop.add_reader(pidfd, on_exit)
+        more: bool | None = None
         try:
-            while True:
-                readable = asyncio.create_task(self._readable(session.master))
-                done, _ = await asyncio.wait({readable, exited}, return_when=asyncio.FIRST_COMPLETED)
-                if readable not in done:
-                    readable.cancel()
-                    break
-                if not await self._read_once(session):
+            while not exited.is_set():
+                loop.add_reader(master, wake.set)
+                await wake.wait()
+                wake.clear()
+                loop.remove_reader(master)
+                while (more := await self._read_once(session)) is True:
+                    pass
+                if more is False:
                     break
         except RecordingError as error:
-            exited.cancel()
             self._end_later(session, f"recording failed: {error}")
             return
         finally:
-            exited.cancel()
-        session.exit_code = self._reap(session)
-        self._end_later(session, "exited")
+            loop.remove_reader(pidfd)
+            if session.master is not None:
+                loop.remove_reader(master)
+        if exited.is_set() or more is False:
+            session.exit_code = self._reap(session)
+            self._end_later(session, "exited")
 
     def _end_later(self, session: Session, reason: str) -> None:
         """End from inside one of the session's own tasks (which ending cancels)."""
@@ -600,13 +604,14 @@ class OpsManager:
         self._endings.add(task)
         task.add_done_callback(self._endings.discard)
 
-    async def _read_once(self, session: Session) -> bool:
-        """Read what the terminal has and pass it on; False at the terminal's end."""
+    async def _read_once(self, session: Session) -> bool | None:
+        """Read what the terminal has and pass it on: True when there may be more, None when it has
+        nothing now, False at its end."""
         assert session.master is not None
         try:
             data = os.read(session.master, READ_CHUNK)
         except BlockingIOError:
-            return True
+            return None
         except OSError:
             return False  # EIO: nothing holds the terminal's other side any more
         if not data:
@@ -619,7 +624,7 @@ class OpsManager:
                 try:
                     await attachment.send(proto.data(proto.STDOUT, data))
                 except Exception:  # noqa: BLE001 - any failure of the connection means it is gone
-                    self._detach(session, attachment)
+                    self.detach(session, attachment)
         return True
 
     def _reap(self, session: Session) -> int | None:
@@ -696,7 +701,8 @@ class OpsManager:
         self._audit_step(session, "ops.session.reattach" if reattach else "ops.session.attach", "ok")
         self._publish(session)
 
-    def _detach(self, session: Session, attachment: Attachment) -> None:
+    def detach(self, session: Session, attachment: Attachment) -> None:
+        """The attachment is gone (closed, dropped, or replaced): the session waits for a re-attach."""
         if session.attachment is not attachment or session.ending:
             return
         session.attachment = None
@@ -706,9 +712,6 @@ class OpsManager:
             session.recorder.marker("detached")
         self._audit_step(session, "ops.session.detach", f"ok: re-attach within {self.ops.grace} s or it ends")
         self._publish(session)
-
-    def detach(self, session: Session, attachment: Attachment) -> None:
-        self._detach(session, attachment)
 
     def _audit_step(self, session: Session, action: str, outcome: str, params: dict[str, Any] | None = None) -> None:
         with contextlib.suppress(AuditUnavailable):
@@ -762,6 +765,21 @@ class OpsManager:
 
     # -- ending -------------------------------------------------------------------------------------
 
+    async def stop(self, session: Session, who: Identity, reason: str) -> None:
+        """End a session on request (DELETE): the request is audited first, the end record follows."""
+        try:
+            self.audit.append(
+                actor=who.actor,
+                role=who.role,
+                action="ops.session.stop",
+                reason=reason,
+                params={"session": session.id, "owner": session.owner.actor},
+                outcome="started",
+            )
+        except AuditUnavailable as error:
+            raise ApiError("audit_unavailable", f"{error}; the session was not ended") from error
+        await self.end(session, "ended", who)
+
     async def end(self, session: Session, reason: str, who: Identity | None = None) -> None:
         """End the session (idempotent): kill, drain, seal, audit, tell the client, clean up."""
         if session.ending:
@@ -791,7 +809,7 @@ class OpsManager:
             # Whatever the shell printed last is part of the record.
             with contextlib.suppress(RecordingError):
                 for _ in range(64):
-                    if not await self._read_once(session):
+                    if not await self._read_once(session):  # nothing more (None) or the end (False)
                         break
             os.close(session.master)
             session.master = None
@@ -843,5 +861,5 @@ class OpsManager:
     def find(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id) or next((s for s in self.recent if s.id == session_id), None)
 
-    def list(self) -> list[OpsSession]:
+    def open_sessions(self) -> list[OpsSession]:
         return [s.model() for s in self.sessions.values()]

@@ -44,6 +44,8 @@ CLOSE_MEANINGS = {
     4409: "attached from another connection",
     4410: "session ended",
     4413: "frame too large",
+    1001: "the agent went away",
+    1012: "the agent is stopping; its sessions end with it",
 }
 
 # Ping every PING_INTERVAL; a peer that does not answer a ping within PING_TIMEOUT is dropped.

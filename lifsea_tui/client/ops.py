@@ -33,6 +33,8 @@ FINAL_CODES = {
     r.CLOSE_UNAUTHORIZED,
     r.CLOSE_FORBIDDEN,
     1000,
+    1001,  # going away
+    1012,  # the agent is stopping (uvicorn's shutdown): its sessions end with it
 }
 
 

@@ -164,17 +164,21 @@ def has_ref(repo: Path, ref: str = REF) -> bool:
     return result.returncode == 0
 
 
+def _debootstrap(rootfs: Path, packages: list[str], what: str, progress: Progress) -> Path:
+    if rootfs.exists():
+        shutil.rmtree(rootfs)
+    progress(f"debootstrap {SUITE} for {what} ({', '.join(packages)}) from {MIRROR}: about a minute")
+    _run(
+        ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, str(rootfs), MIRROR],
+        f"debootstrap ({what})",
+    )
+    return rootfs
+
+
 def build_base(repo: Path, work: Path, progress: Progress) -> str:
     """Debootstrap the base system and commit it as 1.0; returns the commit."""
     init_repo(repo)
-    rootfs = work / "rootfs"
-    if rootfs.exists():
-        shutil.rmtree(rootfs)
-    progress(f"debootstrap {SUITE} ({', '.join(PACKAGES)}) from {MIRROR}: about a minute")
-    _run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), MIRROR],
-        "debootstrap",
-    )
+    rootfs = _debootstrap(work / "rootfs", PACKAGES, "the OS image", progress)
     progress("turning the tree into the ostree layout")
     # A node's journal should persist on its /var, as on a real host.
     journald = rootfs / "etc" / "systemd" / "journald.conf.d"
@@ -221,14 +225,7 @@ def build_ops(repo: Path, work: Path, progress: Progress) -> str:
     mounts the node's root.
     """
     init_repo(repo)
-    rootfs = work / "ops-rootfs"
-    if rootfs.exists():
-        shutil.rmtree(rootfs)
-    progress(f"debootstrap the ops image ({', '.join(OPS_PACKAGES)}): about a minute")
-    _run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(OPS_PACKAGES)}", SUITE, str(rootfs), MIRROR],
-        "debootstrap (ops image)",
-    )
+    rootfs = _debootstrap(work / "ops-rootfs", OPS_PACKAGES, "the ops image", progress)
     # Device nodes cannot be committed, and the runtime mounts /dev, /proc, /sys, /run and /tmp anyway.
     for volatile in ("var/cache/apt", "var/lib/apt/lists", "dev", "proc", "sys", "run", "tmp"):
         shutil.rmtree(rootfs / volatile, ignore_errors=True)

@@ -131,7 +131,7 @@ async def run(target: NodeTarget, options: Options) -> int:
         watcher = asyncio.create_task(watch_escape())
         async for event in shell.events():
             if isinstance(event, Output):
-                os.write(stdout, event.data)
+                await _write_all(stdout, event.data)
             elif isinstance(event, Hello):
                 if not attached:
                     attached = True
@@ -157,6 +157,10 @@ async def run(target: NodeTarget, options: Options) -> int:
     finally:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(stdin)
+        # An event loop may leave the terminal non-blocking, which breaks the shell that runs next.
+        for fd in (stdin, stdout):
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, True)
         if saved is not None:
             loop.remove_signal_handler(signal.SIGWINCH)
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
@@ -171,3 +175,24 @@ async def _send_file(shell: OpsShell, fd: int) -> None:
     while data := os.read(fd, 65536):
         await shell.send(data)
     await shell.eof()
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    """Write everything, waiting while the terminal is full (the loop may have made it non-blocking)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+            loop.add_writer(fd, _resolve, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_writer(fd)
+
+
+def _resolve(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)

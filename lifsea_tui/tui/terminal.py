@@ -10,6 +10,7 @@ can only change cells.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pyte
@@ -75,10 +76,16 @@ class Screen(pyte.Screen):  # type: ignore[misc]
         super().__init__(columns, lines)
         self._saved: tuple[dict[int, Any], Any] | None = None
 
+    def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
+        # Private SGR (vim sends CSI > 4 ; m for modifyOtherKeys) is not about colours: ignore it
+        # rather than let pyte fail on it.
+        if not private:
+            super().select_graphic_rendition(*attrs)
+
     def set_mode(self, *modes: int, **kwargs: Any) -> None:
         private = kwargs.get("private", False)
         if private and any(mode << 5 in ALT_SCREENS for mode in modes) and self._saved is None:
-            self._saved = ({y: dict(line) for y, line in self.buffer.items()}, self.cursor)
+            self._saved = ({y: dict(line) for y, line in self.buffer.items()}, copy.copy(self.cursor))
             super().set_mode(*modes, **kwargs)
             self.erase_in_display(2)
             return
@@ -95,6 +102,35 @@ class Screen(pyte.Screen):  # type: ignore[misc]
                 self.buffer[y].update(line)
             self.cursor = cursor
             self.dirty.update(range(self.lines))
+
+
+class _Tolerant:
+    """The screen as pyte's parser sees it: a handler that fails on odd parameters (pyte passes
+    `private=True` to handlers that do not take it) drops that sequence, not the rest of the stream."""
+
+    def __init__(self, screen: Screen) -> None:
+        self._screen = screen
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._screen, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except TypeError:
+                if kwargs.pop("private", None) is not None:
+                    return None  # a private variant the screen does not implement: ignore it
+                raise
+            except (ValueError, IndexError, KeyError):
+                return None
+
+        return call
+
+
+def stream_for(screen: Screen) -> pyte.ByteStream:
+    return pyte.ByteStream(_Tolerant(screen))
 
 
 def _color(value: str, default: Color | None) -> Color | None:
@@ -119,8 +155,9 @@ class TerminalView(Widget, can_focus=True):
     def __init__(self, cols: int = 80, rows: int = 24, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.screen_model = Screen(cols, rows)
-        self.stream = pyte.ByteStream(self.screen_model)
+        self.stream = stream_for(self.screen_model)
         self._lines: dict[int, Strip] = {}
+        self.parse_errors = 0
         self._styles: dict[tuple[Any, ...], Style] = {}
 
     @property
@@ -132,12 +169,16 @@ class TerminalView(Widget, can_focus=True):
         return int(self.screen_model.lines)
 
     def feed(self, data: bytes) -> None:
-        self.stream.feed(data)
+        try:
+            self.stream.feed(data)
+        except Exception:  # noqa: BLE001 - a sequence the emulator chokes on must not stop the terminal
+            self.parse_errors += 1
+            self.stream = stream_for(self.screen_model)  # a fresh parser; the screen stays
         self._invalidate()
 
     def reset(self, cols: int | None = None, rows: int | None = None) -> None:
         self.screen_model = Screen(cols or self.cols, rows or self.rows)
-        self.stream = pyte.ByteStream(self.screen_model)
+        self.stream = stream_for(self.screen_model)
         self._lines.clear()
         self.refresh()
 

@@ -28,7 +28,7 @@ from lifsea_tui.tui.cast import parse
 from lifsea_tui.tui.player import PlayerScreen
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import OpsModal, ReasonModal
-from lifsea_tui.tui.screens.shell import ShellScreen
+from lifsea_tui.tui.screens.shell import OpsRequest, ShellScreen
 
 POLL_SECONDS = 3.0
 AUDIT_PAGE = 50
@@ -406,8 +406,7 @@ class NodeScreen(ConsoleScreen):
         session = self.open_sessions.get(event.row_key.value or "")
         if session is None:
             return
-        client = self.lifsea.fleet.client(self.node_name)
-        self.app.push_screen(ShellScreen(self.node_name, client.target, session))
+        self.app.push_screen(ShellScreen(self.node_name, self.lifsea.fleet.client(self.node_name), session))
 
     # -- actions ---------------------------------------------------------------------------------------
 
@@ -460,21 +459,11 @@ class NodeScreen(ConsoleScreen):
 
         self.app.push_screen(ReasonModal(action, [self.node_name]), chosen)
 
-    @work(group="node-actions", exit_on_error=False)
-    async def _open_shell(self, answer: tuple[str, str | None, int] | None) -> None:
-        if answer is None:
-            return
-        reason, ticket, ttl = answer
-        client = self.lifsea.fleet.client(self.node_name)
-        self._set_live("ops shell: starting the ops container…")
-        try:
-            session = await self.lifsea.net.run(client.ops_start(reason, ticket=ticket, ttl_seconds=ttl))
-        except NodeError as error:
-            self.notify(f"Ops shell on {self.node_name}: {error}", severity="error", timeout=15)
-            self._set_live(f"ops shell refused: {error}")
-            return
-        self._set_live(f"ops shell: session {session.id} (audit record {session.audit_seq})")
-        self.app.push_screen(ShellScreen(self.node_name, client.target, session))
+    def _open_shell(self, answer: tuple[str, str | None, int] | None) -> None:
+        if answer is not None:
+            reason, ticket, ttl = answer
+            request = OpsRequest(reason=reason, ticket=ticket, ttl_seconds=ttl)
+            self.app.push_screen(ShellScreen(self.node_name, self.lifsea.fleet.client(self.node_name), request))
 
     @work(group="node-actions", exit_on_error=False)
     async def run_action(self, action: str, reason: str) -> None:

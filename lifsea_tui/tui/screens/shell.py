@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,13 +22,25 @@ from textual.binding import Binding
 from textual.widgets import Static
 
 from lifsea_tui.api import OpsSession
-from lifsea_tui.client.node import NodeError, NodeTarget
+from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output, Reconnecting, ShellEvent
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.terminal import TerminalView, key_bytes
 
 LEAVE_KEY = "ctrl+right_square_bracket"
-OUTPUT_HIGH_WATER = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OpsRequest:
+    reason: str
+    ticket: str | None
+    ttl_seconds: int
+
+
+# The emulator takes about 1 MB/s of scrolling output: a turn of the UI loop feeds it FEED_CHUNK (tens
+# of milliseconds), and past OUTPUT_HIGH_WATER waiting bytes the network side stops reading.
+FEED_CHUNK = 48 * 1024
+OUTPUT_HIGH_WATER = 1024 * 1024
 
 
 class ShellTerminal(TerminalView):
@@ -84,15 +97,24 @@ class ShellScreen(ConsoleScreen):
     }
     """
 
-    def __init__(self, node: str, target: NodeTarget, session: OpsSession) -> None:
+    def __init__(self, node: str, client: NodeClient, session: OpsSession | OpsRequest) -> None:
+        """Attach to `session`, or start one from `request` first: the screen opens at once either way,
+        so keys typed while the node starts the container reach the shell (in order) and not the screen
+        behind."""
         super().__init__()
         self.node_name = node
-        self.target = target
-        self.session = session
-        self.state = "connecting"
+        self.client = client
+        self.request = session if isinstance(session, OpsRequest) else None
+        self.session: OpsSession | None = session if isinstance(session, OpsSession) else None
+        self.state = "starting the ops container" if self.session is None else "connecting"
+        self._leaving = False
+        self._terminal_size = (80, 24)  # the terminal's, taken on the UI thread when the network side starts
         self.exit: Exit | Closed | None = None
+        self.reconnects = 0  # connection drops survived
         self._shell: OpsShell | None = None
         self._outbox: asyncio.Queue[bytes] | None = None  # lives on the network loop
+        self._early: list[bytes] = []  # keys typed before the network side started
+        self._early_lock = threading.Lock()
         self._pending = bytearray()
         self._pending_lock = threading.Lock()
         self._drain_scheduled = False
@@ -122,30 +144,62 @@ class ShellScreen(ConsoleScreen):
     # -- the network side (coroutines run on the network loop) ----------------------------------------
 
     def _start(self) -> None:
-        terminal = self.terminal
-        self._shell = OpsShell(self.target, self.session.id, cols=terminal.cols, rows=terminal.rows)
+        self._terminal_size = (self.terminal.cols, self.terminal.rows)
         self._network_task = asyncio.ensure_future(self.lifsea.net.run(self._network()))
 
     async def _network(self) -> None:
-        assert self._shell is not None
-        shell = self._shell
-        self._outbox = asyncio.Queue()
+        if self.session is None:
+            assert self.request is not None
+            request = self.request
+            try:
+                session = await self.client.ops_start(
+                    request.reason, ticket=request.ticket, ttl_seconds=request.ttl_seconds
+                )
+            except NodeError as error:
+                self._post(Closed(error.status, f"the node refused the ops shell: {error}"))
+                return
+            self._post_session(session)
+            if self._leaving:  # left while it was being started: end it now
+                await self.client.ops_end(session.id, f"left the shell: {request.reason}"[:480])
+                return
+        else:
+            session = self.session
+        cols, rows = self._terminal_size
+        shell = self._shell = OpsShell(self.client.target, session.id, cols=cols, rows=rows)
+        outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        with self._early_lock:
+            for data in self._early:  # typed while the session was being attached: in order, first
+                outbox.put_nowait(data)
+            self._early.clear()
+            self._outbox = outbox
         self._drained = asyncio.Event()
-        sender = asyncio.create_task(self._send_loop(shell, self._outbox))
+        attached = asyncio.Event()
+        sender = asyncio.create_task(self._send_loop(shell, outbox, attached))
         try:
             async for event in shell.events():
                 if isinstance(event, Output):
                     await self._hand_over(event.data)
-                else:
-                    self._post(event)
+                    continue
+                if isinstance(event, Hello):
+                    attached.set()
+                elif isinstance(event, Reconnecting):
+                    # Keys typed blind into a root shell are not replayed later: dropped, and said so.
+                    attached.clear()
+                    dropped = 0
+                    while not outbox.empty():
+                        dropped += len(outbox.get_nowait())
+                    if dropped:
+                        self._post_note(f"{dropped} bytes typed while reconnecting were not sent")
+                self._post(event)
                 if isinstance(event, Exit | Closed):
                     break
         finally:
             sender.cancel()
             await shell.close()
 
-    async def _send_loop(self, shell: OpsShell, outbox: asyncio.Queue[bytes]) -> None:
+    async def _send_loop(self, shell: OpsShell, outbox: asyncio.Queue[bytes], attached: asyncio.Event) -> None:
         while True:
+            await attached.wait()
             data = await outbox.get()
             if data.startswith(b"\x00resize:"):
                 cols, rows = (int(part) for part in data.split(b":", 1)[1].split(b"x"))
@@ -170,39 +224,67 @@ class ShellScreen(ConsoleScreen):
         assert self._ui_loop is not None
         self._ui_loop.call_soon_threadsafe(self._on_shell_event, event)
 
+    def _post_session(self, session: OpsSession) -> None:
+        def arrived() -> None:
+            self.session = session
+            self.state = "connecting"
+            self._update_banner()
+
+        assert self._ui_loop is not None
+        self._ui_loop.call_soon_threadsafe(arrived)
+        self.session = session  # the network side needs it now; the UI repaints on its turn
+
+    def _post_note(self, text: str) -> None:
+        assert self._ui_loop is not None
+        self._ui_loop.call_soon_threadsafe(lambda: self.notify(text, severity="warning", timeout=8))
+
     # -- the UI side ------------------------------------------------------------------------------------
 
-    def _drain(self) -> None:
+    def _drain(self, everything: bool = False) -> None:
+        """Feed the emulator at most FEED_CHUNK a turn of the UI loop, so keys (ctrl+c) still get in
+        while a command floods the terminal; the rest waits for the next turn."""
         with self._pending_lock:
-            data = bytes(self._pending)
-            self._pending.clear()
-            self._drain_scheduled = False
+            size = len(self._pending) if everything else min(len(self._pending), FEED_CHUNK)
+            data = bytes(self._pending[:size])
+            del self._pending[:size]
+            left = len(self._pending)
+            self._drain_scheduled = left > 0
         if data:
             self.terminal.feed(data)
+        if left:
+            asyncio.get_running_loop().call_soon(self._drain)
         drained = self._drained
-        if drained is not None:
+        if drained is not None and left < OUTPUT_HIGH_WATER // 2:
             self.lifsea.net.loop.call_soon_threadsafe(drained.set)
 
     def _on_shell_event(self, event: ShellEvent) -> None:
         if isinstance(event, Hello):
             self.state = "attached"
-            self.session = self.session.model_copy(update={"expires_at": event.expires_at})
+            if self.session is not None:
+                self.session = self.session.model_copy(update={"expires_at": event.expires_at})
             if event.reattached:
                 self.notify("Re-attached: the screen was replayed from the node", timeout=4)
         elif isinstance(event, Reconnecting):
+            self.reconnects += 1
             self.state = f"reconnecting (attempt {event.attempt}: {event.error})"
         elif isinstance(event, Expiring):
             self.notify(f"The ops session ends in {event.seconds_left} s (TTL)", severity="warning", timeout=10)
         elif isinstance(event, Exit | Closed):
-            self._drain()
+            if self.session is None:
+                self.notify(f"Ops shell on {self.node_name}: {event.reason}", severity="error", timeout=15)
+            self._drain(everything=True)
             self.exit = event
             self.state = "ended"
         self._update_banner()
 
     def send(self, data: bytes) -> None:
-        if self.exit is not None or self._outbox is None:
+        if self.exit is not None:
             return
-        outbox = self._outbox
+        with self._early_lock:
+            outbox = self._outbox
+            if outbox is None:
+                self._early.append(data)  # the network side takes these first when it starts
+                return
         self.lifsea.net.loop.call_soon_threadsafe(outbox.put_nowait, data)
 
     def resized(self, cols: int, rows: int) -> None:
@@ -213,16 +295,23 @@ class ShellScreen(ConsoleScreen):
         banner.set_class(self.state.startswith("reconnecting"), "reconnecting")
         banner.set_class(self.exit is not None, "ended")
         text = Text()
+        session = self.session
         if isinstance(self.exit, Exit):
             code = "?" if self.exit.code is None else self.exit.code
             text.append(f"SESSION ENDED · exit {code} · {self.exit.reason} · ", style="bold")
-            text.append(f"{self.node_name} · recording {self.session.recording} · esc back")
+            recording = f" · recording {session.recording}" if session else ""
+            text.append(f"{self.node_name}{recording} · esc back")
         elif isinstance(self.exit, Closed):
-            text.append(f"DISCONNECTED · {self.exit.reason} · esc back")
-        else:
-            left = max(0, int((self.session.expires_at - datetime.now(UTC)).total_seconds()))
+            text.append(f"{'DISCONNECTED' if session else 'NOT STARTED'} · {self.exit.reason} · esc back")
+        elif session is None:
+            assert self.request is not None
             text.append("● RECORDED ", style="bold")
-            text.append(f"{self.node_name} · {self.session.reason} · {left // 60}:{left % 60:02d} left")
+            text.append(f"{self.node_name} · {self.request.reason} · ")
+            text.append("STARTING THE OPS CONTAINER…", style="bold")
+        else:
+            left = max(0, int((session.expires_at - datetime.now(UTC)).total_seconds()))
+            text.append("● RECORDED ", style="bold")
+            text.append(f"{self.node_name} · {session.reason} · {left // 60}:{left % 60:02d} left")
             if self.state != "attached":
                 text.append(f" · {self.state.upper()}", style="bold")
         banner.update(text)
@@ -232,12 +321,11 @@ class ShellScreen(ConsoleScreen):
             self.app.pop_screen()
 
     async def action_leave(self) -> None:
-        if self.exit is None:
-            client = self.lifsea.fleet.client(self.node_name)
+        self._leaving = True
+        session = self.session
+        if self.exit is None and session is not None:
             try:
-                await self.lifsea.net.run(
-                    client.ops_end(self.session.id, f"left the shell: {self.session.reason}"[:480])
-                )
+                await self.lifsea.net.run(self.client.ops_end(session.id, f"left the shell: {session.reason}"[:480]))
             except NodeError as error:
                 if error.status != 404:
                     self.notify(f"Could not end the session: {error}", severity="error", timeout=10)
