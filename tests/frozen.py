@@ -213,6 +213,7 @@ class FrozenFleet(Fleet):
                 )
             )
             snapshot.latency_ms = 12.0 + index
+            snapshot.ops_sessions = 1 if name == "edge-2" else 0
             snapshot.last_seen = future
 
     async def refresh(self, names: Iterable[str] | None = None, *, force: bool = False, on_result: Any = None) -> None:

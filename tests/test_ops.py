@@ -126,6 +126,7 @@ async def test_session_on_a_real_node(node1: tuple[dict, Layout, httpx.Client]) 
     assert session.state == "detached" and session.actor == "lab-admin" and session.ticket == "INC-1"
     listed = (await client.ops_sessions()).sessions
     assert [s.id for s in listed] == [session.id]
+    assert (await client.summary()).ops_sessions == 1  # what the fleet table shows
     ops_dir = layout.node("node1").ops_dir
     assert f"lifsea-ops-{session.id}" in runc_containers(ops_dir)
 

@@ -268,6 +268,7 @@ def create_app(config: AgentConfig) -> FastAPI:
             update=await agent.updates.status(),
             audit_head_seq=head.seq,
             audit_head_hash=head.hash if head.seq >= 0 else None,
+            ops_sessions=len(agent.ops.sessions),
         )
 
     @api.get(r.HISTORY)

@@ -127,6 +127,7 @@ class NodeSummary(BaseModel):
     update: UpdateStatus
     audit_head_seq: int
     audit_head_hash: str | None
+    ops_sessions: int = Field(default=0, description="break-glass sessions open on the node")
 
 
 class ActionRequest(Strict):

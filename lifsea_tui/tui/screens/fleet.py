@@ -25,6 +25,7 @@ COLUMNS = (
     ("booted", "Booted", 10),
     ("next", "Next boot", 10),
     ("update", "Update", 18),
+    ("ops", "Ops", 4),
     ("latency", "Latency", 8),
     ("seen", "Last seen", 9),
 )
@@ -101,7 +102,14 @@ class FleetScreen(ConsoleScreen):
         self.refresh_loop()
         if len(self.lifsea.fleet.snapshots) <= self.lifsea.events_limit:
             self.follow_events()
+        self.app.theme_changed_signal.subscribe(self, self._restyle)
         self._flush()
+
+    def _restyle(self, _theme: object) -> None:
+        """Cells carry the theme's colours: a new theme redraws every row and the version line."""
+        self._rebuild = True
+        self._flush()
+        self._update_drift()
 
     # -- data ------------------------------------------------------------------------------------------
 
@@ -172,6 +180,7 @@ class FleetScreen(ConsoleScreen):
             booted,
             next_boot,
             update,
+            Text(f"● {snapshot.ops_sessions}", style=self._style("recorded")) if snapshot.ops_sessions else "",
             latency,
             ago(snapshot.last_seen),
         ]

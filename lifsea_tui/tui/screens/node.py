@@ -139,6 +139,7 @@ class NodeScreen(ConsoleScreen):
         self.title = f"node {self.node_name}"
         self.load()
         self.follow()
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.load())  # cells carry its colours
 
     # -- loading ---------------------------------------------------------------------------------------
 
