@@ -25,6 +25,8 @@ from lifsea_tui.api import (
     OpsSessionList,
     RecordingInfo,
     RecordingList,
+    UnitInfo,
+    UnitList,
     UpdateState,
     UpdateStatus,
     UpdateTarget,
@@ -151,6 +153,24 @@ class FrozenClient:
             )
         ]
         return AuditPage(records=records, head_seq=3, head_hash=f"{3:064x}")
+
+    async def services(self, **_: Any) -> UnitList:
+        def unit(name: str, active: str, sub: str, restarts: int, description: str) -> UnitInfo:
+            return UnitInfo(
+                name=name, description=description, load_state="loaded", active_state=active, sub_state=sub,
+                since=T0, main_pid=None if active != "active" else 31, restarts=restarts,
+                memory_bytes=12 * 2**20 if active == "active" else None,
+                result="exit-code" if active == "failed" else "success",
+            )  # fmt: skip
+
+        return UnitList(
+            units=[
+                unit("kubelet.service", "failed", "failed", 5, "node agent (stand-in)"),
+                unit("containerd.service", "activating", "auto-restart", 12, "container runtime (stand-in)"),
+                unit("cron.service", "active", "running", 0, "Regular background program processing daemon"),
+                unit("nginx.service", "inactive", "dead", 0, "A high performance web server"),
+            ]
+        )
 
     async def ops_sessions(self) -> OpsSessionList:
         return OpsSessionList(sessions=[])

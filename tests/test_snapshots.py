@@ -44,7 +44,9 @@ def test_fleet_with_selection_and_filter(snap_compare) -> None:
     )
 
 
-@pytest.mark.parametrize("tab", ["tab-overview", "tab-deployments", "tab-upgrades", "tab-ops", "tab-audit"])
+@pytest.mark.parametrize(
+    "tab", ["tab-overview", "tab-deployments", "tab-upgrades", "tab-services", "tab-ops", "tab-audit"]
+)
 def test_node_tabs(snap_compare, tab: str) -> None:
     async def open_node(pilot: Pilot) -> None:
         await settle(pilot)

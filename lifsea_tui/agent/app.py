@@ -25,6 +25,7 @@ from lifsea_tui.agent.node import history, node_info
 from lifsea_tui.agent.ops import Attachment, OpsManager
 from lifsea_tui.agent.ostree import OstreeBackend
 from lifsea_tui.agent.recording import RecordingError, cast_path, read_meta
+from lifsea_tui.agent.services import Services, check_unit_name
 from lifsea_tui.agent.systemd import SystemdBackend
 from lifsea_tui.agent.updates import UpdateManager
 from lifsea_tui.api import (
@@ -46,6 +47,9 @@ from lifsea_tui.api import (
     RecordingInfo,
     RecordingList,
     StageRequest,
+    UnitActionResult,
+    UnitInfo,
+    UnitList,
     UpdateStatus,
 )
 from lifsea_tui.api import ops as proto
@@ -83,6 +87,7 @@ class Agent:
         self.systemd = SystemdBackend(config.system_bus)
         self.updates = UpdateManager(self.ostree, self.systemd, self.audit, self.events, config.pull_timeout)
         self.ops = OpsManager(config, self.audit, self.events, self.ostree)
+        self.services = Services(self.systemd, self.audit, self.events)
         self.authn = Authenticator(config.tokens)
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.started = time.monotonic()
@@ -214,10 +219,12 @@ def create_app(config: AgentConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await agent.start()
         watcher = asyncio.create_task(agent.watch())
+        unit_watcher = asyncio.create_task(agent.services.watch())
         try:
             yield
         finally:
             watcher.cancel()
+            unit_watcher.cancel()
             await agent.ops.shutdown()
             await agent.updates.shutdown()
 
@@ -320,6 +327,35 @@ def create_app(config: AgentConfig) -> FastAPI:
     @api.get(r.AUDIT_VERIFY)
     async def get_audit_verify(who: Caller) -> AuditVerify:
         return await asyncio.to_thread(verify, agent.audit.path)
+
+    # -- services ----------------------------------------------------------------------------------
+
+    UnitName = Annotated[str, Path(max_length=256)]
+
+    @api.get(r.SERVICES)
+    async def services(
+        who: Caller,
+        state: Annotated[str | None, Query(max_length=32, description="active state: failed, active, ...")] = None,
+        kind: Annotated[str | None, Query(max_length=16, description="unit type: service, timer, ...")] = None,
+    ) -> UnitList:
+        units = await agent.systemd.units()
+        if state:
+            units = [u for u in units if u.active_state == state]
+        if kind:
+            units = [u for u in units if u.name.endswith(f".{kind}")]
+        # Failed first, then by name: what an on-call engineer looks at first.
+        units.sort(key=lambda u: (u.active_state != "failed", u.name))
+        return UnitList(units=units)
+
+    @api.get(r.SERVICE, responses={404: {"model": ErrorBody, "description": "no such unit"}})
+    async def service(unit: UnitName, who: Caller) -> UnitInfo:
+        return await agent.systemd.unit(check_unit_name(unit))
+
+    @api.post(r.SERVICE_ACTION, responses=ACTION_ERRORS)
+    async def service_action(
+        unit: UnitName, action: Annotated[str, Path(max_length=16)], body: ActionRequest, who: Caller
+    ) -> UnitActionResult:
+        return await agent.services.act(who, unit, action, body.reason)
 
     # -- break-glass ops sessions and their recordings ---------------------------------------------
 

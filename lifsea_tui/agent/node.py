@@ -67,8 +67,9 @@ async def node_info(
     except BackendError as error:
         capabilities["reboot"] = Capability(available=False, reason=error.detail)
     capabilities["ops_shell"] = Capability(available=ops_reason is None, reason=ops_reason)
-    for missing in ("services", "logs"):
-        capabilities[missing] = Capability(available=False, reason="not built into this agent version yet")
+    # Services go over the same bus as reboot: available exactly when it is.
+    capabilities["services"] = capabilities["reboot"]
+    capabilities["logs"] = Capability(available=False, reason="not built into this agent version yet")
     return NodeInfo(
         name=name,
         machine_id=machine_id,

@@ -8,9 +8,11 @@ Connecting over a unix socket costs about a millisecond.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from lifsea_tui.agent.errors import BackendError
+from lifsea_tui.api import UnitInfo
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -60,18 +63,8 @@ class SystemdBackend:
         interface: str = MANAGER,
         path: str = MANAGER_PATH,
     ) -> list[Any]:
-        message = Message(
-            destination=SYSTEMD, path=path, interface=interface, member=member, signature=signature, body=body or []
-        )
         async with self._connection() as bus:
-            try:
-                reply = await asyncio.wait_for(bus.call(message), CALL_TIMEOUT)
-            except (OSError, TimeoutError, EOFError) as error:
-                raise BackendError("unavailable", f"systemd {member}: {str(error) or type(error).__name__}") from error
-        if reply is None or reply.message_type == MessageType.ERROR:
-            detail = reply.body[0] if reply is not None and reply.body else reply.error_name if reply else "no reply"
-            raise BackendError("failed", f"systemd {member}: {detail}")
-        return list(reply.body)
+            return await _call(bus, member, signature, body, interface, path)
 
     async def manager_property(self, name: str) -> Any:
         body = await self.call("Get", "ss", [MANAGER, name], interface="org.freedesktop.DBus.Properties")
@@ -81,6 +74,74 @@ class SystemdBackend:
         """Seconds since the node's systemd started (its userspace start; in the lab, the machine's boot)."""
         started_us = await self.manager_property("UserspaceTimestamp")
         return max(0.0, time.time() - started_us / 1_000_000)
+
+    # -- units ---------------------------------------------------------------------------------------
+
+    async def units(self) -> list[UnitInfo]:
+        """Every unit systemd has loaded; services with their main PID, restarts, memory and result."""
+        async with self._connection() as bus:
+            (rows,) = await _call(bus, "ListUnits")
+            # The system bus allows a connection only so many calls awaiting replies (128 on Debian):
+            # past that it answers with errors. Keep well below.
+            limit = asyncio.Semaphore(IN_FLIGHT)
+
+            async def one(row: list[Any]) -> UnitInfo:
+                async with limit:
+                    return await _unit_info(bus, row)
+
+            return list(await asyncio.gather(*(one(row) for row in rows)))
+
+    async def unit(self, name: str) -> UnitInfo:
+        async with self._connection() as bus:
+            try:
+                (path,) = await _call(bus, "GetUnit", "s", [name])
+            except BackendError as error:
+                if "not loaded" in error.detail or "NoSuchUnit" in error.detail:
+                    raise BackendError("not_found", f"no unit {name} is loaded") from error
+                raise
+            props = await _call(bus, "GetAll", "s", [UNIT], interface=PROPERTIES, path=path)
+            values = {key: variant.value for key, variant in props[0].items()}
+            row = [name, values.get("Description", ""), values.get("LoadState", ""), values.get("ActiveState", ""),
+                   values.get("SubState", ""), "", path]  # fmt: skip
+            return await _unit_info(bus, row)
+
+    async def unit_action(self, name: str, action: str) -> str:
+        """Start, stop or restart a unit (mode "replace"); returns systemd's job path."""
+        member = {"start": "StartUnit", "stop": "StopUnit", "restart": "RestartUnit"}[action]
+        (job,) = await self.call(member, "ss", [name, "replace"])
+        return str(job)
+
+    async def watch_units(self, changed: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call `changed(unit, properties)` for every unit state change systemd signals; runs until cancelled.
+
+        One connection subscribed to systemd's PropertiesChanged signals (no polling): a change reaches
+        the caller as soon as systemd makes it. When the bus goes away (a reboot) it connects again.
+        """
+        while True:
+            try:
+                async with self._connection() as bus:
+
+                    def on_message(message: Message) -> None:
+                        if message.member != "PropertiesChanged" or not message.body or message.body[0] != UNIT:
+                            return
+                        values = {key: variant.value for key, variant in message.body[1].items()}
+                        if "ActiveState" in values or "SubState" in values:
+                            changed(unit_name_of(message.path or ""), values)
+
+                    bus.add_message_handler(on_message)
+                    rule = (
+                        "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.DBus.Properties',"
+                        "member='PropertiesChanged',path_namespace='/org/freedesktop/systemd1/unit'"
+                    )
+                    await _call(bus, "AddMatch", "s", [rule], interface="org.freedesktop.DBus",
+                                path="/org/freedesktop/DBus", destination="org.freedesktop.DBus")  # fmt: skip
+                    await _call(bus, "Subscribe")
+                    await bus.wait_for_disconnect()
+            except BackendError:
+                pass
+            except Exception:  # noqa: BLE001 - a broken bus must not end the watch; it reconnects
+                pass
+            await asyncio.sleep(1.0)
 
     async def reboot(self) -> None:
         try:
@@ -97,3 +158,61 @@ class SystemdBackend:
                 return True
             await asyncio.sleep(0.1)
         return False
+
+
+UNIT = "org.freedesktop.systemd1.Unit"
+SERVICE = "org.freedesktop.systemd1.Service"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+UNSET = 2**64 - 1  # systemd's "no value" for a uint64 property
+IN_FLIGHT = 32
+
+
+async def _call(
+    bus: MessageBus,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+    interface: str = MANAGER,
+    path: str = MANAGER_PATH,
+    destination: str = SYSTEMD,
+) -> list[Any]:
+    message = Message(
+        destination=destination, path=path, interface=interface, member=member, signature=signature, body=body or []
+    )
+    try:
+        reply = await asyncio.wait_for(bus.call(message), CALL_TIMEOUT)
+    except (OSError, TimeoutError, EOFError) as error:
+        raise BackendError("unavailable", f"systemd {member}: {str(error) or type(error).__name__}") from error
+    if reply is None or reply.message_type == MessageType.ERROR:
+        detail = reply.body[0] if reply is not None and reply.body else reply.error_name if reply else "no reply"
+        raise BackendError("failed", f"systemd {member}: {detail}")
+    return list(reply.body)
+
+
+def unit_name_of(path: str) -> str:
+    """systemd's object path for a unit back to its name (each byte not [A-Za-z0-9] is _xx)."""
+    tail = path.rsplit("/", 1)[-1]
+    return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), tail)
+
+
+async def _unit_info(bus: MessageBus, row: list[Any]) -> UnitInfo:
+    name, description, load_state, active_state, sub_state, _followed, path = row[:7]
+    since = main_pid = restarts = memory = result = None
+    try:
+        (changed,) = await _call(bus, "Get", "ss", [UNIT, "StateChangeTimestamp"], interface=PROPERTIES, path=path)
+        if changed.value:
+            since = datetime.fromtimestamp(changed.value / 1_000_000, UTC)
+        if str(name).endswith(".service"):
+            (props,) = await _call(bus, "GetAll", "s", [SERVICE], interface=PROPERTIES, path=path)
+            values = {key: variant.value for key, variant in props.items()}
+            main_pid = values.get("MainPID") or None
+            restarts = values.get("NRestarts")
+            memory = values.get("MemoryCurrent")
+            memory = None if memory in (None, UNSET) else memory
+            result = values.get("Result")
+    except BackendError:
+        pass  # the unit went away between the listing and this read: its row says what the listing said
+    return UnitInfo(
+        name=name, description=description, load_state=load_state, active_state=active_state, sub_state=sub_state,
+        since=since, main_pid=main_pid, restarts=restarts, memory_bytes=memory, result=result,
+    )  # fmt: skip

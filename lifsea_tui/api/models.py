@@ -180,12 +180,37 @@ class AuditVerify(BaseModel):
     problem: str | None
 
 
+class UnitInfo(BaseModel):
+    name: str
+    description: str
+    load_state: str
+    active_state: str = Field(description="active, inactive, failed, activating, deactivating, reloading")
+    sub_state: str
+    since: datetime | None = Field(description="when the unit last changed state")
+    main_pid: int | None = None
+    restarts: int | None = Field(default=None, description="NRestarts: how often systemd restarted it")
+    memory_bytes: int | None = Field(default=None, description="MemoryCurrent, when memory accounting is on")
+    result: str | None = Field(default=None, description="why it last stopped: success, exit-code, signal, ...")
+
+
+class UnitList(BaseModel):
+    units: list[UnitInfo]
+
+
+class UnitActionResult(BaseModel):
+    unit: str
+    action: str
+    job: str = Field(description="systemd's job for the request; /v1/events shows the unit's new state")
+    audit_seq: int
+
+
 class EventKind(enum.StrEnum):
     hello = "hello"
     deployments = "deployments"
     update = "update"
     audit = "audit"
     ops = "ops"
+    services = "services"
     lagged = "lagged"
 
 

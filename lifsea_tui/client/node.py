@@ -28,6 +28,9 @@ from lifsea_tui.api import (
     OpsSession,
     OpsSessionList,
     RecordingList,
+    UnitActionResult,
+    UnitInfo,
+    UnitList,
     UpdateStatus,
 )
 from lifsea_tui.api import routes as r
@@ -200,6 +203,19 @@ class NodeClient:
         return await self._request(
             "POST", paths[name], OperationResult, body={"reason": reason, **extra}, timeout=timeout
         )
+
+    # -- services ------------------------------------------------------------------------------------------
+
+    async def services(self, *, state: str | None = None, kind: str | None = None) -> UnitList:
+        params = {key: value for key, value in (("state", state), ("kind", kind)) if value}
+        return await self._request("GET", r.SERVICES, UnitList, params=params)
+
+    async def service(self, unit: str) -> UnitInfo:
+        return await self._request("GET", r.SERVICE.format(unit=unit), UnitInfo)
+
+    async def service_action(self, unit: str, action: str, reason: str) -> UnitActionResult:
+        path = r.SERVICE_ACTION.format(unit=unit, action=action)
+        return await self._request("POST", path, UnitActionResult, body={"reason": reason}, timeout=30)
 
     # -- break-glass ops sessions -------------------------------------------------------------------------
 

@@ -16,11 +16,13 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from lifsea_tui.api import (
     AuditPage,
     Deployment,
+    EventKind,
     HistoryList,
     NodeInfo,
     OpsSession,
     OpsSessionList,
     RecordingList,
+    UnitInfo,
     UpdateStatus,
 )
 from lifsea_tui.client.node import NodeError
@@ -69,6 +71,9 @@ class NodeScreen(ConsoleScreen):
         Binding("b", "act('rollback')", "Rollback", id="node-rollback"),
         Binding("r", "act('reboot')", "Reboot", id="node-reboot"),
         Binding("o", "act('ops')", "Ops shell", id="node-ops"),
+        Binding("R", "unit('restart')", "Restart unit", id="unit-restart"),
+        Binding("S", "unit('start')", "Start unit", id="unit-start"),
+        Binding("X", "unit('stop')", "Stop unit", id="unit-stop"),
         Binding("v", "verify", "Verify audit", id="node-verify"),
         Binding("n", "older", "Older audit", id="node-older", show=False),
         Binding("p", "newer", "Newer audit", id="node-newer", show=False),
@@ -114,6 +119,12 @@ class NodeScreen(ConsoleScreen):
                 yield history
             with TabPane("Upgrades", id="tab-upgrades"), VerticalScroll():
                 yield Static("loading…", id="upgrades")
+            with TabPane("Services", id="tab-services"), VerticalScroll():
+                yield Static("loading…", id="services-note", classes="note")
+                units: DataTable[Text | str] = DataTable(id="services", cursor_type="row")
+                for label in ("Unit", "State", "Since", "Restarts", "PID", "Memory", "Description"):
+                    units.add_column(label, key=label)
+                yield units
             with TabPane("Ops sessions & recordings", id="tab-ops"), VerticalScroll():
                 yield Static("Open ops sessions (enter re-attaches your own)", classes="note")
                 sessions: DataTable[str] = DataTable(id="ops-sessions", cursor_type="row")
@@ -161,6 +172,7 @@ class NodeScreen(ConsoleScreen):
             )
 
         info, deployments, history, update, audit, sessions, recordings = await self.lifsea.net.run(fetch())
+        self.load_services()
         self._show_ops(sessions, recordings)
         self._show_overview(info)
         self._show_deployments(deployments, update)
@@ -176,7 +188,11 @@ class NodeScreen(ConsoleScreen):
 
         def arrived(event: Any) -> None:
             self._set_live("live: following the node's events")
-            if not isinstance(event, dict):  # the hello is a dict; changes are Events
+            if isinstance(event, dict):  # the hello is a dict; changes are Events
+                return
+            if event.kind == EventKind.services:
+                self.load_services()  # units change often (a crash loop): reload only them
+            else:
                 self.load()
 
         async def stream() -> None:  # runs on the network loop
@@ -360,6 +376,52 @@ class NodeScreen(ConsoleScreen):
             + (f" · oldest shown {first}" if first is not None else "")
         )
 
+    @work(exclusive=True, group="node-services", exit_on_error=False)
+    async def load_services(self) -> None:
+        client = self.lifsea.fleet.client(self.node_name)
+        try:
+            listing = await self.lifsea.net.run(client.services(kind="service"))
+        except NodeError as error:
+            self._problem("#services-note", error)
+            self.query_one("#services", DataTable).clear()
+            return
+        self._show_services(listing.units)
+
+    def _show_services(self, units: list[UnitInfo]) -> None:
+        table = self.query_one("#services", DataTable)
+        cursor = self._cursor_key(table)
+        table.clear()
+        colours = {
+            "failed": self.lifsea.colour("node-down"),
+            "active": self.lifsea.colour("node-ok"),
+            "activating": self.lifsea.colour("pending"),
+            "deactivating": self.lifsea.colour("pending"),
+            "reloading": self.lifsea.colour("pending"),
+        }
+        for unit in units:
+            state = Text(f"{unit.active_state}/{unit.sub_state}", style=colours.get(unit.active_state, "dim"))
+            memory = f"{unit.memory_bytes / 2**20:.1f} MiB" if unit.memory_bytes is not None else ""
+            restarts = Text(str(unit.restarts or 0), style=colours["failed"] if unit.restarts else "")
+            table.add_row(
+                unit.name, state, _when(unit.since), restarts, str(unit.main_pid or ""), memory, unit.description,
+                key=unit.name,
+            )  # fmt: skip
+        if cursor is not None and cursor in table.rows:
+            table.move_cursor(row=table.get_row_index(cursor))
+        failed = sum(1 for u in units if u.active_state == "failed")
+        self.query_one("#services-note", Static).update(
+            f"{len(units)} services, {failed} failed (failed first) · R restart · S start · X stop"
+        )
+
+    @staticmethod
+    def _cursor_key(table: DataTable[Any]) -> str | None:
+        if not table.row_count:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001 - no cursor row
+            return None
+
     def _show_ops(self, sessions: OpsSessionList | BaseException, recordings: RecordingList | BaseException) -> None:
         table = self.query_one("#ops-sessions", DataTable)
         table.clear()
@@ -448,6 +510,38 @@ class NodeScreen(ConsoleScreen):
                     style=self.lifsea.colour("node-down"),
                 )
             )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "unit":  # the unit keys belong to the Services tab
+            if self.lifsea.read_only:
+                return False
+            return self.query_one("#tabs", TabbedContent).active == "tab-services"
+        return super().check_action(action, parameters)
+
+    @on(TabbedContent.TabActivated)
+    def _tab_changed(self) -> None:
+        self.refresh_bindings()
+
+    def action_unit(self, action: str) -> None:
+        unit = self._cursor_key(self.query_one("#services", DataTable))
+        if unit is None:
+            return
+
+        def chosen(reason: str | None) -> None:
+            if reason:
+                self.run_unit_action(unit, action, reason)
+
+        self.app.push_screen(ReasonModal(f"{action.capitalize()} {unit}", [self.node_name]), chosen)
+
+    @work(group="node-actions", exit_on_error=False)
+    async def run_unit_action(self, unit: str, action: str, reason: str) -> None:
+        client = self.lifsea.fleet.client(self.node_name)
+        try:
+            result = await self.lifsea.net.run(client.service_action(unit, action, reason))
+        except NodeError as error:
+            self.notify(f"{action} {unit} on {self.node_name}: {error}", severity="error", timeout=10)
+            return
+        self.notify(f"{action} {unit}: queued (audit record {result.audit_seq})", timeout=5)
 
     def action_act(self, action: str) -> None:
         if action == "ops":

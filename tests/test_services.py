@@ -1,0 +1,171 @@
+"""systemd units on real lab nodes through the agent: read, stop/start/restart, live state changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import time
+
+import httpx
+import pytest
+import websockets
+
+from lifsea_tui.api import routes
+from lifsea_tui.lab.layout import Layout
+from tests.helpers import RunningAgent
+
+pytestmark = pytest.mark.lab
+
+CRASHLOOP = """[Unit]
+Description=crashes at once, for the restart counter
+StartLimitIntervalSec=0
+[Service]
+ExecStart=/bin/false
+Restart=always
+RestartSec=200ms
+"""
+
+
+def client(node: dict, role: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=node["url"],
+        verify=ssl.create_default_context(cafile=node["ca_file"]),
+        headers={"Authorization": f"Bearer {node['tokens'][role]}"},
+        timeout=30,
+    )
+
+
+def busctl(layout: Layout, node: str, *args: str) -> None:
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={layout.node(node).bus}"}
+    subprocess.run(["busctl", *args], env=env, check=True, capture_output=True)
+
+
+def test_units_are_listed_with_details_and_failed_first(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    status, _, _ = fleet
+    with client(status["nodes"][1], "reader") as http:
+        units = http.get(routes.SERVICES).json()["units"]
+        cron = next(u for u in units if u["name"] == "cron.service")
+        assert cron["active_state"] == "active" and cron["sub_state"] == "running"
+        assert cron["main_pid"] and cron["restarts"] == 0 and cron["since"]
+        states = [u["active_state"] for u in units]
+        assert states == sorted(states, key=lambda s: s != "failed")
+        only = http.get(routes.SERVICES, params={"kind": "timer"}).json()["units"]
+        assert only and all(u["name"].endswith(".timer") for u in only)
+        assert http.get("/v1/services/cron.service").json()["name"] == "cron.service"
+        assert http.get("/v1/services/no-such-thing.service").status_code == 404
+        for bad in ("cron;reboot", "cron.service%20x", "..%2F..%2Fetc%2Fpasswd", "$(reboot).service", "x" * 300):
+            answer = http.get(f"/v1/services/{bad}")
+            assert answer.status_code in (400, 404), (bad, answer.text)
+            if answer.status_code == 400:
+                assert answer.json()["error"] == "bad_request"
+        answer = http.post("/v1/services/cron.service/restart", json={"reason": "readers may not"})
+        assert answer.status_code == 403
+
+
+async def test_a_stopped_unit_reaches_an_event_subscriber_within_a_second(
+    fleet: tuple[dict, dict[str, str], Layout],
+) -> None:
+    status, _, _ = fleet
+    node = status["nodes"][1]
+    url = node["url"].replace("https://", "wss://") + routes.EVENTS
+    context = ssl.create_default_context(cafile=node["ca_file"])
+    async with websockets.connect(
+        url, ssl=context, additional_headers={"Authorization": f"Bearer {node['tokens']['reader']}"}
+    ) as events:
+        await events.recv()  # hello
+        await asyncio.sleep(0.5)  # the agent's unit watch is subscribed
+        with client(node, "operator") as http:
+            started = time.monotonic()
+            answer = await asyncio.to_thread(
+                http.post, "/v1/services/cron.service/stop", json={"reason": "INC-5 stop cron"}
+            )
+            assert answer.status_code == 200, answer.text
+            seen = None
+            while seen is None:
+                remaining = 1.0 - (time.monotonic() - started)
+                assert remaining > 0, "no inactive cron.service event within 1 s"
+                event = json.loads(await asyncio.wait_for(events.recv(), remaining))
+                if event["kind"] == "services" and event["data"]["unit"] == "cron.service":
+                    if event["data"].get("active_state") == "inactive":
+                        seen = event
+            answer = await asyncio.to_thread(
+                http.post, "/v1/services/cron.service/start", json={"reason": "INC-5 start it again"}
+            )
+            assert answer.status_code == 200
+            records = http.get(routes.AUDIT, params={"limit": 1000}).json()["records"]
+    done = [(r["action"], r["reason"], r["outcome"]) for r in records if r["params"].get("unit") == "cron.service"]
+    assert ("service.stop", "INC-5 stop cron", "ok") in done
+    assert ("service.start", "INC-5 start it again", "ok") in done
+
+
+def test_a_crash_looping_unit_counts_its_restarts(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    status, _, layout = fleet
+    node = status["nodes"][1]
+    unit_file = layout.node("node2").host_root / "etc" / "systemd" / "system" / "crashloop.service"
+    unit_file.write_text(CRASHLOOP)
+    try:
+        busctl(layout, "node2", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+               "org.freedesktop.systemd1.Manager", "Reload")  # fmt: skip
+        with client(node, "operator") as http:
+            answer = http.post("/v1/services/crashloop.service/start", json={"reason": "INC-6 watch it crash"})
+            assert answer.status_code == 200, answer.text
+            deadline = time.monotonic() + 15
+            restarts = 0
+            while restarts < 3:
+                assert time.monotonic() < deadline, f"NRestarts stayed at {restarts}"
+                restarts = http.get("/v1/services/crashloop.service").json()["restarts"] or 0
+                time.sleep(0.3)
+            http.post("/v1/services/crashloop.service/stop", json={"reason": "INC-6 enough"})
+    finally:
+        unit_file.unlink(missing_ok=True)
+
+
+def test_no_bus_is_503_with_the_reason(agent: RunningAgent) -> None:
+    """The tiny node has no systemd: the answer says so instead of failing obscurely."""
+    answer = httpx.get(agent.url + routes.SERVICES, headers=agent.headers("reader"), verify=agent.ssl_context())
+    assert answer.status_code == 503 and "system bus" in answer.json()["detail"]
+    assert answer.json()["error"] == "unavailable"
+
+
+async def test_services_tab_shows_units_live_and_acts_on_them(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    from textual.widgets import DataTable, TabbedContent
+
+    from lifsea_tui.client.fleet import Fleet
+    from lifsea_tui.tui.app import LifseaApp
+    from lifsea_tui.tui.screens.node import NodeScreen
+    from tests.test_tui_lab import targets, until
+
+    status, _, _ = fleet
+    app = LifseaApp(Fleet(targets(status, role="operator")), refresh_interval=5.0)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, "node2 answered", lambda: app.fleet.snapshots["node2"].reachable)
+        table = app.screen.query_one("#nodes", DataTable)
+        table.move_cursor(row=table.get_row_index("node2"))
+        await pilot.press("enter")
+        await until(pilot, "node screen", lambda: isinstance(app.screen, NodeScreen))
+        screen = app.screen
+        screen.query_one("#tabs", TabbedContent).active = "tab-services"
+        units = screen.query_one("#services", DataTable)
+        await until(pilot, "units listed", lambda: "cron.service" in units.rows)
+
+        def cron_state() -> str:
+            return str(units.get_row("cron.service")[1])
+
+        assert cron_state() == "active/running"
+        units.move_cursor(row=units.get_row_index("cron.service"))
+        await pilot.press("X")
+        await pilot.pause(0.2)
+        await pilot.press(*"INC-7 stop cron from the console", "enter")
+        await until(pilot, "cron stopped, shown live", lambda: cron_state().startswith("inactive"), timeout=10)
+        await pilot.press("S")
+        await pilot.pause(0.2)
+        await pilot.press(*"INC-7 start it again", "enter")
+        await until(pilot, "cron running again", lambda: cron_state() == "active/running", timeout=10)
+        # The unit keys live on the Services tab only.
+        screen.query_one("#tabs", TabbedContent).active = "tab-overview"
+        await pilot.pause(0.2)
+        shown = {key for key, active in app.active_bindings.items() if active.binding.show and active.enabled}
+        assert shown.isdisjoint({"R", "S", "X"})
