@@ -6,6 +6,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, WebSocket, WebSocketDisconnect
@@ -19,8 +20,9 @@ from lifsea_tui import __version__
 from lifsea_tui.agent.audit import AuditLog, AuditUnavailable, verify
 from lifsea_tui.agent.auth import RULES, Authenticator, AuthError, Identity
 from lifsea_tui.agent.config import AgentConfig
-from lifsea_tui.agent.errors import ApiError
+from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
+from lifsea_tui.agent.logs import Journal
 from lifsea_tui.agent.node import history, node_info
 from lifsea_tui.agent.ops import Attachment, OpsManager
 from lifsea_tui.agent.ostree import OstreeBackend
@@ -32,12 +34,14 @@ from lifsea_tui.api import (
     ActionRequest,
     AuditPage,
     AuditVerify,
+    Capability,
     Deployment,
     DeploymentList,
     EndRequest,
     ErrorBody,
     EventKind,
     HistoryList,
+    LogPage,
     NodeInfo,
     NodeSummary,
     OperationResult,
@@ -88,6 +92,7 @@ class Agent:
         self.updates = UpdateManager(self.ostree, self.systemd, self.audit, self.events, config.pull_timeout)
         self.ops = OpsManager(config, self.audit, self.events, self.ostree)
         self.services = Services(self.systemd, self.audit, self.events)
+        self.journal = Journal(config.journal_dirs)
         self.authn = Authenticator(config.tokens)
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.started = time.monotonic()
@@ -255,9 +260,15 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     @api.get(r.NODE)
     async def get_node(who: Caller) -> NodeInfo:
-        return await node_info(
+        info = await node_info(
             config.node_name, config.host_root, agent.ostree, agent.systemd, agent.ops.unavailable_reason()
         )
+        try:
+            agent.journal.directory()
+            info.capabilities["logs"] = Capability(available=True, reason=None)
+        except BackendError as error:
+            info.capabilities["logs"] = Capability(available=False, reason=error.detail)
+        return info
 
     @api.get(r.DEPLOYMENTS)
     async def get_deployments(who: Caller) -> DeploymentList:
@@ -357,6 +368,28 @@ def create_app(config: AgentConfig) -> FastAPI:
     ) -> UnitActionResult:
         return await agent.services.act(who, unit, action, body.reason)
 
+    # -- logs ----------------------------------------------------------------------------------------
+
+    @api.get(r.LOGS)
+    async def logs(
+        who: Caller,
+        unit: Annotated[str | None, Query(max_length=256)] = None,
+        priority: Annotated[int | None, Query(ge=0, le=7, description="this and more urgent")] = None,
+        since: datetime | None = None,
+        grep: Annotated[str | None, Query(max_length=200, description="PCRE pattern on the message")] = None,
+        after_cursor: Annotated[str | None, Query(max_length=512)] = None,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+    ) -> LogPage:
+        entries = await agent.journal.read(
+            unit=check_unit_name(unit) if unit else None,
+            priority=priority,
+            since=since,
+            grep=grep,
+            after_cursor=after_cursor,
+            limit=limit,
+        )
+        return LogPage(entries=entries, cursor=entries[-1].cursor if entries else after_cursor)
+
     # -- break-glass ops sessions and their recordings ---------------------------------------------
 
     SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
@@ -437,6 +470,52 @@ def create_app(config: AgentConfig) -> FastAPI:
         return FileResponse(path, media_type="application/x-asciicast", filename=f"{recording_id}.cast")
 
     app.include_router(api)
+
+    @app.websocket(r.LOGS_FOLLOW)
+    async def logs_follow(websocket: WebSocket) -> None:
+        """Entries as JSON text frames as the node writes them (after a backlog, or after a cursor)."""
+        await websocket.accept()
+        try:
+            identity = agent.authn.identify(websocket.headers.get("authorization"))
+            agent.authn.authorize("WS", r.LOGS_FOLLOW, identity)
+        except AuthError as error:
+            await websocket.close(CLOSE_UNAUTHORIZED if error.status == 401 else CLOSE_FORBIDDEN, error.detail[:120])
+            return
+        query = websocket.query_params
+        try:
+            unit = check_unit_name(query["unit"]) if query.get("unit") else None
+            priority = int(query["priority"]) if query.get("priority") else None
+            if priority is not None and not 0 <= priority <= 7:
+                raise ValueError("priority must be 0..7")
+            backlog = int(query.get("backlog", "50"))
+            if not 0 <= backlog <= 5000:
+                raise ValueError("backlog must be 0..5000")
+            grep = query.get("grep") or None
+            cursor = query.get("after_cursor") or None
+            if (grep and len(grep) > 200) or (cursor and len(cursor) > 512):
+                raise ValueError("grep or cursor too long")
+        except (ApiError, ValueError) as error:
+            await websocket.close(proto.CLOSE_PROTOCOL, str(getattr(error, "detail", error))[:120])
+            return
+
+        async def stream() -> None:
+            async for item in agent.journal.follow(
+                unit=unit, priority=priority, grep=grep, after_cursor=cursor, backlog=backlog
+            ):
+                await websocket.send_text(item.model_dump_json())
+
+        sender = asyncio.create_task(stream())
+        receiver = asyncio.create_task(_drain(websocket))
+        try:
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and isinstance(sender.exception(), ApiError):
+                await websocket.close(proto.CLOSE_PROTOCOL, str(sender.exception())[:120])
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        finally:
+            sender.cancel()
+            receiver.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
 
     @app.websocket(r.OPS_ATTACH)
     async def ops_attach(websocket: WebSocket, session_id: str) -> None:

@@ -42,6 +42,8 @@ RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", r.OPS_SESSION): READ,
     ("DELETE", r.OPS_SESSION): BREAK_GLASS,
     ("WS", r.OPS_ATTACH): BREAK_GLASS,
+    ("GET", r.LOGS): READ,
+    ("WS", r.LOGS_FOLLOW): READ,
     ("GET", r.SERVICES): READ,
     ("GET", r.SERVICE): READ,
     ("POST", r.SERVICE_ACTION): OPERATE,

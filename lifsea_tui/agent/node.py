@@ -69,7 +69,6 @@ async def node_info(
     capabilities["ops_shell"] = Capability(available=ops_reason is None, reason=ops_reason)
     # Services go over the same bus as reboot: available exactly when it is.
     capabilities["services"] = capabilities["reboot"]
-    capabilities["logs"] = Capability(available=False, reason="not built into this agent version yet")
     return NodeInfo(
         name=name,
         machine_id=machine_id,

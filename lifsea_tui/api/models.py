@@ -204,6 +204,23 @@ class UnitActionResult(BaseModel):
     audit_seq: int
 
 
+class LogEntry(BaseModel):
+    cursor: str = Field(description="resume after this entry with after_cursor")
+    time: datetime
+    unit: str | None
+    identifier: str | None = Field(description="SYSLOG_IDENTIFIER")
+    priority: int = Field(description="0 emerg … 7 debug")
+    pid: int | None
+    message: str
+    cut: bool = Field(default=False, description="the message was longer and is cut")
+    binary: bool = Field(default=False, description="the message was not text; undecodable bytes are escaped")
+
+
+class LogPage(BaseModel):
+    entries: list[LogEntry]
+    cursor: str | None = Field(description="the last entry's cursor: pass as after_cursor for what follows")
+
+
 class EventKind(enum.StrEnum):
     hello = "hello"
     deployments = "deployments"

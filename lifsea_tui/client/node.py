@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import pydantic
@@ -22,6 +23,8 @@ from lifsea_tui.api import (
     DeploymentList,
     Event,
     HistoryList,
+    LogEntry,
+    LogPage,
     NodeInfo,
     NodeSummary,
     OperationResult,
@@ -216,6 +219,51 @@ class NodeClient:
     async def service_action(self, unit: str, action: str, reason: str) -> UnitActionResult:
         path = r.SERVICE_ACTION.format(unit=unit, action=action)
         return await self._request("POST", path, UnitActionResult, body={"reason": reason}, timeout=30)
+
+    # -- logs ------------------------------------------------------------------------------------------
+
+    async def logs(self, **filters: Any) -> LogPage:
+        params = {key: value for key, value in filters.items() if value is not None}
+        return await self._request("GET", r.LOGS, LogPage, params=params, timeout=60)
+
+    async def follow_logs(
+        self,
+        *,
+        unit: str | None = None,
+        priority: int | None = None,
+        grep: str | None = None,
+        after_cursor: str | None = None,
+        backlog: int = 200,
+    ) -> AsyncIterator[LogEntry]:
+        """Journal entries as the node writes them, until the connection ends (NodeError says why)."""
+        query = {"unit": unit, "priority": priority, "grep": grep, "after_cursor": after_cursor, "backlog": backlog}
+        url = (
+            self.target.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+            + r.LOGS_FOLLOW
+            + "?"
+            + urlencode({key: value for key, value in query.items() if value is not None})
+        )
+        try:
+            async with websockets.connect(
+                url,
+                ssl=ssl_context(self.target.ca_file) if url.startswith("wss://") else None,
+                additional_headers={"Authorization": f"Bearer {self.target.token}"},
+                open_timeout=self.target.timeout,
+                max_size=1024 * 1024,
+            ) as socket:
+                async for message in socket:
+                    try:
+                        yield LogEntry.model_validate_json(message)
+                    except pydantic.ValidationError as error:
+                        raise NodeError(Problem.bad_response, "log entry does not match the API") from error
+        except websockets.ConnectionClosedError as error:
+            code = error.rcvd.code if error.rcvd else None
+            reason = (error.rcvd.reason if error.rcvd else "") or "connection dropped"
+            problem = Problem.refused if code == 4400 else Problem.unreachable
+            raise NodeError(problem, f"log stream closed: {reason}") from error
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as error:
+            problem = Problem.tls if _tls_failure(error) else Problem.unreachable
+            raise NodeError(problem, f"log stream: {error}") from error
 
     # -- break-glass ops sessions -------------------------------------------------------------------------
 

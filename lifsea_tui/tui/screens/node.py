@@ -29,6 +29,7 @@ from lifsea_tui.client.node import NodeError
 from lifsea_tui.tui.cast import parse
 from lifsea_tui.tui.player import PlayerScreen
 from lifsea_tui.tui.screens.base import ConsoleScreen
+from lifsea_tui.tui.screens.logs import LogsScreen
 from lifsea_tui.tui.screens.modals import OpsModal, ReasonModal
 from lifsea_tui.tui.screens.shell import OpsRequest, ShellScreen
 
@@ -71,6 +72,7 @@ class NodeScreen(ConsoleScreen):
         Binding("b", "act('rollback')", "Rollback", id="node-rollback"),
         Binding("r", "act('reboot')", "Reboot", id="node-reboot"),
         Binding("o", "act('ops')", "Ops shell", id="node-ops"),
+        Binding("l", "logs", "Logs", id="node-logs"),
         Binding("R", "unit('restart')", "Restart unit", id="unit-restart"),
         Binding("S", "unit('start')", "Start unit", id="unit-start"),
         Binding("X", "unit('stop')", "Stop unit", id="unit-stop"),
@@ -410,7 +412,7 @@ class NodeScreen(ConsoleScreen):
             table.move_cursor(row=table.get_row_index(cursor))
         failed = sum(1 for u in units if u.active_state == "failed")
         self.query_one("#services-note", Static).update(
-            f"{len(units)} services, {failed} failed (failed first) · R restart · S start · X stop"
+            f"{len(units)} services, {failed} failed (failed first) · l logs · R restart · S start · X stop"
         )
 
     @staticmethod
@@ -521,6 +523,13 @@ class NodeScreen(ConsoleScreen):
     @on(TabbedContent.TabActivated)
     def _tab_changed(self) -> None:
         self.refresh_bindings()
+
+    def action_logs(self) -> None:
+        """The selected unit's logs on the Services tab; the whole journal elsewhere."""
+        unit = None
+        if self.query_one("#tabs", TabbedContent).active == "tab-services":
+            unit = self._cursor_key(self.query_one("#services", DataTable))
+        self.app.push_screen(LogsScreen(self.node_name, unit))
 
     def action_unit(self, action: str) -> None:
         unit = self._cursor_key(self.query_one("#services", DataTable))

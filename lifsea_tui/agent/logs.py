@@ -1,0 +1,185 @@
+"""The node's journal, read with journalctl from the node's journal directory.
+
+journalctl is journald's own reader: it understands every journal file version, follows with
+inotify, resumes from a cursor and filters by unit, priority, time and pattern. The agent runs it with
+`--directory` on the node's /var/log/journal (never on the host it runs on), reads its JSON lines one
+at a time, and hands back bounded entries: a message over MAX_MESSAGE is cut (and says so), binary
+fields are shown as text with the undecodable bytes escaped. Following reads the next line only when
+the last one was sent, so a slow client slows journalctl (its pipe fills), not the agent's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lifsea_tui.agent.errors import BackendError
+from lifsea_tui.api import LogEntry
+
+MAX_MESSAGE = 16 * 1024
+MAX_LINE = 8 * 1024 * 1024  # journalctl's JSON line for one entry, binary fields included
+TIMEOUT = 30.0
+
+
+def _text(value: Any) -> str:
+    """A journal field as text: strings as they are, binary (a list of byte values) decoded with escapes."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(b, int) and 0 <= b < 256 for b in value):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
+    if value is None:
+        return "[field too large for journalctl's JSON: not shown]"
+    return str(value)
+
+
+def entry(fields: dict[str, Any]) -> LogEntry:
+    message = _text(fields.get("MESSAGE", ""))
+    cut = len(message) > MAX_MESSAGE
+    if cut:
+        message = message[:MAX_MESSAGE]
+    try:
+        time = datetime.fromtimestamp(int(fields.get("__REALTIME_TIMESTAMP", "0")) / 1_000_000, UTC)
+    except (TypeError, ValueError):
+        time = datetime.fromtimestamp(0, UTC)
+    try:
+        priority = int(fields.get("PRIORITY", 6))
+    except (TypeError, ValueError):
+        priority = 6
+    pid = fields.get("_PID")
+    return LogEntry(
+        cursor=str(fields.get("__CURSOR", "")),
+        time=time,
+        # UNIT is the unit systemd's own messages are about ("Started cron.service"); the sender's
+        # unit otherwise. journalctl's --unit matches both.
+        unit=_text(fields.get("UNIT") or fields.get("_SYSTEMD_UNIT") or "") or None,
+        identifier=_text(fields.get("SYSLOG_IDENTIFIER") or "") or None,
+        priority=priority,
+        pid=int(pid) if isinstance(pid, str) and pid.isdigit() else None,
+        message=message,
+        cut=cut,
+        binary=not isinstance(fields.get("MESSAGE", ""), str),
+    )
+
+
+class Journal:
+    def __init__(self, directories: list[Path]) -> None:
+        self.directories = directories
+
+    def directory(self) -> Path:
+        """The node's journal: the machine's directory under the first journal path that has one."""
+        for base in self.directories:
+            if base.is_dir():
+                machines = sorted(path for path in base.iterdir() if path.is_dir())
+                return machines[0] if machines else base
+        raise BackendError("unavailable", f"no journal at {', '.join(str(d) for d in self.directories)}")
+
+    def _argv(
+        self,
+        *,
+        unit: str | None,
+        priority: int | None,
+        since: datetime | None,
+        grep: str | None,
+        after_cursor: str | None,
+        lines: int | None,
+        follow: bool,
+    ) -> list[str]:
+        argv = ["journalctl", f"--directory={self.directory()}", "--output=json", "--all", "--no-pager", "--quiet"]
+        if unit:
+            argv.append(f"--unit={unit}")
+        if priority is not None:
+            argv.append(f"--priority=0..{priority}")
+        if since is not None:
+            argv.append(f"--since={since.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC")
+        if grep:
+            argv.append(f"--grep={grep}")
+        if after_cursor:
+            argv.append(f"--after-cursor={after_cursor}")
+        elif lines is not None:
+            argv.append(f"--lines={lines}")
+        if follow:
+            argv.append("--follow")
+        return argv
+
+    async def _spawn(self, argv: list[str]) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
+                limit=MAX_LINE,
+            )
+        except FileNotFoundError as error:
+            raise BackendError("unavailable", "journalctl is not installed") from error
+
+    async def read(
+        self,
+        *,
+        unit: str | None = None,
+        priority: int | None = None,
+        since: datetime | None = None,
+        grep: str | None = None,
+        after_cursor: str | None = None,
+        limit: int = 200,
+    ) -> list[LogEntry]:
+        """The last `limit` matching entries (or, after a cursor, the next `limit`), oldest first."""
+        argv = self._argv(
+            unit=unit, priority=priority, since=since, grep=grep, after_cursor=after_cursor, lines=limit, follow=False
+        )
+        proc = await self._spawn(argv)
+        entries: list[LogEntry] = []
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                assert proc.stdout is not None
+                async for line in proc.stdout:
+                    if len(entries) >= limit:
+                        break
+                    with contextlib.suppress(ValueError):
+                        entries.append(entry(json.loads(line)))
+                err = await proc.stderr.read() if proc.stderr else b""
+                code = await proc.wait()
+        except TimeoutError:
+            raise BackendError("failed", f"journalctl: no answer within {TIMEOUT:.0f} s") from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if code not in (0, None) and not entries:
+            detail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {code}"]
+            # journalctl says what is wrong with the request (a bad pattern, a bad cursor): a 400.
+            raise BackendError("bad_request", f"journalctl: {detail[0]}")
+        return entries
+
+    async def follow(
+        self,
+        *,
+        unit: str | None = None,
+        priority: int | None = None,
+        grep: str | None = None,
+        after_cursor: str | None = None,
+        backlog: int = 50,
+    ) -> AsyncIterator[LogEntry]:
+        """Entries as they are written, after the last `backlog` (or after a cursor); until cancelled."""
+        argv = self._argv(
+            unit=unit, priority=priority, since=None, grep=grep, after_cursor=after_cursor, lines=backlog, follow=True
+        )
+        proc = await self._spawn(argv)
+        try:
+            assert proc.stdout is not None
+            async for line in proc.stdout:
+                with contextlib.suppress(ValueError):
+                    yield entry(json.loads(line))
+            err = await proc.stderr.read() if proc.stderr else b""
+            if await proc.wait():
+                detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["journalctl ended"]
+                raise BackendError("bad_request", f"journalctl: {detail[0]}")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
