@@ -400,6 +400,13 @@ class NodeScreen(ConsoleScreen):
             "deactivating": self.lifsea.colour("pending"),
             "reloading": self.lifsea.colour("pending"),
         }
+        # What needs eyes first: failed, then changing, then running, then stopped; units that are only
+        # referenced (not-found) are left out and counted.
+        order = {"failed": 0, "activating": 1, "deactivating": 1, "reloading": 1, "active": 2}
+        missing = sum(1 for u in units if u.load_state == "not-found")
+        units = sorted(
+            (u for u in units if u.load_state != "not-found"), key=lambda u: (order.get(u.active_state, 3), u.name)
+        )
         for unit in units:
             state = Text(f"{unit.active_state}/{unit.sub_state}", style=colours.get(unit.active_state, "dim"))
             memory = f"{unit.memory_bytes / 2**20:.1f} MiB" if unit.memory_bytes is not None else ""
@@ -412,7 +419,9 @@ class NodeScreen(ConsoleScreen):
             table.move_cursor(row=table.get_row_index(cursor))
         failed = sum(1 for u in units if u.active_state == "failed")
         self.query_one("#services-note", Static).update(
-            f"{len(units)} services, {failed} failed (failed first) · l logs · R restart · S start · X stop"
+            f"{len(units)} services, {failed} failed (failed first)"
+            + (f", {missing} referenced but not installed (hidden)" if missing else "")
+            + " · l logs · R restart · S start · X stop"
         )
 
     @staticmethod
