@@ -82,6 +82,14 @@ def test_read_resume_filters_and_odd_messages(fleet: tuple[dict, dict[str, str],
         odd = http.get(routes.LOGS, params={"grep": f"{token} bin", "limit": 5}).json()["entries"]
         assert odd and odd[-1]["binary"] and "\\xff" in odd[-1]["message"]
 
+        # A huge message (journald keeps lines up to 48 KiB): cut at 16 KiB, and said so.
+        in_node(
+            layout, "node2", "systemd-cat", "-t", "lifsea-test", data=f"{token} huge ".encode() + b"x" * 30000 + b"\n"
+        )
+        time.sleep(0.5)
+        huge = http.get(routes.LOGS, params={"grep": f"{token} huge", "limit": 5}).json()["entries"]
+        assert huge and huge[-1]["cut"] and len(huge[-1]["message"]) == 16 * 1024
+
         units = http.get(routes.LOGS, params={"unit": "cron.service", "limit": 5}).json()["entries"]
         assert units and all(e["unit"] == "cron.service" for e in units)
         urgent = http.get(routes.LOGS, params={"priority": 3, "limit": 50}).json()["entries"]

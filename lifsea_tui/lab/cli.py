@@ -22,7 +22,7 @@ from typing import Any
 from lifsea_tui.agent.config import hash_token
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.api import Role
-from lifsea_tui.lab import certs, image, sysroot
+from lifsea_tui.lab import certs, image, scenarios, sysroot
 from lifsea_tui.lab.layout import LabSpec, Layout, NodeSpec, cache_dir
 
 NEEDED_COMMANDS = {
@@ -279,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     publish_cmd = commands.add_parser("publish", help="commit a new OS version to the update server")
     publish_cmd.add_argument("--version", required=True)
     publish_cmd.add_argument("--subject", help="the commit's subject line")
+    break_cmd = commands.add_parser("break", help="put real trouble on a running node (see `scenarios`)")
+    break_cmd.add_argument("node")
+    break_cmd.add_argument("--scenario", required=True, choices=sorted(scenarios.SCENARIOS))
+    fix_cmd = commands.add_parser("fix", help="undo a scenario on a node (all of them without --scenario)")
+    fix_cmd.add_argument("node")
+    fix_cmd.add_argument("--scenario", choices=sorted(scenarios.SCENARIOS))
+    commands.add_parser("scenarios", help="list the scenarios `break` can apply")
     down_cmd = commands.add_parser("down", help="stop every node, agent and the update server")
     down_cmd.add_argument("--purge", action="store_true", help="also delete the nodes' sysroots and the lab's state")
     args = top.parse_args(argv)
@@ -296,6 +303,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lifsea-lab: {error}", file=sys.stderr)
             return 1
         print(checksum)
+        return 0
+    if args.command == "scenarios":
+        for scenario in scenarios.SCENARIOS.values():
+            print(f"{scenario.name:16} {scenario.what}")
+        return 0
+    if args.command in ("break", "fix"):
+        spec = layout.read_spec()
+        if spec is None or args.node not in {n.name for n in spec.nodes}:
+            print(f"lifsea-lab: no node {args.node!r} in the lab", file=sys.stderr)
+            return 2
+        node = layout.node(args.node)
+        try:
+            if args.command == "break":
+                scenario = scenarios.break_node(node, args.scenario)
+                progress(f"{args.node}: {scenario.name}: {scenario.what}")
+            else:
+                undone = scenarios.fix_node(node, args.scenario)
+                progress(f"{args.node}: fixed {', '.join(undone)}")
+        except scenarios.ScenarioError as error:
+            print(f"lifsea-lab: {error}", file=sys.stderr)
+            return 1
         return 0
     return down(layout, args.purge)
 

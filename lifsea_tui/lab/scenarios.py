@@ -1,0 +1,132 @@
+"""Real trouble on a lab node, made and cleared on purpose: `lifsea-lab break` and `lifsea-lab fix`.
+
+Each scenario changes the running node the way an incident would: through the node's own systemctl
+(run inside the machine's namespaces) and files in its writable /etc. Nothing is simulated in the
+agent or the console; they see what they would see on a real node. `fix` undoes a scenario and is
+safe to run when it was never applied.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lifsea_tui.lab.layout import NodeLayout
+
+CRASHLOOP_UNIT = "lifsea-app.service"
+CRASHLOOP = """[Unit]
+Description=Example workload (lab scenario crash-loop)
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=/bin/sh -c 'echo "lifsea-app: cannot parse /etc/lifsea-app.conf: line 3: unknown key listen_port" >&2; exit 3'
+Restart=always
+RestartSec=1
+"""
+BROKEN_NGINX = "server { listen 8080 this line is not nginx syntax }\n"
+
+
+class ScenarioError(Exception):
+    pass
+
+
+def in_node(node: NodeLayout, *argv: str) -> str:
+    """Run a command inside the running machine (its mount, pid, net, ipc and uts namespaces)."""
+    leader = node.state().get("leader")
+    if node.state().get("state") != "running" or not isinstance(leader, int):
+        raise ScenarioError(f"{node.name} is not running")
+    result = subprocess.run(
+        ["nsenter", f"--target={leader}", "--mount", "--uts", "--ipc", "--net", "--pid", *argv],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if result.returncode != 0 and argv[:2] != ("systemctl", "reset-failed"):
+        raise ScenarioError(f"{' '.join(argv)} in {node.name}: {result.stderr.strip() or result.returncode}")
+    return result.stdout
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    apply: Callable[[NodeLayout], None]
+    undo: Callable[[NodeLayout], None]
+
+
+def _stop_nginx(node: NodeLayout) -> None:
+    in_node(node, "systemctl", "stop", "nginx.service")
+
+
+def _start_nginx(node: NodeLayout) -> None:
+    in_node(node, "systemctl", "reset-failed", "nginx.service")
+    in_node(node, "systemctl", "start", "nginx.service")
+
+
+def _crashloop(node: NodeLayout) -> None:
+    (node.host_root / "etc" / "systemd" / "system" / CRASHLOOP_UNIT).write_text(CRASHLOOP)
+    in_node(node, "systemctl", "daemon-reload")
+    in_node(node, "systemctl", "start", "--no-block", CRASHLOOP_UNIT)
+
+
+def _no_crashloop(node: NodeLayout) -> None:
+    unit = node.host_root / "etc" / "systemd" / "system" / CRASHLOOP_UNIT
+    if unit.exists():
+        in_node(node, "systemctl", "stop", CRASHLOOP_UNIT)
+        unit.unlink()
+        in_node(node, "systemctl", "daemon-reload")
+    in_node(node, "systemctl", "reset-failed", CRASHLOOP_UNIT)
+
+
+def _broken_config(node: NodeLayout) -> None:
+    (node.host_root / "etc" / "nginx" / "sites-enabled" / "lifsea-broken").write_text(BROKEN_NGINX)
+    # A restart after a config change is what turns a typo into an outage.
+    try:
+        in_node(node, "systemctl", "restart", "nginx.service")
+    except ScenarioError:
+        pass  # expected: nginx refuses the configuration and the unit fails
+
+
+def _good_config(node: NodeLayout) -> None:
+    (node.host_root / "etc" / "nginx" / "sites-enabled" / "lifsea-broken").unlink(missing_ok=True)
+    _start_nginx(node)
+
+
+SCENARIOS = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario(
+            "stopped-service", "nginx.service stopped (as if someone stopped it by hand)", _stop_nginx, _start_nginx
+        ),
+        Scenario(
+            "crash-loop",
+            f"{CRASHLOOP_UNIT} exits at once with a config error and systemd restarts it every second",
+            _crashloop,
+            _no_crashloop,
+        ),
+        Scenario(
+            "broken-config",
+            "a syntax error in /etc/nginx/sites-enabled, then nginx restarted: the unit fails",
+            _broken_config,
+            _good_config,
+        ),
+    )
+}
+
+
+def break_node(node: NodeLayout, name: str) -> Scenario:
+    scenario = SCENARIOS.get(name)
+    if scenario is None:
+        raise ScenarioError(f"no scenario {name!r}; there are: {', '.join(SCENARIOS)}")
+    scenario.apply(node)
+    return scenario
+
+
+def fix_node(node: NodeLayout, name: str | None) -> list[str]:
+    """Undo one scenario, or all of them; returns what was undone."""
+    if name and name not in SCENARIOS:
+        raise ScenarioError(f"no scenario {name!r}; there are: {', '.join(SCENARIOS)}")
+    # All of them: in reverse, so that a service a later scenario broke is repaired before it is started.
+    chosen = [SCENARIOS[name]] if name else list(reversed(SCENARIOS.values()))
+    for scenario in chosen:
+        scenario.undo(node)
+    return [scenario.name for scenario in chosen]

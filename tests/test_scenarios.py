@@ -1,0 +1,70 @@
+"""`lifsea-lab break` and `fix` on a real lab node, seen through the agent as an on-call engineer would."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from lifsea_tui.api import routes
+from lifsea_tui.lab.layout import Layout
+from tests.conftest import lab
+
+pytestmark = pytest.mark.lab
+
+
+def wait(what: str, probe: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_each_scenario_breaks_the_node_and_fix_clears_it(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    status, env, _ = fleet
+    node = status["nodes"][0]
+    http = httpx.Client(
+        base_url=node["url"],
+        verify=ssl.create_default_context(cafile=node["ca_file"]),
+        headers={"Authorization": f"Bearer {node['tokens']['reader']}"},
+        timeout=30,
+    )
+
+    def unit(name: str) -> dict:
+        answer = http.get(f"/v1/services/{name}")
+        return answer.json() if answer.status_code == 200 else {"active_state": "absent"}
+
+    def logs(name: str) -> str:
+        return "\n".join(
+            e["message"] for e in http.get(routes.LOGS, params={"unit": name, "limit": 50}).json()["entries"]
+        )
+
+    listed = lab(["scenarios"], env)
+    assert listed.returncode == 0 and "crash-loop" in listed.stdout
+
+    assert lab(["break", "node1", "--scenario", "stopped-service"], env).returncode == 0
+    wait("nginx stopped", lambda: unit("nginx.service")["active_state"] == "inactive")
+    assert lab(["fix", "node1", "--scenario", "stopped-service"], env).returncode == 0
+    wait("nginx back", lambda: unit("nginx.service")["active_state"] == "active")
+
+    assert lab(["break", "node1", "--scenario", "crash-loop"], env).returncode == 0
+    wait("restarts climbing", lambda: (unit("lifsea-app.service").get("restarts") or 0) >= 2)
+    assert "cannot parse /etc/lifsea-app.conf" in logs("lifsea-app.service")
+    assert lab(["fix", "node1", "--scenario", "crash-loop"], env).returncode == 0
+    wait("the crash loop gone", lambda: unit("lifsea-app.service")["active_state"] in ("absent", "inactive"))
+
+    assert lab(["break", "node1", "--scenario", "broken-config"], env).returncode == 0
+    wait("nginx failed", lambda: unit("nginx.service")["active_state"] == "failed")
+    assert "emerg" in logs("nginx.service")
+    failed = http.get(routes.SERVICES, params={"state": "failed"}).json()["units"]
+    assert [u["name"] for u in failed] == ["nginx.service"]
+    assert lab(["fix", "node1"], env).returncode == 0  # all scenarios, whatever was applied
+    wait("nginx back", lambda: unit("nginx.service")["active_state"] == "active")
+    assert http.get(routes.SERVICES, params={"state": "failed"}).json()["units"] == []
+
+    bad = lab(["break", "node9", "--scenario", "crash-loop"], env)
+    assert bad.returncode == 2 and "no node 'node9'" in bad.stderr
+    http.close()
