@@ -234,6 +234,7 @@ class FrozenFleet(Fleet):
             )
             snapshot.latency_ms = 12.0 + index
             snapshot.ops_sessions = 1 if name == "edge-2" else 0
+            snapshot.failed_units = ["kubelet.service"] if name == "edge-1" else []
             snapshot.last_seen = future
 
     async def refresh(self, names: Iterable[str] | None = None, *, force: bool = False, on_result: Any = None) -> None:

@@ -61,6 +61,8 @@ def test_each_scenario_breaks_the_node_and_fix_clears_it(fleet: tuple[dict, dict
     assert "emerg" in logs("nginx.service")
     failed = http.get(routes.SERVICES, params={"state": "failed"}).json()["units"]
     assert [u["name"] for u in failed] == ["nginx.service"]
+    # The summary the fleet polls knows too, from systemd's signals.
+    wait("failed in the summary", lambda: http.get(routes.SUMMARY).json()["failed_units"] == ["nginx.service"])
     assert lab(["fix", "node1"], env).returncode == 0  # all scenarios, whatever was applied
     wait("nginx back", lambda: unit("nginx.service")["active_state"] == "active")
     assert http.get(routes.SERVICES, params={"state": "failed"}).json()["units"] == []
@@ -68,3 +70,47 @@ def test_each_scenario_breaks_the_node_and_fix_clears_it(fleet: tuple[dict, dict
     bad = lab(["break", "node9", "--scenario", "crash-loop"], env)
     assert bad.returncode == 2 and "no node 'node9'" in bad.stderr
     http.close()
+
+
+async def test_fleet_shows_failed_units_and_the_fleet_wide_list(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    from textual.widgets import DataTable, TabbedContent
+
+    from lifsea_tui.client.fleet import Fleet
+    from lifsea_tui.tui.app import LifseaApp
+    from lifsea_tui.tui.screens.failed import FailedUnitsScreen
+    from lifsea_tui.tui.screens.node import NodeScreen
+    from tests.test_tui_lab import row, targets, until
+
+    status, env, _ = fleet
+    assert lab(["break", "node2", "--scenario", "broken-config"], env).returncode == 0
+    try:
+        app = LifseaApp(Fleet(targets(status, role="reader")), refresh_interval=1.0)
+        async with app.run_test(size=(150, 40)) as pilot:
+            node2 = next(n for n in status["nodes"] if n["name"] == "node2")
+
+            def summary() -> object:
+                with httpx.Client(
+                    base_url=node2["url"],
+                    verify=ssl.create_default_context(cafile=node2["ca_file"]),
+                    headers={"Authorization": f"Bearer {node2['tokens']['reader']}"},
+                ) as http:
+                    return http.get(routes.SUMMARY).json().get("failed_units"), http.get(
+                        routes.SERVICES, params={"state": "failed"}
+                    ).json()
+
+            try:
+                await until(pilot, "node2 failed unit counted", lambda: row(app, "node2")[6] == "1", timeout=60)
+            except AssertionError as error:
+                raise AssertionError(
+                    f"{error}; snapshot {app.fleet.snapshots['node2']}; agent says {summary()}"
+                ) from None
+            assert row(app, "node1")[6] == ""
+            await pilot.press("F")
+            await until(pilot, "failed units screen", lambda: isinstance(app.screen, FailedUnitsScreen))
+            table = app.screen.query_one("#failed", DataTable)
+            await until(pilot, "the row", lambda: "node2/nginx.service" in table.rows)
+            await pilot.press("enter")
+            await until(pilot, "node screen", lambda: isinstance(app.screen, NodeScreen))
+            assert app.screen.query_one("#tabs", TabbedContent).active == "tab-services"
+    finally:
+        assert lab(["fix", "node2"], env).returncode == 0

@@ -287,6 +287,7 @@ def create_app(config: AgentConfig) -> FastAPI:
             audit_head_seq=head.seq,
             audit_head_hash=head.hash if head.seq >= 0 else None,
             ops_sessions=len(agent.ops.sessions),
+            failed_units=agent.services.failed_units(),
         )
 
     @api.get(r.HISTORY)
@@ -471,15 +472,21 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     app.include_router(api)
 
-    @app.websocket(r.LOGS_FOLLOW)
-    async def logs_follow(websocket: WebSocket) -> None:
-        """Entries as JSON text frames as the node writes them (after a backlog, or after a cursor)."""
+    async def accepted(websocket: WebSocket, route: str) -> Identity | None:
+        """Accept, then check the token and the rules table; close with 4401/4403 when they refuse."""
         await websocket.accept()
         try:
             identity = agent.authn.identify(websocket.headers.get("authorization"))
-            agent.authn.authorize("WS", r.LOGS_FOLLOW, identity)
+            agent.authn.authorize("WS", route, identity)
         except AuthError as error:
             await websocket.close(CLOSE_UNAUTHORIZED if error.status == 401 else CLOSE_FORBIDDEN, error.detail[:120])
+            return None
+        return identity
+
+    @app.websocket(r.LOGS_FOLLOW)
+    async def logs_follow(websocket: WebSocket) -> None:
+        """Entries as JSON text frames as the node writes them (after a backlog, or after a cursor)."""
+        if await accepted(websocket, r.LOGS_FOLLOW) is None:
             return
         query = websocket.query_params
         try:
@@ -611,13 +618,7 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     @app.websocket(r.EVENTS)
     async def events(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            identity = agent.authn.identify(websocket.headers.get("authorization"))
-            agent.authn.authorize("WS", r.EVENTS, identity)
-        except AuthError as error:
-            code = CLOSE_UNAUTHORIZED if error.status == 401 else CLOSE_FORBIDDEN
-            await websocket.close(code, error.detail[:120])
+        if await accepted(websocket, r.EVENTS) is None:
             return
         with agent.events.subscribe() as queue:
             try:

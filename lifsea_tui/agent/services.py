@@ -32,6 +32,12 @@ class Services:
         self.systemd = systemd
         self.audit = audit
         self.events = events
+        self.failed: set[str] | None = None  # None until the watch has the node's units
+
+    def failed_units(self, limit: int = 50) -> list[str] | None:
+        if self.failed is None or self.systemd.unavailable_reason() is not None:
+            return None
+        return sorted(self.failed)[:limit]
 
     async def act(self, who: Identity, unit: str, action: str, reason: str) -> UnitActionResult:
         if action not in ACTIONS:
@@ -66,11 +72,19 @@ class Services:
     async def watch(self) -> None:
         """Push every unit state change systemd signals to /v1/events (runs until cancelled)."""
 
+        def subscribed(units: list[Any]) -> None:
+            self.failed = {u.name for u in units if u.active_state == "failed"}
+
         def changed(unit: str, values: dict[str, Any]) -> None:
+            if self.failed is not None and "ActiveState" in values:
+                if values["ActiveState"] == "failed":
+                    self.failed.add(unit)
+                else:
+                    self.failed.discard(unit)
             data = {"unit": unit}
             for key, field in (("ActiveState", "active_state"), ("SubState", "sub_state"), ("Result", "result")):
                 if key in values:
                     data[field] = values[key]
             self.events.publish(EventKind.services, data)
 
-        await self.systemd.watch_units(changed)
+        await self.systemd.watch_units(changed, subscribed)

@@ -111,11 +111,15 @@ class SystemdBackend:
         (job,) = await self.call(member, "ss", [name, "replace"])
         return str(job)
 
-    async def watch_units(self, changed: Callable[[str, dict[str, Any]], None]) -> None:
+    async def watch_units(
+        self, changed: Callable[[str, dict[str, Any]], None], subscribed: Callable[[list[UnitInfo]], None]
+    ) -> None:
         """Call `changed(unit, properties)` for every unit state change systemd signals; runs until cancelled.
 
         One connection subscribed to systemd's PropertiesChanged signals (no polling): a change reaches
         the caller as soon as systemd makes it. When the bus goes away (a reboot) it connects again.
+        `subscribed(units)` gets every unit's state once the subscription stands (and again after each
+        reconnect), so the caller can start from a complete picture.
         """
         while True:
             try:
@@ -136,6 +140,7 @@ class SystemdBackend:
                     await _call(bus, "AddMatch", "s", [rule], interface="org.freedesktop.DBus",
                                 path="/org/freedesktop/DBus", destination="org.freedesktop.DBus")  # fmt: skip
                     await _call(bus, "Subscribe")
+                    subscribed(await self.units())
                     await bus.wait_for_disconnect()
             except BackendError:
                 pass

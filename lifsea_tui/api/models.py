@@ -128,6 +128,9 @@ class NodeSummary(BaseModel):
     audit_head_seq: int
     audit_head_hash: str | None
     ops_sessions: int = Field(default=0, description="break-glass sessions open on the node")
+    failed_units: list[str] | None = Field(
+        default=None, description="units in the failed state (at most 50); null while the bus is unreachable"
+    )
 
 
 class ActionRequest(Strict):

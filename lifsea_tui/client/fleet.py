@@ -39,6 +39,7 @@ class NodeSnapshot:
     audit_head: tuple[int, str | None] | None = None
     audit_warning: str | None = None  # the chain no longer holds a record the console saw (see heads.py)
     ops_sessions: int = 0  # open break-glass sessions
+    failed_units: list[str] | None = None  # None: the node cannot say (its bus is down)
     latency_ms: float | None = None
     last_seen: float | None = None  # wall-clock time of the last good answer
     failures: int = 0
@@ -103,6 +104,7 @@ class Fleet:
                     audit_head=(summary.audit_head_seq, summary.audit_head_hash),
                     audit_warning=warning,
                     ops_sessions=summary.ops_sessions,
+                    failed_units=summary.failed_units,
                     latency_ms=(time.perf_counter() - started) * 1000,
                     last_seen=time.time(),
                 )

@@ -237,33 +237,38 @@ class NodeClient:
     ) -> AsyncIterator[LogEntry]:
         """Journal entries as the node writes them, until the connection ends (NodeError says why)."""
         query = {"unit": unit, "priority": priority, "grep": grep, "after_cursor": after_cursor, "backlog": backlog}
-        url = (
-            self.target.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-            + r.LOGS_FOLLOW
-            + "?"
-            + urlencode({key: value for key, value in query.items() if value is not None})
-        )
+        path = r.LOGS_FOLLOW + "?" + urlencode({key: value for key, value in query.items() if value is not None})
+        async for message in self._stream(path, "log stream", max_size=1024 * 1024):
+            try:
+                yield LogEntry.model_validate_json(message)
+            except pydantic.ValidationError as error:
+                raise NodeError(Problem.bad_response, "log entry does not match the API") from error
+
+    async def _stream(self, path: str, what: str, *, max_size: int) -> AsyncIterator[str | bytes]:
+        """The messages of one of the node's websockets; every way it can fail becomes a NodeError."""
+        url = self.target.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + path
         try:
             async with websockets.connect(
                 url,
                 ssl=ssl_context(self.target.ca_file) if url.startswith("wss://") else None,
                 additional_headers={"Authorization": f"Bearer {self.target.token}"},
                 open_timeout=self.target.timeout,
-                max_size=1024 * 1024,
+                max_size=max_size,
             ) as socket:
                 async for message in socket:
-                    try:
-                        yield LogEntry.model_validate_json(message)
-                    except pydantic.ValidationError as error:
-                        raise NodeError(Problem.bad_response, "log entry does not match the API") from error
+                    yield message
         except websockets.ConnectionClosedError as error:
             code = error.rcvd.code if error.rcvd else None
             reason = (error.rcvd.reason if error.rcvd else "") or "connection dropped"
-            problem = Problem.refused if code == 4400 else Problem.unreachable
-            raise NodeError(problem, f"log stream closed: {reason}") from error
+            problem = {
+                r.CLOSE_UNAUTHORIZED: Problem.unauthorized,
+                r.CLOSE_FORBIDDEN: Problem.forbidden,
+                4400: Problem.refused,
+            }.get(code or 0, Problem.unreachable)
+            raise NodeError(problem, f"{what} closed: {reason}") from error
         except (OSError, TimeoutError, websockets.InvalidHandshake) as error:
             problem = Problem.tls if _tls_failure(error) else Problem.unreachable
-            raise NodeError(problem, f"log stream: {error}") from error
+            raise NodeError(problem, f"{what}: {error}") from error
 
     # -- break-glass ops sessions -------------------------------------------------------------------------
 
@@ -309,34 +314,15 @@ class NodeClient:
 
     async def events(self) -> AsyncIterator[Event | dict[str, Any]]:
         """The node's pushed events: first its hello (a dict), then Event objects, until the socket closes."""
-        url = self.target.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + r.EVENTS
-        try:
-            async with websockets.connect(
-                url,
-                ssl=ssl_context(self.target.ca_file) if url.startswith("wss://") else None,
-                additional_headers={"Authorization": f"Bearer {self.target.token}"},
-                open_timeout=self.target.timeout,
-                max_size=8 * 1024 * 1024,
-            ) as socket:
-                async for message in socket:
-                    try:
-                        data = json.loads(message)
-                    except ValueError as error:
-                        raise NodeError(Problem.bad_response, "event is not JSON") from error
-                    if isinstance(data, dict) and data.get("kind") == "hello":
-                        yield data
-                        continue
-                    try:
-                        yield Event.model_validate(data)
-                    except pydantic.ValidationError as error:
-                        raise NodeError(Problem.bad_response, "event does not match the API") from error
-        except websockets.ConnectionClosedError as error:
-            code = error.rcvd.code if error.rcvd else None
-            reason = (error.rcvd.reason if error.rcvd else "") or "connection dropped"
-            problem = {r.CLOSE_UNAUTHORIZED: Problem.unauthorized, r.CLOSE_FORBIDDEN: Problem.forbidden}.get(
-                code or 0, Problem.unreachable
-            )
-            raise NodeError(problem, f"event stream closed: {reason}") from error
-        except (OSError, TimeoutError, websockets.InvalidHandshake) as error:
-            problem = Problem.tls if _tls_failure(error) else Problem.unreachable
-            raise NodeError(problem, f"event stream: {error}") from error
+        async for message in self._stream(r.EVENTS, "event stream", max_size=8 * 1024 * 1024):
+            try:
+                data = json.loads(message)
+            except ValueError as error:
+                raise NodeError(Problem.bad_response, "event is not JSON") from error
+            if isinstance(data, dict) and data.get("kind") == "hello":
+                yield data
+                continue
+            try:
+                yield Event.model_validate(data)
+            except pydantic.ValidationError as error:
+                raise NodeError(Problem.bad_response, "event does not match the API") from error

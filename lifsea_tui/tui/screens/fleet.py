@@ -25,6 +25,7 @@ COLUMNS = (
     ("booted", "Booted", 10),
     ("next", "Next boot", 10),
     ("update", "Update", 18),
+    ("failed", "Failed", 6),
     ("ops", "Ops", 4),
     ("latency", "Latency", 8),
     ("seen", "Last seen", 9),
@@ -63,6 +64,7 @@ class FleetScreen(ConsoleScreen):
         Binding("r", "act('reboot')", "Reboot", id="fleet-reboot"),
         Binding("ctrl+r", "refresh_now", "Refresh", id="fleet-refresh"),
         Binding("o", "sort", "Sort", id="fleet-sort"),
+        Binding("F", "failed", "Failed units", id="fleet-failed"),
     ]
     DEFAULT_CSS = """
     FleetScreen {
@@ -180,6 +182,7 @@ class FleetScreen(ConsoleScreen):
             booted,
             next_boot,
             update,
+            Text(str(len(snapshot.failed_units)), style=self._style("node-down")) if snapshot.failed_units else "",
             Text(f"● {snapshot.ops_sessions}", style=self._style("recorded")) if snapshot.ops_sessions else "",
             latency,
             ago(snapshot.last_seen),
@@ -266,6 +269,11 @@ class FleetScreen(ConsoleScreen):
             from lifsea_tui.tui.screens.node import NodeScreen
 
             self.app.push_screen(NodeScreen(name))
+
+    def action_failed(self) -> None:
+        from lifsea_tui.tui.screens.failed import FailedUnitsScreen
+
+        self.app.push_screen(FailedUnitsScreen())
 
     def action_toggle_select(self) -> None:
         name = self._cursor_name()

@@ -94,9 +94,10 @@ class NodeScreen(ConsoleScreen):
     }
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, tab: str | None = None) -> None:
         super().__init__()
         self.node_name = name
+        self.first_tab = tab
         self.audit_before: int | None = None
         self.audit_page: AuditPage | None = None
         self.live_text = "connecting…"
@@ -105,7 +106,7 @@ class NodeScreen(ConsoleScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(self.live_text, id="live")
-        with TabbedContent(id="tabs"):
+        with TabbedContent(id="tabs", initial=self.first_tab or ""):
             with TabPane("Overview", id="tab-overview"), VerticalScroll():
                 yield Static("loading…", id="overview")
             with TabPane("Deployments & history", id="tab-deployments"), VerticalScroll():
