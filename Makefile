@@ -21,6 +21,7 @@ bench:
 	@./scripts/setup.sh --bench
 	.venv/bin/python -m benchmarks.agent
 	.venv/bin/python -m benchmarks.ops_shell
+	.venv/bin/python -m benchmarks.services_logs
 
 lab-down: setup
 	.venv/bin/lifsea-lab down

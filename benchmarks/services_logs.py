@@ -1,0 +1,155 @@
+"""Services and logs on a real lab node.
+
+- GET /v1/services with 200 units loaded (extra ones made with systemd-run inside the node): p50 and
+  p99 over TLS, against `systemctl list-units` run inside the node in the same run (systemd's own
+  client on the same bus).
+- A unit writing 5,000 lines a second, followed through GET /v1/logs/follow: lines received per
+  second, lines lost (the unit numbers its lines; a gap is a loss, wherever it happened), and the CPU
+  of the agent and of the following client (the console's network side).
+
+Prints each figure and appends JSON lines to benchmarks/results/services_logs.jsonl. Run as root:
+`python -m benchmarks.services_logs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from lifsea_tui.client import inventory
+from lifsea_tui.client.node import NodeClient, ssl_context
+from lifsea_tui.lab.layout import Layout
+
+RESULTS = Path(__file__).parent / "results"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def record(name: str, **figures: object) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    line = {"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **figures}
+    with (RESULTS / "services_logs.jsonl").open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    print(f"{name}: " + ", ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def in_node(leader: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nsenter", f"--target={leader}", "--mount", "--uts", "--ipc", "--net", "--pid", *argv],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def follow_rate(client: NodeClient, unit: str, seconds: float) -> tuple[int, int, float]:
+    """Lines received in `seconds`, lines missing between the first and last number seen, client CPU."""
+    numbers: list[int] = []
+    started_cpu = time.process_time()
+
+    async def consume() -> None:
+        async for entry in client.follow_logs(unit=unit, backlog=0):
+            if entry.message.startswith("line "):
+                numbers.append(int(entry.message.split()[1]))
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    cpu = time.process_time() - started_cpu
+    if not numbers:
+        return 0, 0, cpu
+    expected = numbers[-1] - numbers[0] + 1
+    return len(numbers), expected - len(set(numbers)), cpu
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("needs root (the lab)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="lifsea-bench-services-"))
+    env = {**os.environ, "LIFSEA_LAB_DIR": str(work / "lab")}
+    lab = [sys.executable, "-m", "lifsea_tui.lab.cli"]
+    subprocess.run([*lab, "up", "--nodes", "1"], env=env, check=True)
+    try:
+        layout = Layout(work / "lab")
+        node = layout.node("node1")
+        leader = int(node.state()["leader"])  # type: ignore[call-overload]
+        target = inventory.from_lab(role="operator", lab_dir=work / "lab")[0]
+        agent_pid = int((node.root / "agent.pid").read_text())
+
+        units = int(in_node(leader, "systemctl", "list-units", "--all", "--no-legend", "--plain").stdout.count("\n"))
+        extra = max(0, 200 - units)
+        for n in range(extra):
+            in_node(leader, "systemd-run", "--quiet", f"--unit=bench-{n}", "sleep", "infinity")
+        http = httpx.Client(
+            base_url=target.url, verify=ssl_context(target.ca_file), headers={"Authorization": f"Bearer {target.token}"}
+        )
+        count = len(http.get("/v1/services").json()["units"])
+        api, peer = [], []
+        for _ in range(60):
+            started = time.perf_counter()
+            assert http.get("/v1/services").status_code == 200
+            api.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            in_node(leader, "systemctl", "list-units", "--all", "--no-pager")
+            peer.append((time.perf_counter() - started) * 1000)
+        record(
+            "GET /v1/services",
+            units=count,
+            p50_ms=round(pct(api, 50), 1),
+            p99_ms=round(pct(api, 99), 1),
+            systemctl_list_units_p50_ms=round(pct(peer, 50), 1),
+            systemctl_list_units_p99_ms=round(pct(peer, 99), 1),
+            note="systemctl is a process start plus one ListUnits; the API also reads each unit's details",
+        )
+        for n in range(extra):
+            in_node(leader, "systemctl", "stop", f"bench-{n}")
+
+        # 5,000 numbered lines a second, journald's rate limit off for this unit.
+        in_node(
+            leader, "systemd-run", "--quiet", "--unit=bench-logger", "-p", "LogRateLimitIntervalSec=0",
+            "/bin/sh", "-c", "i=1; while :; do seq -f 'line %.0f' $i $((i+499)); i=$((i+500)); sleep 0.1; done",
+        )  # fmt: skip
+        time.sleep(2)
+        client = NodeClient(target)
+        agent_cpu = cpu_seconds(agent_pid)
+        seconds = 10.0
+        received, lost, client_cpu = asyncio.run(follow_rate(client, "bench-logger.service", seconds))
+        agent_cpu = cpu_seconds(agent_pid) - agent_cpu
+        written = int(
+            in_node(leader, "journalctl", "-u", "bench-logger", "-n", "1", "-o", "cat").stdout.split()[1]
+        )  # fmt: skip
+        in_node(leader, "systemctl", "stop", "bench-logger")
+        rates = statistics.mean([received / seconds])
+        record(
+            "follow 5,000 lines/s",
+            lines_per_s=round(rates),
+            lost=lost,
+            agent_cpu_pct=round(100 * agent_cpu / seconds, 1),
+            client_cpu_pct=round(100 * client_cpu / seconds, 1),
+            unit_wrote_total=written,
+        )
+    finally:
+        subprocess.run([*lab, "down", "--purge"], env=env, check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
