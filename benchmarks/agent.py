@@ -23,21 +23,14 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.results import recorder
 from lifsea_tui.api import routes
 from lifsea_tui.lab import image, sysroot
 from lifsea_tui.lab.layout import Layout
 from lifsea_tui.lab.updateserver import UpdateServer
 from tests.helpers import write_agent_config
 
-RESULTS = Path(__file__).parent / "results"
-
-
-def record(name: str, **figures: object) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    line = {"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **figures}
-    with (RESULTS / "agent.jsonl").open("a") as handle:
-        handle.write(json.dumps(line) + "\n")
-    print(f"{name}: " + ", ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
+record = recorder("agent.jsonl")
 
 
 def lab(args: list[str], env: dict[str, str]) -> float:

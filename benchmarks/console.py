@@ -20,18 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results import recorder
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.lab import certs
 
-RESULTS = Path(__file__).parent / "results"
-
-
-def record(name: str, **figures: object) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    with (RESULTS / "console.jsonl").open("a") as handle:
-        handle.write(json.dumps({"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **figures}) + "\n")
-    print(f"{name}: " + ", ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
+record = recorder("console.jsonl")
 
 
 def rss_mb() -> float:

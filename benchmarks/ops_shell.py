@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import pty
 import select
@@ -38,20 +37,13 @@ import termios
 import time
 from pathlib import Path
 
+from benchmarks.results import pct, recorder
 from lifsea_tui.client import inventory
 from lifsea_tui.client.node import NodeClient, NodeTarget
 from lifsea_tui.client.ops import OpsShell, Output
 
-RESULTS = Path(__file__).parent / "results"
+record = recorder("ops_shell.jsonl")
 PROMPT = b"BENCH$ "
-
-
-def record(name: str, **figures: object) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    line = {"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **figures}
-    with (RESULTS / "ops_shell.jsonl").open("a") as handle:
-        handle.write(json.dumps(line) + "\n")
-    print(f"{name}: " + ", ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
 
 
 def rss_kib(pid: int) -> int:
@@ -138,11 +130,6 @@ def throughput(term: Terminal, count: int) -> tuple[float, int]:
     received = len(term.seen) - mark
     term.read_until(PROMPT, start=term.seen.index(b"DONEMARK", mark))
     return received / (ended - started), received
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def start_sshd(work: Path) -> tuple[int, Path, subprocess.Popen[bytes]]:

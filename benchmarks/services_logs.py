@@ -14,7 +14,6 @@ Prints each figure and appends JSON lines to benchmarks/results/services_logs.js
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -24,20 +23,13 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.results import pct, recorder
 from lifsea_tui.client import inventory
 from lifsea_tui.client.node import NodeTarget, ssl_context
 from lifsea_tui.lab.layout import Layout
 
-RESULTS = Path(__file__).parent / "results"
+record = recorder("services_logs.jsonl")
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def record(name: str, **figures: object) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    line = {"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **figures}
-    with (RESULTS / "services_logs.jsonl").open("a") as handle:
-        handle.write(json.dumps(line) + "\n")
-    print(f"{name}: " + ", ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -50,11 +42,6 @@ def in_node(leader: int, *argv: str) -> subprocess.CompletedProcess[str]:
         ["nsenter", f"--target={leader}", "--mount", "--uts", "--ipc", "--net", "--pid", *argv],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def console_follow(target: NodeTarget, unit: str, seconds: float) -> tuple[int, int, float]:

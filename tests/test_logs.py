@@ -129,8 +129,7 @@ async def test_logs_pane_follows_searches_and_saves(
     from lifsea_tui.client.fleet import Fleet
     from lifsea_tui.tui.app import LifseaApp
     from lifsea_tui.tui.screens.logs import LogsScreen
-    from lifsea_tui.tui.screens.node import NodeScreen
-    from tests.test_tui_lab import targets, until
+    from tests.test_tui_lab import open_node, targets, until
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIFSEA_TUI_STATE_DIR", str(tmp_path / "state"))
@@ -138,15 +137,8 @@ async def test_logs_pane_follows_searches_and_saves(
     app = LifseaApp(Fleet(targets(status, role="reader")), refresh_interval=5.0)
     token = f"lifsea-pane-{secrets.token_hex(4)}"
     async with app.run_test(size=(140, 40)) as pilot:
-        await until(pilot, "node2 answered", lambda: app.fleet.snapshots["node2"].reachable)
-        table = app.screen.query_one("#nodes", DataTable)
-        table.move_cursor(row=table.get_row_index("node2"))
-        await pilot.press("enter")
-        await until(pilot, "node screen", lambda: isinstance(app.screen, NodeScreen))
-        node_screen = app.screen
-
         # A unit's logs from the Services tab.
-        node_screen.query_one("#tabs", TabbedContent).active = "tab-services"
+        node_screen = await open_node(pilot, app, "node2", "tab-services")
         units = node_screen.query_one("#services", DataTable)
         await until(pilot, "units", lambda: "cron.service" in units.rows)
         units.move_cursor(row=units.get_row_index("cron.service"))

@@ -135,19 +135,12 @@ async def test_services_tab_shows_units_live_and_acts_on_them(fleet: tuple[dict,
 
     from lifsea_tui.client.fleet import Fleet
     from lifsea_tui.tui.app import LifseaApp
-    from lifsea_tui.tui.screens.node import NodeScreen
-    from tests.test_tui_lab import targets, until
+    from tests.test_tui_lab import open_node, targets, until
 
     status, _, _ = fleet
     app = LifseaApp(Fleet(targets(status, role="operator")), refresh_interval=5.0)
     async with app.run_test(size=(140, 40)) as pilot:
-        await until(pilot, "node2 answered", lambda: app.fleet.snapshots["node2"].reachable)
-        table = app.screen.query_one("#nodes", DataTable)
-        table.move_cursor(row=table.get_row_index("node2"))
-        await pilot.press("enter")
-        await until(pilot, "node screen", lambda: isinstance(app.screen, NodeScreen))
-        screen = app.screen
-        screen.query_one("#tabs", TabbedContent).active = "tab-services"
+        screen = await open_node(pilot, app, "node2", "tab-services")
         units = screen.query_one("#services", DataTable)
         await until(pilot, "units listed", lambda: "cron.service" in units.rows)
 

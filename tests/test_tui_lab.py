@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Static, TabbedContent
 
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.node import NodeTarget
@@ -43,6 +43,20 @@ async def until(pilot: Pilot, what: str, condition: Callable[[], bool], timeout:
 def row(app: LifseaApp, node: str) -> list[str]:
     table = app.screen.query_one("#nodes", DataTable)
     return [str(getattr(cell, "plain", cell)) for cell in table.get_row(node)]
+
+
+async def open_node(pilot: Pilot, app: LifseaApp, node: str, tab: str | None = None) -> NodeScreen:
+    """From the fleet table: wait for `node` to answer, open it, and show `tab` if given."""
+    await until(pilot, f"{node} answered", lambda: app.fleet.snapshots[node].reachable)
+    table = app.screen.query_one("#nodes", DataTable)
+    table.move_cursor(row=table.get_row_index(node))
+    await pilot.press("enter")
+    await until(pilot, "node screen", lambda: isinstance(app.screen, NodeScreen))
+    screen = app.screen
+    assert isinstance(screen, NodeScreen)
+    if tab is not None:
+        screen.query_one("#tabs", TabbedContent).active = tab
+    return screen
 
 
 async def act(pilot: Pilot, key: str, reason: str) -> None:
