@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from lifsea_tui.api import routes
+from lifsea_tui.lab import scenarios
 from lifsea_tui.lab.layout import Layout
 from tests.conftest import lab
 
@@ -24,7 +25,7 @@ def wait(what: str, probe: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def test_each_scenario_breaks_the_node_and_fix_clears_it(fleet: tuple[dict, dict[str, str], Layout]) -> None:
-    status, env, _ = fleet
+    status, env, layout = fleet
     node = status["nodes"][0]
     http = httpx.Client(
         base_url=node["url"],
@@ -66,6 +67,18 @@ def test_each_scenario_breaks_the_node_and_fix_clears_it(fleet: tuple[dict, dict
     assert lab(["fix", "node1"], env).returncode == 0  # all scenarios, whatever was applied
     wait("nginx back", lambda: unit("nginx.service")["active_state"] == "active")
     assert http.get(routes.SERVICES, params={"state": "failed"}).json()["units"] == []
+
+    # A full /var: the node's own filesystem (a loop-mounted image), filled to the last block.
+    machine = layout.node("node1")
+    assert lab(["break", "node1", "--scenario", "var-full"], env).returncode == 0
+    available = scenarios.in_node(machine, "df", "--output=avail", "-B1", "/var").split()[-1]
+    assert int(available) < 1024 * 1024, available
+    with pytest.raises(scenarios.ScenarioError, match="No space left"):
+        scenarios.in_node(machine, "sh", "-c", "head -c 65536 /dev/zero > /var/tmp/lifsea-probe")
+    assert lab(["fix", "node1", "--scenario", "var-full"], env).returncode == 0
+    scenarios.in_node(
+        machine, "sh", "-c", "head -c 65536 /dev/zero > /var/tmp/lifsea-probe && rm /var/tmp/lifsea-probe"
+    )
 
     bad = lab(["break", "node9", "--scenario", "crash-loop"], env)
     assert bad.returncode == 2 and "no node 'node9'" in bad.stderr

@@ -22,7 +22,7 @@ from typing import Any
 from lifsea_tui.agent.config import hash_token
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.api import Role
-from lifsea_tui.lab import certs, image, scenarios, sysroot
+from lifsea_tui.lab import certs, image, scenarios, sysroot, varfs
 from lifsea_tui.lab.layout import LabSpec, Layout, NodeSpec, cache_dir
 
 NEEDED_COMMANDS = {
@@ -30,6 +30,7 @@ NEEDED_COMMANDS = {
     "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap",
     "runc": "runc",
+    "mkfs.ext4": "e2fsprogs",
 }
 READY_TIMEOUT = 120.0
 
@@ -47,6 +48,8 @@ def preflight() -> list[str]:
         problems.append(f"missing packages: {' '.join(missing)} (apt-get install {' '.join(missing)})")
     if LIBOSTREE_ERROR:
         problems.append(LIBOSTREE_ERROR)
+    if not Path("/dev/loop-control").exists():
+        problems.append("no loop devices (/dev/loop-control): each node's /var is a loop-mounted filesystem")
     return problems
 
 
@@ -181,6 +184,7 @@ def up(layout: Layout, count: int) -> int:
             else:
                 sysroot.set_remote(node.sysroot, url)
             sysroot.pull_ops_image(node.sysroot, layout.repo)
+            varfs.mount(node.var_image, sysroot.stateroot_var(node.sysroot))
             write_agent_config(layout, node_spec)
     finally:
         server.stop()
@@ -217,6 +221,8 @@ def down(layout: Layout, purge: bool) -> int:
             os.kill(leftover, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    for var_dir in layout.root.glob("nodes/*/sysroot/ostree/deploy/*/var"):
+        varfs.unmount(var_dir)
     if purge and layout.root.exists():
         # ostree marks each deployment's root directory immutable; lift that before removing it.
         for deployment in layout.root.glob("nodes/*/sysroot/ostree/deploy/*/deploy/*"):
@@ -293,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         if not 1 <= args.nodes <= 50:
             top.error("--nodes must be between 1 and 50")
-        return up(layout, args.nodes)
+        try:
+            return up(layout, args.nodes)
+        except (image.ImageError, varfs.VarError) as error:
+            print(f"lifsea-lab: {error}", file=sys.stderr)
+            return 1
     if args.command == "status":
         return status(layout, args.json)
     if args.command == "publish":

@@ -124,6 +124,11 @@ class NodeLayout:
         return self.host_root / "run" / "dbus" / "system_bus_socket"
 
     @property
+    def var_image(self) -> Path:
+        """The node's /var filesystem (see varfs.py)."""
+        return self.root / "var.img"
+
+    @property
     def agent_config(self) -> Path:
         return self.root / "agent.toml"
 

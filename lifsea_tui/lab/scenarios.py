@@ -8,11 +8,16 @@ safe to run when it was never applied.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from lifsea_tui.lab.layout import NodeLayout
+from lifsea_tui.lab.sysroot import stateroot_var
+from lifsea_tui.lab.varfs import is_own_filesystem
 
 CRASHLOOP_UNIT = "lifsea-app.service"
 CRASHLOOP = """[Unit]
@@ -91,6 +96,40 @@ def _good_config(node: NodeLayout) -> None:
     _start_nginx(node)
 
 
+BALLAST = "lifsea-ballast"
+
+
+def _var_dir(node: NodeLayout) -> Path:
+    return stateroot_var(node.sysroot)
+
+
+def _fill_var(node: NodeLayout) -> None:
+    var = _var_dir(node)
+    if not is_own_filesystem(var):
+        raise ScenarioError(
+            f"{node.name}'s /var is not a filesystem of its own (a lab from before it was): "
+            "`lifsea-lab down` and `up` once, and it is"
+        )
+    # Everything that is left, as one file a person would find with du: what a runaway log does.
+    stats = os.statvfs(var)
+    free = stats.f_bavail * stats.f_frsize
+    with (var / BALLAST).open("wb") as handle:
+        while free > 0:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, free)
+                break
+            except OSError:
+                free -= 1024 * 1024
+    with contextlib.suppress(OSError), (var / BALLAST).open("ab", buffering=0) as handle:
+        while True:  # and the last blocks, one at a time
+            handle.write(b"\0" * 4096)
+            handle.flush()
+
+
+def _empty_var(node: NodeLayout) -> None:
+    (_var_dir(node) / BALLAST).unlink(missing_ok=True)
+
+
 SCENARIOS = {
     scenario.name: scenario
     for scenario in (
@@ -102,6 +141,12 @@ SCENARIOS = {
             f"{CRASHLOOP_UNIT} exits at once with a config error and systemd restarts it every second",
             _crashloop,
             _no_crashloop,
+        ),
+        Scenario(
+            "var-full",
+            f"the node's /var filesystem filled to the last block (a file /var/{BALLAST})",
+            _fill_var,
+            _empty_var,
         ),
         Scenario(
             "broken-config",
