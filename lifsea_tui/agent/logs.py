@@ -150,9 +150,10 @@ class Journal:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-        if code not in (0, None) and not entries:
+        if code not in (0, None) and not entries and err.strip():
             detail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {code}"]
-            # journalctl says what is wrong with the request (a bad pattern, a bad cursor): a 400.
+            # journalctl says what is wrong with the request (a bad pattern, a bad cursor): a 400. With --grep
+            # it also exits 1 when nothing matches, saying nothing: that is an empty answer.
             raise BackendError("bad_request", f"journalctl: {detail[0]}")
         return entries
 
