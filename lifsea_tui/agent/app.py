@@ -17,6 +17,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifsea_tui import __version__
+from lifsea_tui.agent import diagnostics
 from lifsea_tui.agent.audit import AuditLog, AuditUnavailable, verify
 from lifsea_tui.agent.auth import RULES, Authenticator, AuthError, Identity
 from lifsea_tui.agent.config import AgentConfig
@@ -35,10 +36,16 @@ from lifsea_tui.api import (
     AuditPage,
     AuditVerify,
     Capability,
+    ClockStatus,
+    DebugRecord,
+    DebugRecorded,
     Deployment,
     DeploymentList,
+    DiskUsage,
+    DnsStatus,
     EndRequest,
     ErrorBody,
+    EtcChanges,
     EventKind,
     HistoryList,
     LogPage,
@@ -390,6 +397,46 @@ def create_app(config: AgentConfig) -> FastAPI:
             limit=limit,
         )
         return LogPage(entries=entries, cursor=entries[-1].cursor if entries else after_cursor)
+
+    # -- read-only diagnostics and the audit trail of guided debugging -------------------------------
+
+    @api.get(r.DIAGNOSTICS_DISK)
+    async def diagnostics_disk(
+        who: Caller, path: Annotated[str, Query(max_length=8, description="var or etc")] = "var"
+    ) -> DiskUsage:
+        return await asyncio.to_thread(diagnostics.disk, config.host_root, path)
+
+    @api.get(r.DIAGNOSTICS_CLOCK)
+    async def diagnostics_clock(who: Caller) -> ClockStatus:
+        return await asyncio.to_thread(diagnostics.clock, config.host_root)
+
+    @api.get(r.DIAGNOSTICS_DNS)
+    async def diagnostics_dns(
+        who: Caller,
+        name: Annotated[
+            str | None, Query(max_length=253, pattern=r"^[A-Za-z0-9.-]+$", description="default: the node's hostname")
+        ] = None,
+    ) -> DnsStatus:
+        netns = config.ops.namespaces / "net"
+        return await asyncio.to_thread(diagnostics.dns, config.host_root, netns, name)
+
+    @api.get(r.DIAGNOSTICS_ETC)
+    async def diagnostics_etc(who: Caller, since: datetime | None = None) -> EtcChanges:
+        return await asyncio.to_thread(diagnostics.etc_changes, config.host_root, since)
+
+    @api.post(r.DEBUG_RECORDS, status_code=201, responses=ACTION_ERRORS)
+    async def debug_record(body: DebugRecord, who: Caller) -> DebugRecorded:
+        params: dict[str, Any] = {"walk": body.walk, "runbook": body.runbook, "step": body.step}
+        if body.evidence:
+            params["evidence"] = body.evidence
+        try:
+            record = agent.audit.append(
+                actor=who.actor, role=who.role, action=f"debug.{body.event}", reason=body.summary, params=params,
+                outcome="ok",
+            )  # fmt: skip
+        except AuditUnavailable as error:
+            raise ApiError("audit_unavailable", str(error)) from error
+        return DebugRecorded(audit_seq=record.seq)
 
     # -- break-glass ops sessions and their recordings ---------------------------------------------
 

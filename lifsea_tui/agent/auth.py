@@ -19,6 +19,8 @@ READ = frozenset({Role.reader, Role.operator, Role.admin, Role.auditor})
 OPERATE = frozenset({Role.operator, Role.admin})
 BREAK_GLASS = frozenset({Role.admin})
 RECORDINGS = frozenset({Role.admin, Role.auditor})
+# Whoever debugs a node leaves the walk in its audit log; an auditor only reads.
+DEBUG = frozenset({Role.reader, Role.operator, Role.admin})
 
 RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", r.HEALTHZ): PUBLIC,
@@ -49,6 +51,11 @@ RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", r.SERVICE_ACTION): OPERATE,
     ("GET", r.RECORDINGS): RECORDINGS,
     ("GET", r.RECORDING): RECORDINGS,
+    ("GET", r.DIAGNOSTICS_DISK): READ,
+    ("GET", r.DIAGNOSTICS_CLOCK): READ,
+    ("GET", r.DIAGNOSTICS_DNS): READ,
+    ("GET", r.DIAGNOSTICS_ETC): READ,
+    ("POST", r.DEBUG_RECORDS): DEBUG,
 }
 
 

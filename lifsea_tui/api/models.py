@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -295,3 +295,82 @@ class RecordingInfo(BaseModel):
 
 class RecordingList(BaseModel):
     recordings: list[RecordingInfo]
+
+
+# -- read-only diagnostics, for guided debugging ------------------------------------------------------
+
+
+class PathSize(BaseModel):
+    path: str = Field(description="as the node sees it, e.g. /var/log")
+    bytes: int
+
+
+class DiskUsage(BaseModel):
+    path: str = Field(description="the node path measured: /var or /etc")
+    total_bytes: int
+    free_bytes: int = Field(description="what an unprivileged writer may still use")
+    used_bytes: int
+    used_percent: float
+    largest: list[PathSize] = Field(
+        description="the biggest entries below the path (directories summed), biggest first"
+    )
+    complete: bool = Field(description="false when the size walk stopped at its time budget")
+
+
+class ClockStatus(BaseModel):
+    node_time: datetime
+    ntp_synchronized: bool | None = Field(description="the kernel's clock is synchronized; null when unknown")
+    timezone: str | None
+    detail: str | None = Field(default=None, description="why a value is unknown")
+
+
+class DnsProbe(BaseModel):
+    server: str
+    ok: bool
+    rcode: int | None = Field(description="the DNS response code; 0 is NOERROR, 3 NXDOMAIN")
+    answers: int
+    millis: float | None
+    error: str | None
+
+
+class DnsStatus(BaseModel):
+    resolv_conf: str = Field(description="/etc/resolv.conf as the node has it (first 4 KiB)")
+    nameservers: list[str]
+    name: str = Field(description="the name each nameserver was asked for (its A record)")
+    probes: list[DnsProbe] = Field(description="one query to each nameserver, from the node's network")
+
+
+class EtcChange(BaseModel):
+    path: str = Field(description="below /etc")
+    change: str = Field(description="modified, added (not in the image) or removed (in the image, gone)")
+    mtime: datetime | None
+
+
+class EtcChanges(BaseModel):
+    """/etc against the image's defaults (/usr/etc), as `ostree admin config-diff` compares them."""
+
+    changes: list[EtcChange] = Field(description="newest first")
+    complete: bool
+
+
+class DebugEvent(enum.StrEnum):
+    start = "start"
+    finding = "finding"
+    action = "action"
+    shell = "shell"
+    end = "end"
+
+
+class DebugRecord(Strict):
+    """One step of a guided debugging walk, kept in the node's audit log beside what it led to."""
+
+    walk: str = Field(pattern=r"^[0-9a-f]{16}$", description="the same for every record of one walk")
+    runbook: str = Field(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    event: DebugEvent
+    step: str | None = Field(default=None, max_length=80)
+    summary: str = Field(min_length=1, max_length=REASON_MAX, pattern=r"[^ \t\n\r\f\v]")
+    evidence: list[Annotated[str, Field(max_length=400)]] = Field(default_factory=list, max_length=20)
+
+
+class DebugRecorded(BaseModel):
+    audit_seq: int

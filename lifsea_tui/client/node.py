@@ -8,6 +8,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +21,13 @@ import websockets
 from lifsea_tui.api import (
     AuditPage,
     AuditVerify,
+    ClockStatus,
+    DebugRecord,
+    DebugRecorded,
     DeploymentList,
+    DiskUsage,
+    DnsStatus,
+    EtcChanges,
     Event,
     HistoryList,
     LogEntry,
@@ -291,6 +298,25 @@ class NodeClient:
     async def ops_end(self, session_id: str, reason: str) -> OpsSession:
         path = r.OPS_SESSION.format(session_id=session_id)
         return await self._request("DELETE", path, OpsSession, body={"reason": reason}, timeout=30)
+
+    # -- read-only diagnostics and debugging walks --------------------------------------------------
+
+    async def disk(self, path: str = "var") -> DiskUsage:
+        return await self._request("GET", r.DIAGNOSTICS_DISK, DiskUsage, params={"path": path})
+
+    async def clock(self) -> ClockStatus:
+        return await self._request("GET", r.DIAGNOSTICS_CLOCK, ClockStatus)
+
+    async def dns(self, name: str | None = None) -> DnsStatus:
+        return await self._request("GET", r.DIAGNOSTICS_DNS, DnsStatus, params={"name": name} if name else None)
+
+    async def etc_changes(self, since: datetime | None = None) -> EtcChanges:
+        params = {"since": since.isoformat()} if since else None
+        return await self._request("GET", r.DIAGNOSTICS_ETC, EtcChanges, params=params)
+
+    async def debug_record(self, record: DebugRecord) -> DebugRecorded:
+        body = record.model_dump(mode="json", exclude_none=True)
+        return await self._request("POST", r.DEBUG_RECORDS, DebugRecorded, body=body)
 
     async def recordings(self) -> RecordingList:
         return await self._request("GET", r.RECORDINGS, RecordingList)
