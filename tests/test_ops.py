@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -440,6 +441,54 @@ async def test_recording_disk_full_refuses_and_ends(fleet: tuple[dict, dict[str,
     finally:
         if agent is not None:
             agent.stop()
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+async def test_reserve_makes_room_for_a_shell_on_a_full_disk(
+    fleet: tuple[dict, dict[str, str], Layout], tmp_path: Path
+) -> None:
+    """A full /var is when the shell is needed most: the agent keeps a reserve file beside the recordings
+    and gives it up for a session when the disk is full, says so in the audit log, and keeps it again
+    once there is room."""
+    _, _, layout = fleet
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    agent = None
+    try:
+        agent = second_agent(tmp_path / "a", layout, recordings=disk, min_free_bytes=256 * 1024,
+                             reserve_bytes=1024 * 1024)  # fmt: skip
+        reserve = disk / ".reserve"
+        assert reserve.stat().st_size == 1024 * 1024
+        filler = disk / "filler"
+        with contextlib.suppress(OSError), filler.open("ab", buffering=0) as handle:
+            while True:
+                handle.write(b"x" * 65536)
+        assert shutil.disk_usage(disk).free < 256 * 1024
+
+        client = NodeClient(agent_target(agent))
+        session = await client.ops_start("INC-9 /var full", ttl_seconds=120)
+        assert not reserve.exists()
+        driver = Driver(OpsShell(agent_target(agent), session.id))
+        await driver.expect(PROMPT)
+        await driver.shell.send(b"echo room-$((40+2))\r")
+        await driver.expect(b"room-42")
+        filler.unlink()  # the person frees the disk
+        await driver.shell.send(b"exit\r")
+        await driver.finished()
+        records = [json.loads(line) for line in (agent.config.audit_dir / "audit.jsonl").read_text().splitlines()]
+        start = [r for r in records if r["action"] == "ops.session.start"][-1]
+        assert start["params"]["reserve_released"] is True
+        cast = (disk / f"{session.id}.cast").read_bytes()
+        assert b"room-42" in cast
+        deadline = time.monotonic() + 10
+        while not reserve.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert reserve.stat().st_size == 1024 * 1024
+        await client.aclose()
+    finally:
+        if agent is not None:
+            await asyncio.to_thread(agent.stop)
         subprocess.run(["umount", str(disk)], check=False)
 
 

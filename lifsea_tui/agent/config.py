@@ -46,6 +46,9 @@ class OpsConfig:
     record_input: bool = False
     allow_writable_host: bool = False
     min_free_bytes: int = 16 * 1024 * 1024  # a session is refused when its recording could not grow this much
+    # Kept free in the recordings directory (a file) and given up when the disk is full and a shell is
+    # asked for: a full /var is when the shell is needed most, and its recording must still fit.
+    reserve_bytes: int = 64 * 1024 * 1024
 
 
 OPS_INTS = ("default_ttl", "max_ttl", "idle_timeout", "grace", "warn_before", "max_sessions", "max_sessions_per_user")
@@ -62,6 +65,7 @@ def _ops(section: Any) -> OpsConfig:
         "dir",
         "recordings",
         "min_free_bytes",
+        "reserve_bytes",
         *OPS_INTS,
         *OPS_BOOLS,
     }
@@ -77,7 +81,7 @@ def _ops(section: Any) -> OpsConfig:
     for key in ("namespaces", "dir", "recordings"):
         if key in section:
             setattr(ops, key, _path(section[key], f"ops.{key}"))
-    for key in (*OPS_INTS, "min_free_bytes"):
+    for key in (*OPS_INTS, "min_free_bytes", "reserve_bytes"):
         if key in section:
             value = section[key]
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

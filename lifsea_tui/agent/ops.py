@@ -52,6 +52,7 @@ from lifsea_tui.api import ops as proto
 log = logging.getLogger("lifsea.agent.ops")
 
 CONTAINER_PREFIX = "lifsea-ops-"
+RESERVE_NAME = ".reserve"  # not a recording: see OpsManager.keep_reserve
 SHELL = ["/bin/bash", "-l"]
 TERM = "xterm-256color"
 TAIL_BYTES = 64 * 1024  # what a re-attach gets replayed
@@ -297,6 +298,7 @@ class OpsManager:
         if not self._subreaper:
             become_subreaper()
             self._subreaper = True
+        await asyncio.to_thread(self.keep_reserve)
         known: set[str] = set()
         if self.sessions_dir.is_dir():
             for bundle in sorted(self.sessions_dir.iterdir()):
@@ -343,6 +345,30 @@ class OpsManager:
 
     # -- create -------------------------------------------------------------------------------------
 
+    @property
+    def reserve(self) -> Path:
+        """Room kept on the recordings' filesystem, given up when it is full and a shell is asked for."""
+        return self.ops.recordings / RESERVE_NAME
+
+    def keep_reserve(self) -> None:
+        """Make (or make again, once there is room) the reserve; quietly nothing when the disk is full."""
+        if self.ops.reserve_bytes <= 0 or self.reserve.exists():
+            return
+        partial = self.reserve.with_suffix(".partial")
+        try:
+            self.ops.recordings.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(self.ops.recordings).free < self.ops.reserve_bytes + self.ops.min_free_bytes:
+                return
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.ops.reserve_bytes)
+            finally:
+                os.close(fd)
+            partial.rename(self.reserve)
+        except OSError:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+
     def _refuse(self, who: Identity, request: OpsSessionRequest, code: str, detail: str) -> ApiError:
         try:
             self.audit.append(
@@ -357,7 +383,8 @@ class OpsManager:
             return ApiError("audit_unavailable", f"{error}; no session was started")
         return ApiError(code, detail, audited=True)
 
-    def _check(self, who: Identity, request: OpsSessionRequest) -> None:
+    def _check(self, who: Identity, request: OpsSessionRequest) -> bool:
+        """Refuse what may not start; true when the reserve was given up to make room for the recording."""
         problem = self.unavailable_reason()
         if problem is not None:
             raise self._refuse(who, request, "unavailable", f"ops shell unavailable: {problem}")
@@ -379,6 +406,11 @@ class OpsManager:
         try:
             self.ops.recordings.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(self.ops.recordings).free
+            released = free < self.ops.min_free_bytes and self.reserve.exists()
+            if released:
+                # A full /var is when the shell is needed most: give the recording the room kept for it.
+                self.reserve.unlink()
+                free = shutil.disk_usage(self.ops.recordings).free
         except OSError as error:
             raise self._refuse(
                 who, request, "recording_unavailable", f"recording directory unusable: {error.strerror or error}"
@@ -389,9 +421,10 @@ class OpsManager:
                 f"recording directory {self.ops.recordings} has {free} bytes free (needs {self.ops.min_free_bytes}): "
                 "a session that cannot be recorded is not started",
             )  # fmt: skip
+        return released
 
     async def create(self, who: Identity, request: OpsSessionRequest) -> Session:
-        self._check(who, request)
+        released = self._check(who, request)
         ttl = min(request.ttl_seconds or self.ops.default_ttl, self.ops.max_ttl)
         session_id = secrets.token_hex(8)
         created = _now()
@@ -403,6 +436,8 @@ class OpsManager:
             "recording": session_id,
             "record_input": self.ops.record_input,
         }
+        if released:
+            params["reserve_released"] = True
         try:
             record = self.audit.append(
                 actor=who.actor,
@@ -802,6 +837,7 @@ class OpsManager:
         self.sessions.pop(session.id, None)
         self.recent.append(session)
         self._publish(session)
+        await asyncio.to_thread(self.keep_reserve)  # once the disk has room again
 
     async def _teardown(self, session: Session, reason: str) -> None:
         await self._delete_container(session.container)
