@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from lifsea_tui.api import routes
-from lifsea_tui.lab import scenarios
+from lifsea_tui.lab import image, scenarios
 from lifsea_tui.lab.layout import Layout
 from tests.conftest import lab
 
@@ -79,6 +80,22 @@ def test_each_scenario_breaks_the_node_and_fix_clears_it(fleet: tuple[dict, dict
     scenarios.in_node(
         machine, "sh", "-c", "head -c 65536 /dev/zero > /var/tmp/lifsea-probe && rm /var/tmp/lifsea-probe"
     )
+
+    # A bad release, deployed and booted; fix boots the release before and takes the bad one away.
+    def booted() -> str:
+        return next(d for d in http.get(routes.DEPLOYMENTS).json()["deployments"] if d["booted"])["version"]
+
+    before = booted()
+    assert lab(["break", "node1", "--scenario", "bad-upgrade"], env).returncode == 0
+    wait("the bad release booted", lambda: booted() == f"{before}.1-bad", timeout=60)
+    wait("its unit failed", lambda: unit("lifsea-storage.service")["active_state"] == "failed", timeout=30)
+    assert lab(["fix", "node1", "--scenario", "bad-upgrade"], env).returncode == 0
+    wait("the release before booted", lambda: booted() == before, timeout=60)
+    assert all(not (d["version"] or "").endswith("-bad") for d in http.get(routes.DEPLOYMENTS).json()["deployments"])
+    assert "-bad" not in subprocess.run(
+        ["ostree", f"--repo={layout.repo}", "show", "--print-metadata-key=version", image.REF],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
 
     bad = lab(["break", "node9", "--scenario", "crash-loop"], env)
     assert bad.returncode == 2 and "no node 'node9'" in bad.stderr

@@ -61,7 +61,10 @@ def _free_port() -> int:
 
 def ensure_image(layout: Layout) -> None:
     """The lab's update repo holds the OS image and the ops image: from the cache, built into it when cold."""
-    cache_repo = cache_dir() / "repo"
+    cache_repo = cache_dir() / f"repo-{image.recipe()}"
+    for stale in cache_dir().glob("repo*"):  # images of another recipe: never used again
+        if stale != cache_repo and stale.is_dir():
+            shutil.rmtree(stale)
     builders = {image.REF: ("the OS image", image.build_base), image.OPS_REF: ("the ops image", image.build_ops)}
     for ref, (what, build) in builders.items():
         if image.has_ref(layout.repo, ref):
@@ -95,7 +98,9 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
         f'[listen]\nhost = "127.0.0.1"\nport = {spec.port}\n\n[tls]\ncert = "{cert}"\nkey = "{key}"\n\n'
         f'[audit]\ndir = "{audit_dir}"\n\n'
         f'[ops]\nimage = "{sysroot.REMOTE}:{image.OPS_REF}"\nnamespaces = "{node.namespaces}"\n'
-        f'dir = "{node.ops_dir}"\nrecordings = "{var / "lib" / "lifsea-agent" / "recordings"}"\n{tokens}'
+        # A full /var is cleared from the ops shell, so the lab lets an admin ask for a writable /host.
+        f'dir = "{node.ops_dir}"\nallow_writable_host = true\n'
+        f'recordings = "{var / "lib" / "lifsea-agent" / "recordings"}"\n{tokens}'
     )
     node.agent_config.chmod(0o600)
 

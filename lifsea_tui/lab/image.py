@@ -8,6 +8,7 @@ list at /usr/share/lifsea/packages.list for the agent's diff summaries.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ KERNEL = "6.1.0-lifsea"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # Realistic services for a container-host node: cron and a small web server stand in for workloads.
-PACKAGES = ["systemd", "systemd-sysv", "dbus", "procps", "iproute2", "cron", "nginx-light", "less"]
+# systemd-resolved is the node's resolver (127.0.0.53), as on other container-optimized systems.
+PACKAGES = ["systemd", "systemd-sysv", "systemd-resolved", "dbus", "procps", "iproute2", "cron", "nginx-light", "less"]
 
 # The ops image: what the break-glass shell runs in. Diagnostic tools the node itself does not carry.
 OPS_REF = "lifsea/x86_64/ops"
@@ -35,6 +37,12 @@ echo "ops container on $(hostname): the node's root is read-only at /host; this 
 """
 
 Progress = Callable[[str], None]
+
+
+def recipe() -> str:
+    """What the cached images are made of: a cache built from another recipe is not used."""
+    text = "\n".join([SUITE, MIRROR, *PACKAGES, "--", *OPS_PACKAGES, OPS_PROFILE])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class ImageError(Exception):
@@ -191,8 +199,13 @@ def build_base(repo: Path, work: Path, progress: Progress) -> str:
     return checksum
 
 
-def publish(repo: Path, version: str, subject: str | None = None, ref: str = REF) -> str:
-    """Commit `version` on top of the ref's head with a visible change: os-release, release notes, a package."""
+def publish(
+    repo: Path, version: str, subject: str | None = None, ref: str = REF, extra: dict[str, str] | None = None
+) -> str:
+    """Commit `version` on top of the ref's head with a visible change: os-release, release notes, a package.
+
+    `extra` adds files (path in the image: content; content "-> TARGET" makes a symbolic link).
+    """
     if not has_ref(repo, ref):
         raise ImageError(f"{repo} has no {ref}; bring the lab up first")
     subject = subject or f"LifseaOS {version}"
@@ -211,10 +224,20 @@ def publish(repo: Path, version: str, subject: str | None = None, ref: str = REF
         motd = overlay / "usr" / "etc"
         motd.mkdir(parents=True)
         (motd / "motd").write_text(f"LifseaOS {version}: {subject}\n")
+        links = []
+        for name, content in (extra or {}).items():
+            path = overlay / name.lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if content.startswith("-> "):
+                links.append((path, content[3:]))
+            else:
+                path.write_text(content)
         # Every directory here replaces the metadata of the same directory in the image, the root included.
         overlay.chmod(0o755)
         for path in overlay.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
+        for path, target in links:
+            path.symlink_to(target)
         return commit(repo, [f"ref={ref}", f"dir={overlay}"], version, subject, ref)
 
 

@@ -101,6 +101,11 @@ class NodeLayout:
         self.name = name
 
     @property
+    def lab(self) -> Layout:
+        """The lab this node belongs to (its root is LAB/nodes/NAME)."""
+        return Layout(self.root.parent.parent)
+
+    @property
     def sysroot(self) -> Path:
         return self.root / "sysroot"
 

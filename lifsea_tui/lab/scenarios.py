@@ -8,15 +8,22 @@ safe to run when it was never applied.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
+import re
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lifsea_tui.agent.errors import BackendError
+from lifsea_tui.agent.ostree import OstreeBackend
+from lifsea_tui.lab.image import OSNAME, REF, publish
 from lifsea_tui.lab.layout import NodeLayout
-from lifsea_tui.lab.sysroot import stateroot_var
+from lifsea_tui.lab.sysroot import REMOTE, stateroot_var
 from lifsea_tui.lab.varfs import is_own_filesystem
 
 CRASHLOOP_UNIT = "lifsea-app.service"
@@ -130,6 +137,91 @@ def _empty_var(node: NodeLayout) -> None:
     (_var_dir(node) / BALLAST).unlink(missing_ok=True)
 
 
+def _stop_resolver(node: NodeLayout) -> None:
+    in_node(node, "systemctl", "stop", "systemd-resolved.service")
+
+
+def _start_resolver(node: NodeLayout) -> None:
+    in_node(node, "systemctl", "start", "systemd-resolved.service")
+
+
+BAD_UNIT = "lifsea-storage.service"
+BAD_UPGRADE = {
+    f"/usr/lib/systemd/system/{BAD_UNIT}": """[Unit]
+Description=Storage driver (new in this release; lab scenario bad-upgrade)
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "lifsea-storage: cannot open /dev/lifsea0: No such device" >&2; exit 1'
+""",
+    f"/usr/lib/systemd/system/multi-user.target.wants/{BAD_UNIT}": f"-> ../{BAD_UNIT}",
+}
+BOOT_TIMEOUT = 120.0
+
+
+def _ostree(*argv: str) -> str:
+    result = subprocess.run(["ostree", *argv], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise ScenarioError(f"ostree {' '.join(argv[:2])}: {result.stderr.strip() or result.returncode}")
+    return result.stdout.strip()
+
+
+def _reboot(node: NodeLayout) -> None:
+    """Reboot the machine from inside and wait until it runs again (the supervisor boots the default)."""
+    boots = node.state().get("boots", 0)
+    with contextlib.suppress(ScenarioError):  # the machine may go before systemctl says anything
+        in_node(node, "systemctl", "reboot")
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while not (node.state().get("state") == "running" and node.state().get("boots", 0) != boots):
+        if time.monotonic() > deadline:
+            raise ScenarioError(f"{node.name} did not come back within {BOOT_TIMEOUT:.0f} s of its reboot")
+        time.sleep(0.5)
+
+
+def _bad_marker(node: NodeLayout) -> Path:
+    return node.root / "bad-upgrade.json"
+
+
+def _bad_upgrade(node: NodeLayout) -> None:
+    lab = node.lab
+    parent = _ostree(f"--repo={lab.repo}", "rev-parse", REF)
+    version = f"{_ostree(f'--repo={lab.repo}', 'show', '--print-metadata-key=version', REF).strip(chr(39))}.1-bad"
+    bad = publish(lab.repo, version, f"LifseaOS {version}: adds a storage driver (lab scenario bad-upgrade)",
+                  extra=BAD_UPGRADE)  # fmt: skip
+    _bad_marker(node).write_text(json.dumps({"bad": bad, "parent": parent}))
+    repo = node.sysroot / "ostree" / "repo"
+    _ostree(f"--repo={repo}", "pull", REMOTE, REF)
+    _ostree("admin", "deploy", f"--sysroot={node.sysroot}", f"--os={OSNAME}", f"{REMOTE}:{REF}")
+    _reboot(node)
+
+
+def _good_upgrade(node: NodeLayout) -> None:
+    """Take the bad release off the update server and the node, booting what it ran before."""
+    try:
+        marker = json.loads(_bad_marker(node).read_text())
+    except (OSError, ValueError):
+        return
+    lab = node.lab
+    if _ostree(f"--repo={lab.repo}", "rev-parse", REF) == marker["bad"]:
+        _ostree(f"--repo={lab.repo}", "reset", REF, marker["parent"])
+        _ostree(f"--repo={lab.repo}", "summary", "--update")
+    booted = node.state().get("deployment")
+    if isinstance(booted, str) and Path(booted).name.startswith(marker["bad"]):
+        # Still running it: make the release before the next boot (the agent's own rollback, through
+        # libostree), then reboot into it. Undeploying the running tree first would pull it from under
+        # the machine.
+        backend = OstreeBackend(node.sysroot, node.host_root, OSNAME)
+        with contextlib.suppress(BackendError):
+            asyncio.run(backend.rollback())
+        _reboot(node)
+    # Deployments in boot order (no "*" from out here: this machine did not boot the sysroot).
+    status = _ostree("admin", "status", f"--sysroot={node.sysroot}")
+    deployments = re.findall(rf"^[* ]*{OSNAME} ([0-9a-f]{{64}})\.\d+", status, re.MULTILINE)
+    if marker["bad"] in deployments:
+        _ostree("admin", "undeploy", f"--sysroot={node.sysroot}", str(deployments.index(marker["bad"])))
+    _bad_marker(node).unlink()
+
+
 SCENARIOS = {
     scenario.name: scenario
     for scenario in (
@@ -147,6 +239,18 @@ SCENARIOS = {
             f"the node's /var filesystem filled to the last block (a file /var/{BALLAST})",
             _fill_var,
             _empty_var,
+        ),
+        Scenario(
+            "bad-upgrade",
+            f"a release whose new {BAD_UNIT} fails at boot, deployed and booted (the rollback target is the old one)",
+            _bad_upgrade,
+            _good_upgrade,
+        ),
+        Scenario(
+            "dns",
+            "systemd-resolved stopped: /etc/resolv.conf names 127.0.0.53 and nothing answers there",
+            _stop_resolver,
+            _start_resolver,
         ),
         Scenario(
             "broken-config",
