@@ -65,6 +65,7 @@ class FleetScreen(ConsoleScreen):
         Binding("ctrl+r", "refresh_now", "Refresh", id="fleet-refresh"),
         Binding("o", "sort", "Sort", id="fleet-sort"),
         Binding("F", "failed", "Failed units", id="fleet-failed"),
+        Binding("d", "debug", "Debug", id="fleet-debug"),
     ]
     DEFAULT_CSS = """
     FleetScreen {
@@ -321,6 +322,13 @@ class FleetScreen(ConsoleScreen):
     def action_refresh_now(self) -> None:
         refresh = self.lifsea.fleet.refresh(force=True, on_result=self._changed)
         self.run_worker(self.lifsea.net.run(refresh), group="fleet-manual", exit_on_error=False)
+
+    def action_debug(self) -> None:
+        """The runbooks' first checks on the selected nodes, or on every node when none is selected."""
+        from lifsea_tui.tui.screens.debug import FleetDebugScreen
+
+        nodes = sorted(self.selected) or sorted(self.lifsea.fleet.snapshots)
+        self.app.push_screen(FleetDebugScreen(nodes))
 
     def targets(self) -> list[str]:
         if self.selected:

@@ -83,15 +83,21 @@ class OpsModal(ModalScreen["tuple[str, str | None, int] | None"]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="ops-modal-cancel")]
     DURATIONS = {"s": 1, "m": 60, "h": 3600}
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, *, writable: bool = False) -> None:
         super().__init__()
         self.node = node
+        self.writable = writable
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(f"Open a break-glass ops shell on {self.node}", id="title")
+            root = (
+                "its root at /host with /etc and /var WRITABLE (the runbook asks for it; /usr stays read-only)"
+                if self.writable
+                else "its root read-only at /host"
+            )
             yield Static(
-                "A temporary ops container in the node's namespaces, its root read-only at /host. "
+                f"A temporary ops container in the node's namespaces, {root}. "
                 "Every byte is recorded by the node; start and end go into its audit log.",
                 id="what",
             )

@@ -29,6 +29,7 @@ from lifsea_tui.client.node import NodeError
 from lifsea_tui.tui.cast import parse
 from lifsea_tui.tui.player import PlayerScreen
 from lifsea_tui.tui.screens.base import ConsoleScreen
+from lifsea_tui.tui.screens.debug import DebugScreen
 from lifsea_tui.tui.screens.logs import LogsScreen
 from lifsea_tui.tui.screens.modals import OpsModal, ReasonModal
 from lifsea_tui.tui.screens.shell import OpsRequest, ShellScreen
@@ -73,6 +74,7 @@ class NodeScreen(ConsoleScreen):
         Binding("r", "act('reboot')", "Reboot", id="node-reboot"),
         Binding("o", "act('ops')", "Ops shell", id="node-ops"),
         Binding("l", "logs", "Logs", id="node-logs"),
+        Binding("d", "debug", "Debug", id="node-debug"),
         Binding("R", "unit('restart')", "Restart unit", id="unit-restart"),
         Binding("S", "unit('start')", "Start unit", id="unit-start"),
         Binding("X", "unit('stop')", "Stop unit", id="unit-stop"),
@@ -533,6 +535,9 @@ class NodeScreen(ConsoleScreen):
     @on(TabbedContent.TabActivated)
     def _tab_changed(self) -> None:
         self.refresh_bindings()
+
+    def action_debug(self) -> None:
+        self.app.push_screen(DebugScreen(self.node_name))
 
     def action_logs(self) -> None:
         """The selected unit's logs on the Services tab; the whole journal elsewhere."""

@@ -19,6 +19,7 @@ from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.widgets import Static
 
 from lifsea_tui.api import OpsSession
@@ -35,6 +36,7 @@ class OpsRequest:
     reason: str
     ticket: str | None
     ttl_seconds: int
+    writable_host: bool = False
 
 
 # The emulator takes about 1 MB/s of scrolling output: a turn of the UI loop feeds it FEED_CHUNK (tens
@@ -92,16 +94,28 @@ class ShellScreen(ConsoleScreen):
         #banner { height: 1; padding: 0 1; background: $error; color: $text; text-style: bold; }
         #banner.reconnecting { background: $warning; }
         #banner.ended { background: $panel; color: $text-muted; }
-        ShellTerminal { height: 1fr; }
+        ShellTerminal { height: 1fr; width: 1fr; }
+        #shell-body { height: 1fr; }
+        #hints { width: 44; height: 1fr; padding: 0 1; border-left: solid $primary; }
         #hint { height: 1; padding: 0 1; background: $panel; color: $text-muted; }
     }
     """
 
-    def __init__(self, node: str, client: NodeClient, session: OpsSession | OpsRequest) -> None:
+    def __init__(
+        self,
+        node: str,
+        client: NodeClient,
+        session: OpsSession | OpsRequest,
+        *,
+        hints: list[str] | None = None,
+        hint_title: str = "",
+    ) -> None:
         """Attach to `session`, or start one from `request` first: the screen opens at once either way,
         so keys typed while the node starts the container reach the shell (in order) and not the screen
-        behind."""
+        behind. `hints` are commands shown beside the shell (a runbook's suggestions), never typed."""
         super().__init__()
+        self.hints = hints or []
+        self.hint_title = hint_title
         self.node_name = node
         self.client = client
         self.request = session if isinstance(session, OpsRequest) else None
@@ -124,7 +138,16 @@ class ShellScreen(ConsoleScreen):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="banner")
-        yield ShellTerminal(self, id="terminal")
+        if self.hints:
+            with Horizontal(id="shell-body"):
+                yield ShellTerminal(self, id="terminal")
+                text = Text(f"{self.hint_title}\n\n" if self.hint_title else "", style="bold")
+                text.append("Suggested by the runbook (not typed for you):\n\n", style="italic")
+                for command in self.hints:
+                    text.append(f"$ {command}\n\n")
+                yield Static(text, id="hints")
+        else:
+            yield ShellTerminal(self, id="terminal")
         yield Static(
             "every key goes to the shell · ctrl+] leaves and ends the session · the node records everything",
             id="hint",
@@ -153,7 +176,10 @@ class ShellScreen(ConsoleScreen):
             request = self.request
             try:
                 session = await self.client.ops_start(
-                    request.reason, ticket=request.ticket, ttl_seconds=request.ttl_seconds
+                    request.reason,
+                    ticket=request.ticket,
+                    ttl_seconds=request.ttl_seconds,
+                    writable_host=request.writable_host,
                 )
             except NodeError as error:
                 self._post(Closed(error.status, f"the node refused the ops shell: {error}"))
