@@ -418,6 +418,20 @@ async def check_deployment(client: NodeClient, params: Mapping[str, Any]) -> Fin
     return Finding(Status.problem, summary, evidence, facts)
 
 
+async def check_update(client: NodeClient, params: Mapping[str, Any]) -> Finding:
+    """The node's update state: a problem when it is one of `states` (default: failed)."""
+    status = await client.upgrades()
+    states = [str(state) for state in params.get("states", ["failed"])]
+    evidence = [f"update state {status.state}" + (f" (running: {status.operation})" if status.operation else "")]
+    evidence += [f"available {t.version or t.checksum[:10]}" for t in status.targets[:3]]
+    if status.last_error:
+        evidence.append(f"last error: {status.last_error}")
+    facts = {"update_state": str(status.state)}
+    if status.state in states:
+        return Finding(Status.problem, f"update state is {status.state}", evidence, facts)
+    return Finding(Status.ok, f"update state is {status.state}", evidence, facts)
+
+
 async def check_etc_changes(client: NodeClient, params: Mapping[str, Any]) -> Finding:
     minutes = _int(params, "minutes", 120)
     changes = (await client.etc_changes(since=datetime.now(UTC) - timedelta(minutes=minutes))).changes
@@ -483,6 +497,7 @@ CHECKS: dict[str, Check] = {
     "journal": check_journal,
     "disk": check_disk,
     "deployment": check_deployment,
+    "update": check_update,
     "etc-changes": check_etc_changes,
     "clock": check_clock,
     "dns": check_dns,
@@ -495,6 +510,7 @@ CHECK_PARAMS: dict[str, set[str]] = {
     "journal": {"unit", "priority", "minutes", "pattern", "min"},
     "disk": {"path", "above_percent"},
     "deployment": set(),
+    "update": {"states"},
     "etc-changes": {"minutes", "match"},
     "clock": {"max_skew", "require_sync"},
     "dns": {"name"},
