@@ -281,7 +281,6 @@ def test_roles_and_bad_requests(node1: tuple[dict, Layout, httpx.Client]) -> Non
     for body, status in (
         ({"reason": " "}, 400),
         ({"reason": "x", "ttl_seconds": 0}, 400),
-        ({"reason": "x", "writable_host": True}, 403),
         ({"reason": "x", "shell": "/bin/sh"}, 400),
     ):
         answer = http.post(routes.OPS_SESSIONS, json=body)
@@ -467,6 +466,10 @@ async def test_reserve_makes_room_for_a_shell_on_a_full_disk(
         assert shutil.disk_usage(disk).free < 256 * 1024
 
         client = NodeClient(agent_target(agent))
+        with pytest.raises(NodeError) as refused:  # this agent's config does not allow a writable /host
+            await client.ops_start("INC-9 /var full", writable_host=True)
+        assert refused.value.status == 403 and "writable /host" in refused.value.detail
+        assert reserve.exists()  # a refusal for another reason keeps the reserve
         session = await client.ops_start("INC-9 /var full", ttl_seconds=120)
         assert not reserve.exists()
         driver = Driver(OpsShell(agent_target(agent), session.id))

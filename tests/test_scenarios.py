@@ -86,10 +86,12 @@ def test_each_scenario_breaks_the_node_and_fix_clears_it(fleet: tuple[dict, dict
         return next(d for d in http.get(routes.DEPLOYMENTS).json()["deployments"] if d["booted"])["version"]
 
     before = booted()
-    assert lab(["break", "node1", "--scenario", "bad-upgrade"], env).returncode == 0
-    wait("the bad release booted", lambda: booted() == f"{before}.1-bad", timeout=60)
-    wait("its unit failed", lambda: unit("lifsea-storage.service")["active_state"] == "failed", timeout=30)
-    assert lab(["fix", "node1", "--scenario", "bad-upgrade"], env).returncode == 0
+    try:
+        assert lab(["break", "node1", "--scenario", "bad-upgrade"], env).returncode == 0
+        wait("the bad release booted", lambda: booted().endswith(".1-bad"), timeout=60)
+        wait("its unit failed", lambda: unit("lifsea-storage.service")["active_state"] == "failed", timeout=30)
+    finally:
+        assert lab(["fix", "node1", "--scenario", "bad-upgrade"], env).returncode == 0
     wait("the release before booted", lambda: booted() == before, timeout=60)
     assert all(not (d["version"] or "").endswith("-bad") for d in http.get(routes.DEPLOYMENTS).json()["deployments"])
     assert "-bad" not in subprocess.run(

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -402,7 +402,7 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     @api.get(r.DIAGNOSTICS_DISK)
     async def diagnostics_disk(
-        who: Caller, path: Annotated[str, Query(max_length=8, description="var or etc")] = "var"
+        who: Caller, path: Annotated[Literal["var", "etc"], Query(description="which filesystem")] = "var"
     ) -> DiskUsage:
         return await asyncio.to_thread(diagnostics.disk, config.host_root, path)
 
