@@ -85,6 +85,7 @@ async def shell(pilot: Pilot, app: LifseaApp, command: str) -> None:
     await until(pilot, "a prompt", lambda: "OPS" in screen.terminal.text(), timeout=30)
     hints = str(screen.query_one("#hints").content)
     assert "not typed for you" in hints
+    assert "WRITABLE at /host" in screen.terminal.text()  # the runbook asked for it; the shell says so
     await pilot.press(*[{" ": "space"}.get(c, c) for c in command], "enter")
     await until(pilot, "the command ran", lambda: screen.terminal.text().count("OPS") >= 2, timeout=15)
     await pilot.press("ctrl+right_square_bracket")
@@ -155,6 +156,35 @@ async def test_node_not_ready_restarts_the_stopped_service(
             assert "INC-42 nginx stopped by hand (runbook node-not-ready, walk" in restart["reason"]
     finally:
         lab(["fix", NODE, "--scenario", "stopped-service"], env)
+
+
+async def test_a_broken_config_is_undone_in_the_shell_then_started(
+    fleet: tuple[dict, dict[str, str], Layout], in_tmp: Path
+) -> None:
+    """nginx failed after a bad file landed in /etc: the runbook shows nginx's own error and the file,
+    opens a shell with /etc writable where the person removes it, then starts nginx again."""
+    status, env, _ = fleet
+    assert lab(["break", NODE, "--scenario", "broken-config"], env).returncode == 0
+    try:
+        app = LifseaApp(Fleet(targets(status, role="admin")), refresh_interval=5.0)
+        async with app.run_test(size=(150, 45)) as pilot:
+            screen = await debug(pilot, app, "node-not-ready")
+            await waiting(pilot, screen, "shell")
+            walk = screen.walk
+            assert walk is not None and walk.facts["changed"] == "/etc/nginx/sites-enabled/lifsea-broken"
+            evidence = "\n".join(line for e in walk.entries for line in e.evidence)
+            assert 'unexpected "}" in /etc/nginx/sites-enabled/lifsea-broken' in evidence
+            await shell(pilot, app, "rm /host/etc/nginx/sites-enabled/lifsea-broken")
+            await waiting(pilot, screen, "action")
+            await take(pilot, "INC-47 typo removed")
+            await waiting(pilot, screen, None)
+            await pilot.press("ctrl+s")
+            await pilot.pause(0.3)
+            finished(status, screen, in_tmp)
+        with http(status) as client:
+            assert client.get("/v1/services/nginx.service").json()["active_state"] == "active"
+    finally:
+        lab(["fix", NODE, "--scenario", "broken-config"], env)
 
 
 async def test_crash_loop_is_found_and_stopped(fleet: tuple[dict, dict[str, str], Layout], in_tmp: Path) -> None:

@@ -158,6 +158,7 @@ def bundle_spec(
                 "HOME=/root",
                 "LANG=C.UTF-8",
                 f"LIFSEA_OPS_SESSION={session_id}",
+                f"LIFSEA_OPS_HOST={'rw' if admin else 'ro'}",  # the shell's greeting says which
             ],
             "cwd": "/root",
             "capabilities": {kind: caps for kind in ("bounding", "effective", "permitted")},

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lifsea_tui.api import DebugEvent, DebugRecord, Deployment
+from lifsea_tui.api import DebugEvent, DebugRecord, Deployment, LogEntry
 from lifsea_tui.api.models import REASON_MAX
 from lifsea_tui.client.node import NodeClient, NodeError
 
@@ -363,7 +363,19 @@ async def check_journal(client: NodeClient, params: Mapping[str, Any]) -> Findin
             f"nothing in {where} in the last {minutes} min"
             + (f" matching {params['pattern']!r}" if params.get("pattern") else ""),
         )
-    evidence = [f"{e.time:%H:%M:%S} {e.unit or e.identifier or ''}: {e.message}"[:300] for e in entries[-8:]]
+
+    def line(e: LogEntry) -> str:
+        return f"{e.time:%H:%M:%S} {e.unit or e.identifier or ''}: {e.message}"[:300]
+
+    evidence = [line(e) for e in entries[-8:]]
+    context = _int(params, "context", 0)
+    if context and unit:
+        # What the unit's own processes said last (their stderr is logged as info, not as an error), not
+        # systemd's lines about the unit, which the errors above already are.
+        said = (await client.logs(unit=str(unit), priority=6, since=filters["since"], limit=context * 5)).entries
+        own = [e for e in said if e.identifier != "systemd"][-context:]
+        if own:
+            evidence += [f"what {unit} said last:", *(line(e) for e in own)]
     return Finding(
         Status.problem,
         f"{len(entries)}{'+' if len(entries) == 200 else ''} entries in {where} in the last {minutes} min",
@@ -507,7 +519,7 @@ CHECK_PARAMS: dict[str, set[str]] = {
     "unit": {"unit", "expect", "settle"},
     "failed-units": set(),
     "restarts": {"min"},
-    "journal": {"unit", "priority", "minutes", "pattern", "min"},
+    "journal": {"unit", "priority", "minutes", "pattern", "min", "context"},
     "disk": {"path", "above_percent"},
     "deployment": set(),
     "update": {"states"},

@@ -33,7 +33,11 @@ OPS_PACKAGES = [
 ]  # fmt: skip
 OPS_PROFILE = r"""# The break-glass shell: make it impossible to mistake for an ordinary one.
 PS1='\[\e[1;97;41m\] OPS \[\e[0m\] \u@\h:\w\$ '
-echo "ops container on $(hostname): the node's root is read-only at /host; this session is recorded."
+if [ "$LIFSEA_OPS_HOST" = rw ]; then
+  echo "ops container on $(hostname): the node's /etc and /var are WRITABLE at /host; this session is recorded."
+else
+  echo "ops container on $(hostname): the node's root is read-only at /host; this session is recorded."
+fi
 """
 
 Progress = Callable[[str], None]

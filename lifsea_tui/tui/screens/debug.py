@@ -422,6 +422,8 @@ class FleetDebugScreen(ConsoleScreen):
                 Text(mark, style=style), node, proposal.runbook.title, proposal.summary,
                 key=f"{node}/{proposal.runbook.id}",
             )  # fmt: skip
+        if shown:
+            table.sort("node", "runbook")  # nodes answer in any order; the list should not
         self._done += 1
         self.query_one("#fleet-debug-status", Static).update(
             f"{self._done} of {len(self.nodes)} nodes checked · {table.row_count} findings"
