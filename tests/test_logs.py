@@ -128,6 +128,7 @@ async def test_logs_pane_follows_searches_and_saves(
 
     from lifsea_tui.client.fleet import Fleet
     from lifsea_tui.tui.app import LifseaApp
+    from lifsea_tui.tui.logview import LogView
     from lifsea_tui.tui.screens.logs import LogsScreen
     from tests.test_tui_lab import open_node, targets, until
 
@@ -160,6 +161,8 @@ async def test_logs_pane_follows_searches_and_saves(
         await pilot.pause(1.0)
         await asyncio.to_thread(in_node, layout, "node2", "systemd-cat", "-t", "lifsea-test", "echo", token)
         await until(pilot, "the new line", lambda: any(token in e.message for e in logs.entries), timeout=5)
+        view = logs.query_one(LogView)
+        await until(pilot, "the new line on screen", lambda: any(token in line for line in view.shown()), timeout=5)
 
         await pilot.press("slash", *token, "enter")
         assert logs.search == token

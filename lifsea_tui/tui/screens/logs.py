@@ -18,11 +18,12 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Input, RichLog, Static
+from textual.widgets import Footer, Input, Static
 
 from lifsea_tui.api import LogEntry
 from lifsea_tui.client.node import NodeError
 from lifsea_tui.tui.cast import visible
+from lifsea_tui.tui.logview import LogView
 from lifsea_tui.tui.screens.base import ConsoleScreen
 
 MAX_ENTRIES = 20_000
@@ -68,7 +69,7 @@ class LogsScreen(ConsoleScreen):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="logs-status")
-        yield RichLog(id="logs", wrap=False, markup=False, highlight=False, max_lines=MAX_ENTRIES)
+        yield LogView(self.entries, self._line, id="logs")
         yield Input(placeholder="search (a regular expression; enter keeps it, empty clears)", id="logs-search")
         yield Footer()
 
@@ -107,7 +108,7 @@ class LogsScreen(ConsoleScreen):
             await asyncio.sleep(RETRY_SECONDS)
 
     def _flush(self) -> None:
-        """Show what arrived since the last turn: one repaint for a burst of lines."""
+        """Take what arrived since the last turn; the view draws only what is on screen."""
         if not self._incoming:
             return
         batch, self._incoming = self._incoming, []
@@ -115,14 +116,15 @@ class LogsScreen(ConsoleScreen):
         self.dropped_oldest += dropped
         self.entries.extend(batch)
         self._cursor = batch[-1].cursor
-        # One write for the whole batch: RichLog's cost is per write, and a busy unit sends thousands a second.
-        self.query_one("#logs", RichLog).write(
-            Text("\n").join(self._line(entry) for entry in batch), scroll_end=self.follow
-        )
+        view = self.query_one("#logs", LogView)
+        if len(batch) >= MAX_ENTRIES:
+            view.redraw()  # every entry is new
+        else:
+            view.appended(len(batch), dropped)
         self._show_status()
 
     def _line(self, entry: LogEntry) -> Text:
-        text = Text(no_wrap=not self.wrap)
+        text = Text()
         if self.timestamps:
             text.append(entry.time.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3] + " ", style="dim")
         style = (
@@ -146,11 +148,10 @@ class LogsScreen(ConsoleScreen):
         return text
 
     def _redraw(self) -> None:
-        log = self.query_one("#logs", RichLog)
-        log.clear()
-        log.wrap = self.wrap
-        if self.entries:
-            log.write(Text("\n").join(self._line(entry) for entry in self.entries), scroll_end=self.follow)
+        view = self.query_one("#logs", LogView)
+        view.wrap = self.wrap
+        view.follow = self.follow
+        view.redraw()
 
     def _show_status(self) -> None:
         text = Text()
@@ -172,14 +173,16 @@ class LogsScreen(ConsoleScreen):
         search = self.query_one("#logs-search", Input)
         if search.has_class("shown"):
             search.remove_class("shown")
-            self.query_one("#logs", RichLog).focus()
+            self.query_one("#logs", LogView).focus()
             return
         self.app.pop_screen()
 
     def action_toggle_follow(self) -> None:
         self.follow = not self.follow
+        view = self.query_one("#logs", LogView)
+        view.follow = self.follow
         if self.follow:
-            self.query_one("#logs", RichLog).scroll_end(animate=False)
+            view.scroll_end(animate=False)
         self._show_status()
 
     def action_toggle_wrap(self) -> None:
@@ -196,7 +199,7 @@ class LogsScreen(ConsoleScreen):
         self.dropped_oldest = 0
         self._cursor = None
         self._incoming = []
-        self.query_one("#logs", RichLog).clear()
+        self.query_one("#logs", LogView).redraw()
         self.stream()  # a new stream with the new filter (the old one is cancelled)
 
     def action_search(self) -> None:
@@ -215,7 +218,7 @@ class LogsScreen(ConsoleScreen):
             return
         self.search = pattern
         event.input.remove_class("shown")
-        self.query_one("#logs", RichLog).focus()
+        self.query_one("#logs", LogView).focus()
         self._redraw()
         self._show_status()
 
