@@ -53,7 +53,7 @@ async def test_a_line_written_in_the_node_reaches_a_follower_within_a_second(
         await asyncio.sleep(1.0)  # journalctl is following
         started = time.monotonic()
         await asyncio.to_thread(in_node, layout, "node2", "systemd-cat", "-t", "lifsea-test", "echo", f"{token} one")
-        entry = json.loads(await asyncio.wait_for(stream.recv(), 5))
+        (entry,) = json.loads(await asyncio.wait_for(stream.recv(), 5))  # a frame is an array: a burst
         elapsed = time.monotonic() - started
     assert entry["message"] == f"{token} one" and entry["identifier"] == "lifsea-test"
     assert elapsed < 1.0, f"{elapsed:.2f} s"

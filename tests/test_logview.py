@@ -77,3 +77,18 @@ async def test_multi_line_messages_and_wrapping() -> None:
         assert shown[-1] == "app: last"
         assert sum(line.count("x") for line in shown) == 90  # every x on some line
         assert all(len(line) <= 40 for line in shown)
+
+
+def test_a_burst_goes_out_in_frames_of_bounded_size() -> None:
+    """The agent sends a burst of entries as JSON arrays, each small enough for the client to take."""
+    import json
+
+    from lifsea_tui.agent.app import LOG_FRAME_BYTES, log_frames
+
+    burst = [entry(n, "x" * (n * 37 % 6000)) for n in range(600)]  # about 1.8 MB
+    frames = list(log_frames(burst))
+    assert len(frames) > 1
+    assert all(len(frame) <= LOG_FRAME_BYTES + 16 * 1024 for frame in frames)
+    got = [item for frame in frames for item in json.loads(frame)]
+    assert [item["cursor"] for item in got] == [e.cursor for e in burst]
+    assert list(log_frames([])) == []

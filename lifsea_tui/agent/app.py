@@ -5,7 +5,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -48,6 +48,7 @@ from lifsea_tui.api import (
     EtcChanges,
     EventKind,
     HistoryList,
+    LogEntry,
     LogPage,
     NodeInfo,
     NodeSummary,
@@ -222,6 +223,24 @@ class LimitsMiddleware:
 
             await self.app(scope, limited_receive, counting_send)
         self.agent.requests[(method, route, status)] += 1
+
+
+LOG_FRAME_BYTES = 512 * 1024
+
+
+def log_frames(batch: list[LogEntry]) -> Iterator[str]:
+    """A burst of entries as JSON arrays of at most LOG_FRAME_BYTES (an entry is at most ~70 KiB)."""
+    parts: list[str] = []
+    size = 0
+    for item in batch:
+        text = item.model_dump_json()
+        if parts and size + len(text) > LOG_FRAME_BYTES:
+            yield "[" + ",".join(parts) + "]"
+            parts, size = [], 0
+        parts.append(text)
+        size += len(text) + 1
+    if parts:
+        yield "[" + ",".join(parts) + "]"
 
 
 def create_app(config: AgentConfig) -> FastAPI:
@@ -553,10 +572,11 @@ def create_app(config: AgentConfig) -> FastAPI:
             return
 
         async def stream() -> None:
-            async for item in agent.journal.follow(
+            async for batch in agent.journal.follow(
                 unit=unit, priority=priority, grep=grep, after_cursor=cursor, backlog=backlog
             ):
-                await websocket.send_text(item.model_dump_json())
+                for frame in log_frames(batch):
+                    await websocket.send_text(frame)
 
         sender = asyncio.create_task(stream())
         receiver = asyncio.create_task(_drain(websocket))

@@ -22,6 +22,7 @@ from lifsea_tui.agent.errors import BackendError
 from lifsea_tui.api import LogEntry
 
 MAX_MESSAGE = 16 * 1024
+FOLLOW_CHUNK = 256 * 1024  # what one read of a follow takes at most: a burst's worth of lines
 MAX_LINE = 8 * 1024 * 1024  # journalctl's JSON line for one entry, binary fields included
 TIMEOUT = 30.0
 
@@ -165,17 +166,30 @@ class Journal:
         grep: str | None = None,
         after_cursor: str | None = None,
         backlog: int = 50,
-    ) -> AsyncIterator[LogEntry]:
-        """Entries as they are written, after the last `backlog` (or after a cursor); until cancelled."""
+    ) -> AsyncIterator[list[LogEntry]]:
+        """Entries as they are written, after the last `backlog` (or after a cursor); until cancelled.
+
+        In batches: whatever journalctl has written by the time the caller asks for more, so a busy unit
+        costs one message per burst, not per line, and journalctl waits while the caller is behind.
+        """
         argv = self._argv(
             unit=unit, priority=priority, since=None, grep=grep, after_cursor=after_cursor, lines=backlog, follow=True
         )
         proc = await self._spawn(argv)
         try:
             assert proc.stdout is not None
-            async for line in proc.stdout:
-                with contextlib.suppress(ValueError):
-                    yield entry(json.loads(line))
+            pending = b""
+            while chunk := await proc.stdout.read(FOLLOW_CHUNK):
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                if len(pending) > MAX_LINE:
+                    pending = b""  # a line past any entry's size: not JSON from journalctl, skipped
+                batch = []
+                for line in lines:
+                    with contextlib.suppress(ValueError):
+                        batch.append(entry(json.loads(line)))
+                if batch:
+                    yield batch
             err = await proc.stderr.read() if proc.stderr else b""
             if await proc.wait():
                 detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["journalctl ended"]

@@ -73,6 +73,9 @@ class NodeError(Exception):
         return f"{self.problem}: {self.detail}"
 
 
+LOG_BATCH = pydantic.TypeAdapter(list[LogEntry])
+
+
 @dataclass(frozen=True)
 class NodeTarget:
     name: str
@@ -241,13 +244,17 @@ class NodeClient:
         grep: str | None = None,
         after_cursor: str | None = None,
         backlog: int = 200,
-    ) -> AsyncIterator[LogEntry]:
-        """Journal entries as the node writes them, until the connection ends (NodeError says why)."""
+    ) -> AsyncIterator[list[LogEntry]]:
+        """Journal entries as the node writes them, a burst at a time, until the connection ends (NodeError
+        says why). A frame is one entry, or an array of them."""
         query = {"unit": unit, "priority": priority, "grep": grep, "after_cursor": after_cursor, "backlog": backlog}
         path = r.LOGS_FOLLOW + "?" + urlencode({key: value for key, value in query.items() if value is not None})
         async for message in self._stream(path, "log stream", max_size=1024 * 1024):
             try:
-                yield LogEntry.model_validate_json(message)
+                if message[:1] in ("[", b"["):
+                    yield LOG_BATCH.validate_json(message)
+                else:
+                    yield [LogEntry.model_validate_json(message)]
             except pydantic.ValidationError as error:
                 raise NodeError(Problem.bad_response, "log entry does not match the API") from error
 

@@ -88,12 +88,12 @@ class LogsScreen(ConsoleScreen):
         ui_loop = asyncio.get_running_loop()
         priority = PRIORITIES[self.priority_index][0]
 
-        def arrived(entry: LogEntry) -> None:
-            self._incoming.append(entry)
+        def arrived(batch: list[LogEntry]) -> None:
+            self._incoming.extend(batch)
 
         async def follow(after: str | None) -> None:  # runs on the network loop
-            async for entry in client.follow_logs(unit=self.unit, priority=priority, after_cursor=after, backlog=500):
-                ui_loop.call_soon_threadsafe(arrived, entry)
+            async for batch in client.follow_logs(unit=self.unit, priority=priority, after_cursor=after, backlog=500):
+                ui_loop.call_soon_threadsafe(arrived, batch)
 
         while True:
             self.state = "following"
