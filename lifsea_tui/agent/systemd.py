@@ -169,7 +169,7 @@ UNIT = "org.freedesktop.systemd1.Unit"
 SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 UNSET = 2**64 - 1  # systemd's "no value" for a uint64 property
-IN_FLIGHT = 32
+IN_FLIGHT = 24  # units at once, each with up to 5 calls: below the bus's 128 pending replies
 
 
 async def _call(
@@ -200,24 +200,30 @@ def unit_name_of(path: str) -> str:
     return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), tail)
 
 
+SERVICE_DETAILS = ("MainPID", "NRestarts", "MemoryCurrent", "Result")
+
+
 async def _unit_info(bus: MessageBus, row: list[Any]) -> UnitInfo:
+    """A ListUnits row with what the Services tab shows besides: since when, and for services their main
+    PID, restarts, memory and result. Each asked for by name (one Get each, all at once): a GetAll of the
+    Service interface answers some 150 properties, and reading them was most of a listing's time."""
     name, description, load_state, active_state, sub_state, _followed, path = row[:7]
-    since = main_pid = restarts = memory = result = None
+    wanted = [(UNIT, "StateChangeTimestamp")]
+    if str(name).endswith(".service"):
+        wanted += [(SERVICE, prop) for prop in SERVICE_DETAILS]
+    values: dict[str, Any] = {}
     try:
-        (changed,) = await _call(bus, "Get", "ss", [UNIT, "StateChangeTimestamp"], interface=PROPERTIES, path=path)
-        if changed.value:
-            since = datetime.fromtimestamp(changed.value / 1_000_000, UTC)
-        if str(name).endswith(".service"):
-            (props,) = await _call(bus, "GetAll", "s", [SERVICE], interface=PROPERTIES, path=path)
-            values = {key: variant.value for key, variant in props.items()}
-            main_pid = values.get("MainPID") or None
-            restarts = values.get("NRestarts")
-            memory = values.get("MemoryCurrent")
-            memory = None if memory in (None, UNSET) else memory
-            result = values.get("Result")
+        answers = await asyncio.gather(
+            *(_call(bus, "Get", "ss", [iface, prop], interface=PROPERTIES, path=path) for iface, prop in wanted)
+        )
+        values = {prop: answer[0].value for (_, prop), answer in zip(wanted, answers, strict=True)}
     except BackendError:
         pass  # the unit went away between the listing and this read: its row says what the listing said
+    changed = values.get("StateChangeTimestamp")
+    memory = values.get("MemoryCurrent")
     return UnitInfo(
         name=name, description=description, load_state=load_state, active_state=active_state, sub_state=sub_state,
-        since=since, main_pid=main_pid, restarts=restarts, memory_bytes=memory, result=result,
+        since=datetime.fromtimestamp(changed / 1_000_000, UTC) if changed else None,
+        main_pid=values.get("MainPID") or None, restarts=values.get("NRestarts"),
+        memory_bytes=None if memory in (None, UNSET) else memory, result=values.get("Result"),
     )  # fmt: skip
