@@ -92,3 +92,23 @@ def test_a_burst_goes_out_in_frames_of_bounded_size() -> None:
     got = [item for frame in frames for item in json.loads(frame)]
     assert [item["cursor"] for item in got] == [e.cursor for e in burst]
     assert list(log_frames([])) == []
+
+
+async def test_a_paused_view_stays_on_its_lines() -> None:
+    """Not following, neither new entries, nor old ones falling off, nor wrapping move what is shown."""
+    app = Viewer()
+    async with app.run_test(size=(40, 8)) as pilot:
+        view = app.query_one(LogView)
+        app.add([None] * KEPT)
+        await pilot.pause(0.1)
+        view.follow = False
+        view.scroll_to(y=500, animate=False)
+        await pilot.pause(0.1)
+        assert view.shown()[0].rstrip() == "app: line 500"
+        app.add([None] * 300)  # 300 fall off the front
+        await pilot.pause(0.1)
+        assert view.shown()[0].rstrip() == "app: line 500"
+        view.wrap = True
+        view.redraw()
+        await pilot.pause(0.1)
+        assert view.shown()[0].rstrip() == "app: line 500"

@@ -60,9 +60,11 @@ class LogView(ScrollView, can_focus=True):
         """`count` entries were added at the end and `dropped` fell off the front (a bounded deque)."""
         self._first += dropped
         self._version += 1
+        removed = 0
         if self._measured is not None and self._measured == self._wrap_width():
             for _ in range(min(dropped, len(self._heights))):
-                self._total -= self._heights.popleft()
+                removed += self._heights.popleft()
+            self._total -= removed
             new = list(islice(reversed(self.entries), count))[::-1]
             for entry in new:
                 height = self._height(self._first + len(self._heights), entry)
@@ -70,13 +72,20 @@ class LogView(ScrollView, can_focus=True):
                 self._total += height
                 self._widest = max(self._widest, _width_of(entry))
         self._update()
+        if removed and not self.follow:
+            # The lines above the view fell off: the view stays on the lines it showed.
+            self.scroll_to(y=max(0, self.scroll_offset.y - removed), animate=False, immediate=True)
 
     def redraw(self) -> None:
-        """Everything again: the format changed (timestamps, search, wrap) or the entries were replaced."""
+        """Everything again: the format changed (timestamps, search, wrap) or the entries were replaced.
+        Not following, the entry at the top stays at the top."""
+        top = self._locate(self.scroll_offset.y) if self._measured is not None and self.entries else None
         self._cache.clear()
         self._first = 0
         self._measured = None
         self._update()
+        if top is not None and not self.follow and top[0] < len(self._heights):
+            self.scroll_to(y=sum(islice(self._heights, top[0])), animate=False, immediate=True)
 
     # -- measuring -----------------------------------------------------------------------------------
 
