@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from lifsea_tui.agent.app import create_app
@@ -164,3 +165,13 @@ def write_agent_config(base: Path, *, host_root: Path, sysroot_path: Path, name:
         f'[audit]\ndir = "{base}/audit"\n{entries}'
     )
     return path, {"url": f"https://127.0.0.1:{port}", "ca": ca, "tokens": tokens, "audit": base / "audit"}
+
+
+def lab_client(node: dict, role: str) -> httpx.Client:
+    """HTTP to a lab node (an entry of `lifsea-lab status --json`) with one of its tokens."""
+    return httpx.Client(
+        base_url=node["url"],
+        verify=ssl.create_default_context(cafile=node["ca_file"]),
+        headers={"Authorization": f"Bearer {node['tokens'][role]}"},
+        timeout=30,
+    )

@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import ssl
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from lifsea_tui.agent.audit import verify
@@ -19,24 +17,16 @@ from lifsea_tui.lab import scenarios
 from lifsea_tui.lab.layout import Layout
 from lifsea_tui.lab.sysroot import stateroot_var
 from tests.conftest import lab
+from tests.helpers import lab_client
 
 pytestmark = pytest.mark.lab
-
-
-def client(node: dict, role: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=node["url"],
-        verify=ssl.create_default_context(cafile=node["ca_file"]),
-        headers={"Authorization": f"Bearer {node['tokens'][role]}"},
-        timeout=30,
-    )
 
 
 def test_disk_clock_and_etc_are_the_nodes(fleet: tuple[dict, dict[str, str], Layout]) -> None:
     status, _, layout = fleet
     node = status["nodes"][1]
     machine = layout.node(node["name"])
-    with client(node, "reader") as http:
+    with lab_client(node, "reader") as http:
         disk = http.get(routes.DIAGNOSTICS_DISK, params={"path": "var"}).json()
         var = shutil.disk_usage(stateroot_var(machine.sysroot))
         assert disk["path"] == "/var" and disk["total_bytes"] == var.total
@@ -77,7 +67,7 @@ def test_dns_is_asked_from_the_nodes_network(fleet: tuple[dict, dict[str, str], 
     made from inside it, and a stopped resolver shows as refused."""
     status, env, _ = fleet
     node = status["nodes"][1]
-    with client(node, "reader") as http:
+    with lab_client(node, "reader") as http:
         dns = http.get(routes.DIAGNOSTICS_DNS).json()
         assert dns["nameservers"] == ["127.0.0.53"] and dns["probes"][0]["ok"], dns
         assert http.get(routes.DIAGNOSTICS_DNS, params={"name": "bad name;rm"}).status_code == 400
@@ -99,7 +89,7 @@ def test_debug_records_join_the_audit_chain(fleet: tuple[dict, dict[str, str], L
     walk = secrets.token_hex(8)
     record = {"walk": walk, "runbook": "var-full", "event": "finding", "step": "space", "summary": "ok: /var has room",
               "evidence": ["/var: 3% used"]}  # fmt: skip
-    with client(node, "reader") as reader, client(node, "auditor") as auditor:
+    with lab_client(node, "reader") as reader, lab_client(node, "auditor") as auditor:
         answer = reader.post(routes.DEBUG_RECORDS, json=record)
         assert answer.status_code == 201, answer.text
         seq = answer.json()["audit_seq"]
@@ -124,7 +114,7 @@ def test_debug_records_join_the_audit_chain(fleet: tuple[dict, dict[str, str], L
 def test_grep_that_matches_nothing_is_an_empty_page(fleet: tuple[dict, dict[str, str], Layout]) -> None:
     """journalctl --grep exits 1 when nothing matches; that is no entries, not a bad request."""
     status, _, _ = fleet
-    with client(status["nodes"][1], "reader") as http:
+    with lab_client(status["nodes"][1], "reader") as http:
         answer = http.get(routes.LOGS, params={"grep": f"no-such-line-{secrets.token_hex(6)}"})
         assert answer.status_code == 200 and answer.json()["entries"] == []
         assert http.get(routes.LOGS, params={"grep": "(unclosed"}).status_code == 400

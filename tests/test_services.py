@@ -15,7 +15,7 @@ import websockets
 
 from lifsea_tui.api import routes
 from lifsea_tui.lab.layout import Layout
-from tests.helpers import RunningAgent
+from tests.helpers import RunningAgent, lab_client
 
 pytestmark = pytest.mark.lab
 
@@ -29,15 +29,6 @@ RestartSec=200ms
 """
 
 
-def client(node: dict, role: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=node["url"],
-        verify=ssl.create_default_context(cafile=node["ca_file"]),
-        headers={"Authorization": f"Bearer {node['tokens'][role]}"},
-        timeout=30,
-    )
-
-
 def busctl(layout: Layout, node: str, *args: str) -> None:
     env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={layout.node(node).bus}"}
     subprocess.run(["busctl", *args], env=env, check=True, capture_output=True)
@@ -45,7 +36,7 @@ def busctl(layout: Layout, node: str, *args: str) -> None:
 
 def test_units_are_listed_with_details_and_failed_first(fleet: tuple[dict, dict[str, str], Layout]) -> None:
     status, _, _ = fleet
-    with client(status["nodes"][1], "reader") as http:
+    with lab_client(status["nodes"][1], "reader") as http:
         units = http.get(routes.SERVICES).json()["units"]
         cron = next(u for u in units if u["name"] == "cron.service")
         assert cron["active_state"] == "active" and cron["sub_state"] == "running"
@@ -77,7 +68,7 @@ async def test_a_stopped_unit_reaches_an_event_subscriber_within_a_second(
     ) as events:
         await events.recv()  # hello
         await asyncio.sleep(0.5)  # the agent's unit watch is subscribed
-        with client(node, "operator") as http:
+        with lab_client(node, "operator") as http:
             started = time.monotonic()
             answer = await asyncio.to_thread(
                 http.post, "/v1/services/cron.service/stop", json={"reason": "INC-5 stop cron"}
@@ -109,7 +100,7 @@ def test_a_crash_looping_unit_counts_its_restarts(fleet: tuple[dict, dict[str, s
     try:
         busctl(layout, "node2", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
                "org.freedesktop.systemd1.Manager", "Reload")  # fmt: skip
-        with client(node, "operator") as http:
+        with lab_client(node, "operator") as http:
             answer = http.post("/v1/services/crashloop.service/start", json={"reason": "INC-6 watch it crash"})
             assert answer.status_code == 200, answer.text
             deadline = time.monotonic() + 15

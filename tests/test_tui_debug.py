@@ -4,7 +4,6 @@ console, and cleared by walking it from the keyboard (Pilot): checks, actions wi
 from __future__ import annotations
 
 import os
-import ssl
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from lifsea_tui.tui.app import LifseaApp
 from lifsea_tui.tui.screens.debug import DebugScreen, FleetDebugScreen
 from lifsea_tui.tui.screens.shell import ShellScreen
 from tests.conftest import lab
+from tests.helpers import lab_client
 from tests.test_tui_lab import open_node, own_settings, targets, until
 
 pytestmark = pytest.mark.lab
@@ -28,13 +28,7 @@ NODE = "node1"
 
 
 def http(status: dict, node: str = NODE, role: str = "reader") -> httpx.Client:
-    entry = next(n for n in status["nodes"] if n["name"] == node)
-    return httpx.Client(
-        base_url=entry["url"],
-        verify=ssl.create_default_context(cafile=entry["ca_file"]),
-        headers={"Authorization": f"Bearer {entry['tokens'][role]}"},
-        timeout=30,
-    )
+    return lab_client(next(n for n in status["nodes"] if n["name"] == node), role)
 
 
 async def debug(pilot: Pilot, app: LifseaApp, runbook: str) -> DebugScreen:
@@ -102,8 +96,10 @@ def trail(status: dict, screen: DebugScreen) -> list[dict]:
     return [r for r in records if r["action"].startswith("debug.") and r["params"].get("walk") == walk.id]
 
 
-def finished(status: dict, screen: DebugScreen, tmp_path: Path) -> str:
-    """The walk ended resolved, every step is on the node's audit log, and the export says so."""
+async def finished(pilot: Pilot, status: dict, screen: DebugScreen, tmp_path: Path) -> str:
+    """The walk ended resolved, every step is on the node's audit log, and its export (ctrl+s) says so."""
+    await pilot.press("ctrl+s")
+    await pilot.pause(0.3)
     walk = screen.walk
     assert walk is not None and walk.resolved is True, [e.summary for e in walk.entries] if walk else None
     records = trail(status, screen)
@@ -143,9 +139,7 @@ async def test_node_not_ready_restarts_the_stopped_service(
             assert walk.describe_action(walk.step) == "Restart nginx.service"  # type: ignore[arg-type]
             await take(pilot, "INC-42 nginx stopped by hand")
             await waiting(pilot, screen, None)
-            await pilot.press("ctrl+s")
-            await pilot.pause(0.3)
-            finished(status, screen, in_tmp)
+            await finished(pilot, status, screen, in_tmp)
             assert [e.path.name for e in screen.load_errors] == ["mine.toml"]
             assert f"runbook file not loaded: {screen.load_errors[0]}" in shown, shown
             assert "must be" in screen.load_errors[0].problem
@@ -178,9 +172,7 @@ async def test_a_broken_config_is_undone_in_the_shell_then_started(
             await waiting(pilot, screen, "action")
             await take(pilot, "INC-47 typo removed")
             await waiting(pilot, screen, None)
-            await pilot.press("ctrl+s")
-            await pilot.pause(0.3)
-            finished(status, screen, in_tmp)
+            await finished(pilot, status, screen, in_tmp)
         with http(status) as client:
             assert client.get("/v1/services/nginx.service").json()["active_state"] == "active"
     finally:
@@ -212,9 +204,7 @@ async def test_crash_loop_is_found_and_stopped(fleet: tuple[dict, dict[str, str]
             assert "/etc/systemd/system/lifsea-app.service" in evidence
             await take(pilot, "INC-43 stop the loop")
             await waiting(pilot, screen, None)
-            await pilot.press("ctrl+s")
-            await pilot.pause(0.3)
-            finished(status, screen, in_tmp)
+            await finished(pilot, status, screen, in_tmp)
         with http(status) as client:
             answer = client.get("/v1/services/lifsea-app.service")  # stopped: inactive, or unloaded (404)
             assert answer.status_code == 404 or answer.json()["active_state"] in ("inactive", "failed"), answer.text
@@ -238,9 +228,7 @@ async def test_var_full_leads_to_a_shell_that_frees_it(
             assert walk is not None and walk.facts["largest"] == "/var/lifsea-ballast"
             await shell(pilot, app, "rm /host/var/lifsea-ballast")
             await waiting(pilot, screen, None)
-            await pilot.press("ctrl+s")
-            await pilot.pause(0.3)
-            text = finished(status, screen, in_tmp)
+            text = await finished(pilot, status, screen, in_tmp)
             assert "ops session" in text
         with http(status) as client:
             assert client.get("/v1/diagnostics/disk").json()["used_percent"] < 50
@@ -258,9 +246,7 @@ async def test_dns_trouble_restarts_the_resolver(fleet: tuple[dict, dict[str, st
             await waiting(pilot, screen, "action")
             await take(pilot, "INC-44 names do not resolve")
             await waiting(pilot, screen, None)
-            await pilot.press("ctrl+s")
-            await pilot.pause(0.3)
-            finished(status, screen, in_tmp)
+            await finished(pilot, status, screen, in_tmp)
         with http(status) as client:
             assert client.get("/v1/diagnostics/dns").json()["probes"][0]["ok"]
     finally:
@@ -285,9 +271,7 @@ async def test_bad_upgrade_is_rolled_back(fleet: tuple[dict, dict[str, str], Lay
             assert walk.step is not None and walk.step.what == "reboot"
             await take(pilot, "INC-45 boot the release before")
             await waiting(pilot, screen, None, timeout=240)
-            await pilot.press("ctrl+s")
-            await pilot.pause(0.3)
-            finished(status, screen, in_tmp)
+            await finished(pilot, status, screen, in_tmp)
         with http(status) as client:
             booted = next(d for d in client.get("/v1/deployments").json()["deployments"] if d["booted"])
             assert not booted["version"].endswith("-bad")

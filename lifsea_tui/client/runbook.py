@@ -676,6 +676,10 @@ class Walk:
             await self.end(ending, resolved=finding.status == Status.ok)
         return finding
 
+    def reason(self, given: str) -> str:
+        """The person's reason for an action or a shell, naming the walk it is part of (for the audit log)."""
+        return f"{given} (runbook {self.runbook.id}, walk {self.id})"[:REASON_MAX]
+
     def describe_action(self, step: Step) -> str:
         unit = self.text(str(step.params.get("unit", "")))
         return f"{ACTION_WORDS[step.what]} {unit}".strip() if step.what in UNIT_ACTIONS else ACTION_WORDS[step.what]
@@ -685,7 +689,7 @@ class Walk:
         step = self.step
         assert step is not None and step.kind == "action"
         what = self.describe_action(step)
-        reason = f"{reason} (runbook {self.runbook.id}, walk {self.id})"[:REASON_MAX]
+        reason = self.reason(reason)
         try:
             if step.what in UNIT_ACTIONS:
                 unit = self.text(str(step.params["unit"]))

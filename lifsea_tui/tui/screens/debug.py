@@ -265,7 +265,7 @@ class DebugScreen(ConsoleScreen):
         reason, ticket, ttl = answer
         step = walk.step
         request = OpsRequest(
-            reason=f"{reason} (runbook {walk.runbook.id}, walk {walk.id})"[:500],
+            reason=walk.reason(reason),
             ticket=ticket,
             ttl_seconds=ttl,
             writable_host=bool(step.params.get("writable", False)),
