@@ -290,3 +290,58 @@ def test_stage_an_older_target(agent: RunningAgent, tiny_node: TinyNode) -> None
         ["ostree", "admin", "status", f"--sysroot={tiny_node.sysroot}"], capture_output=True, text=True, check=True
     ).stdout
     assert "Version: 1.1" in listing
+
+
+def test_reboot_with_no_bus_is_503_and_audited_as_failed(agent: RunningAgent) -> None:
+    """The tiny node has no system bus: nothing can be asked to reboot, so nothing may say it rebooted."""
+    with client(agent, "operator") as http:
+        response = http.post(routes.REBOOT, json={"reason": "CHG-9 reboot"})
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "unavailable"
+    reboots = [r for r in audit_records(agent) if r["action"] == "reboot"]
+    assert [r["outcome"].split(":")[0] for r in reboots] == ["started", "failed"]
+
+
+def test_verify_compares_the_log_with_the_head_the_agent_holds(agent: RunningAgent) -> None:
+    with client(agent, "operator") as http:
+        for index in range(4):
+            http.post(routes.ROLLBACK, json={"reason": f"attempt {index}"})  # refused (409), each audited
+        assert http.get(routes.AUDIT_VERIFY).json()["ok"]
+        log = agent.config.audit_dir / "audit.jsonl"
+        lines = log.read_bytes().splitlines(keepends=True)
+        log.write_bytes(b"".join(lines[:-2]))  # what a root shell on the node can do
+        result = http.get(routes.AUDIT_VERIFY).json()
+        page = http.get(routes.AUDIT, params={"limit": 1000}).json()
+    assert not result["ok"] and "removed" in result["problem"]
+    assert result["first_bad_seq"] == len(lines) - 2
+    assert [r["seq"] for r in page["records"]][-1] == len(lines) - 3  # pages follow the file as it is now
+    assert page["head_seq"] == len(lines) - 1  # and the head says what the agent wrote
+
+
+def test_a_recording_changed_since_sealed_is_refused_and_named(agent: RunningAgent) -> None:
+    """The seal is the audit log's: a recording rewritten on the node is not served as the session's record."""
+    from lifsea_tui.agent.recording import file_seal
+
+    recordings = agent.config.ops.recordings
+    recordings.mkdir(parents=True, exist_ok=True)
+    recording = "0123456789abcdef"
+    cast = recordings / f"{recording}.cast"
+    cast.write_bytes(b'{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "rm -rf /var/lib/x\\r\\n"]\n')
+    seal = file_seal(cast)
+    agent.app.state.agent.audit.append(  # type: ignore[attr-defined]
+        actor="admin-user", role="admin", action="ops.session.end", reason="INC-7",
+        params={"session": recording, "recording": recording, "sha256": seal.sha256, "size": seal.size},
+        outcome="ok",
+    )  # fmt: skip
+    with client(agent, "auditor") as http:
+        assert http.get(routes.RECORDING.format(recording_id=recording)).status_code == 200
+        assert http.get(routes.AUDIT_VERIFY).json()["recordings_checked"] == 1
+        cast.write_bytes(b'{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "ls\\r\\n"]\n')
+        refused = http.get(routes.RECORDING.format(recording_id=recording))
+        listed = http.get(routes.RECORDINGS).json()["recordings"]
+        result = http.get(routes.AUDIT_VERIFY).json()
+    assert refused.status_code == 409 and refused.json()["error"] == "recording_changed"
+    assert [item["sha256"] for item in listed] == [seal.sha256]
+    assert not result["ok"] and [b["id"] for b in result["bad_recordings"]] == [recording]
+    views = [r for r in audit_records(agent) if r["action"] == "recording.view"]
+    assert [v["outcome"].split(":")[0] for v in views] == ["ok", "refused"]

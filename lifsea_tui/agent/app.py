@@ -18,16 +18,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifsea_tui import __version__
 from lifsea_tui.agent import diagnostics
-from lifsea_tui.agent.audit import AuditLog, AuditUnavailable, verify
+from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
 from lifsea_tui.agent.auth import RULES, Authenticator, AuthError, Identity
 from lifsea_tui.agent.config import AgentConfig
 from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
 from lifsea_tui.agent.logs import Journal
-from lifsea_tui.agent.node import history, node_info
+from lifsea_tui.agent.node import HISTORY_EVENTS, history, node_info
 from lifsea_tui.agent.ops import Attachment, OpsManager
 from lifsea_tui.agent.ostree import OstreeBackend
-from lifsea_tui.agent.recording import RecordingError, cast_path, read_meta
+from lifsea_tui.agent.recording import RecordingError, cast_path, file_seal, read_meta
 from lifsea_tui.agent.services import Services, check_unit_name
 from lifsea_tui.agent.systemd import SystemdBackend
 from lifsea_tui.agent.updates import UpdateManager
@@ -93,7 +93,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.audit = AuditLog(config.audit_dir, config.node_name)
+        self.audit = AuditLog(config.audit_dir, config.node_name, tracked=HISTORY_EVENTS)
         self.events = EventHub()
         self.ostree = OstreeBackend(config.sysroot, config.host_root, config.osname)
         self.systemd = SystemdBackend(config.system_bus)
@@ -110,8 +110,8 @@ class Agent:
     async def start(self) -> None:
         await self.ops.start()
         await self.updates.recover()
-        for record in self.audit.records():
-            if record.action == "node.booted" and isinstance(record.params.get("checksum"), str):
+        for record in self.audit.of_actions(["node.booted"]):
+            if isinstance(record.params.get("checksum"), str):
                 self._last_booted = record.params["checksum"]
 
     async def watch(self) -> None:
@@ -364,7 +364,7 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     @api.get(r.AUDIT_VERIFY)
     async def get_audit_verify(who: Caller) -> AuditVerify:
-        return await asyncio.to_thread(verify, agent.audit.path)
+        return await asyncio.to_thread(agent.audit.verify, config.ops.recordings)
 
     # -- services ----------------------------------------------------------------------------------
 
@@ -504,7 +504,8 @@ def create_app(config: AgentConfig) -> FastAPI:
                         started=meta.get("started") or path.stat().st_mtime,
                         ended=meta.get("ended"),
                         size=path.stat().st_size,
-                        sha256=meta.get("sha256"),
+                        # The seal the audit log holds, not the sidecar's: both are on the node, only one is chained.
+                        sha256=seal.sha256 if (seal := agent.audit.sealed_recording(path.stem)) else None,
                         end_reason=meta.get("end_reason"),
                     )
                 )
@@ -516,24 +517,40 @@ def create_app(config: AgentConfig) -> FastAPI:
     @api.get(
         r.RECORDING,
         response_class=FileResponse,
-        responses={200: {"content": {"application/x-asciicast": {}}}, 404: {"model": ErrorBody, "description": "none"}},
+        responses={
+            200: {"content": {"application/x-asciicast": {}}},
+            404: {"model": ErrorBody, "description": "none"},
+            409: {"model": ErrorBody, "description": "changed since it was sealed"},
+            503: {"model": ErrorBody, "description": "the view could not be audited"},
+        },
     )
     async def recording(recording_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")], who: Caller) -> FileResponse:
         path = cast_path(config.ops.recordings, recording_id)
         if not path.is_file():
             raise ApiError("not_found", f"no recording {recording_id}")
-        meta = read_meta(config.ops.recordings, recording_id) or {}
+        sealed = await asyncio.to_thread(agent.audit.sealed_recording, recording_id)
+        now = await asyncio.to_thread(file_seal, path)
+        params = {"recording": recording_id, "sha256": now.sha256, "size": now.size}
+        changed = sealed is not None and sealed.sha256 != now.sha256
+        detail = (
+            f"recording {recording_id} changed since it was sealed (audit record {sealed.seq}: SHA-256 "
+            f"{sealed.sha256[:16]}…, now {now.sha256[:16]}…); it is not served as the session's record"
+            if changed and sealed is not None
+            else ""
+        )
         try:
             agent.audit.append(
                 actor=who.actor,
                 role=who.role,
                 action="recording.view",
                 reason=None,
-                params={"recording": recording_id, "sha256": meta.get("sha256"), "size": path.stat().st_size},
-                outcome="ok",
+                params=params,
+                outcome=f"refused: {detail}" if changed else "ok",
             )
         except AuditUnavailable as error:
             raise ApiError("audit_unavailable", f"{error}; a recording is not shown unaudited") from error
+        if changed:
+            raise ApiError("recording_changed", detail, audited=True)
         return FileResponse(path, media_type="application/x-asciicast", filename=f"{recording_id}.cast")
 
     app.include_router(api)

@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     audit = commands.add_parser("verify-audit", help="verify an audit log offline; exit 1 naming the first bad record")
     audit.add_argument("path", type=Path, help=f"audit directory (holding {LOG_NAME}) or the log file itself")
+    audit.add_argument(
+        "--recordings", type=Path, help="the recordings directory: hash every sealed recording again and compare"
+    )
     commands.add_parser("hash-token", help="read a token on standard input, print the sha256 for the config file")
     return top
 
@@ -72,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             print(f"lifsea-agent: no audit log at {path}", file=sys.stderr)
             return 2
-        result = verify(path)
+        result = verify(path, recordings=args.recordings)
+        checked = f", {result.recordings_checked} sealed recordings match" if args.recordings else ""
         if result.ok:
-            print(f"ok: {result.records} records, head seq {result.head_seq} hash {result.head_hash}")
+            print(f"ok: {result.records} records, head seq {result.head_seq} hash {result.head_hash}{checked}")
             return 0
-        print(f"BAD: {result.problem} (first bad record: {result.first_bad_seq}; {result.records} good before it)")
+        if not result.bad_recordings or result.first_bad_seq is not None:
+            print(f"BAD: {result.problem} (first bad record: {result.first_bad_seq}; {result.records} good before it)")
+        for bad in result.bad_recordings:
+            print(f"BAD: recording {bad.id} (sealed in record {bad.audit_seq}): {bad.problem}")
         return 1
     if args.command == "hash-token":
         token = sys.stdin.readline().strip()

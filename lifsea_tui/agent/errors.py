@@ -10,6 +10,7 @@ STATUS = {
     "not_found": 404,
     "method_not_allowed": 405,
     "wrong_state": 409,
+    "recording_changed": 409,
     "busy": 423,
     "too_large": 413,
     "failed": 502,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,9 +86,9 @@ async def node_info(
 async def history(audit: AuditLog, ostree: OstreeBackend) -> list[HistoryEntry]:
     """Newest first: every audited change of what the node runs, and the commits of its deployments."""
     entries = []
-    for record in audit.records():
-        event = HISTORY_EVENTS.get(record.action)
-        if event is None or record.outcome != "ok":
+    for record in await asyncio.to_thread(audit.of_actions, HISTORY_EVENTS):
+        event = HISTORY_EVENTS[record.action]
+        if record.outcome != "ok":
             continue
         checksum = record.params.get("checksum")
         version = record.params.get("version")

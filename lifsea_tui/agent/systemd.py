@@ -149,13 +149,15 @@ class SystemdBackend:
             await asyncio.sleep(1.0)
 
     async def reboot(self) -> None:
-        try:
-            await self.call("Reboot")
-        except BackendError as error:
-            # systemd may tear the bus down before its reply reaches us; a reboot that has begun looks like
-            # exactly that, so it counts as done when the bus socket goes away within a few seconds.
-            if error.code != "unavailable" or not await self._goes_away(5.0):
-                raise
+        """Ask systemd to reboot the node. A bus that cannot be reached is an error (503): nothing was asked."""
+        async with self._connection() as bus:  # raises 'unavailable' when there is no bus to ask
+            try:
+                await _call(bus, "Reboot")
+            except BackendError as error:
+                # systemd may tear the bus down before its reply reaches us; once asked, a reboot that has
+                # begun looks like exactly that, so it counts as done when the bus socket goes away soon.
+                if error.code != "unavailable" or not await self._goes_away(5.0):
+                    raise
 
     async def _goes_away(self, timeout: float) -> bool:
         for _ in range(int(timeout * 10)):

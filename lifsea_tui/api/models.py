@@ -174,13 +174,21 @@ class AuditPage(BaseModel):
     head_hash: str | None
 
 
+class BadRecording(BaseModel):
+    id: str
+    audit_seq: int = Field(description="the audit record that sealed it")
+    problem: str
+
+
 class AuditVerify(BaseModel):
-    ok: bool
+    ok: bool = Field(description="the chain holds, ends where the agent last wrote, and every sealed recording matches")
     records: int
     head_seq: int
     head_hash: str | None
     first_bad_seq: int | None = Field(description="seq (or line number) of the first bad record")
     problem: str | None
+    recordings_checked: int = Field(default=0, description="sealed recordings whose bytes were hashed again")
+    bad_recordings: list[BadRecording] = Field(default_factory=list, description="changed or missing since sealed")
 
 
 class UnitInfo(BaseModel):
