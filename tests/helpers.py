@@ -16,7 +16,7 @@ import httpx
 import uvicorn
 
 from lifsea_tui.agent.app import create_app
-from lifsea_tui.agent.config import AgentConfig, OpsConfig, TokenEntry, hash_token
+from lifsea_tui.agent.config import AgentConfig, OpsConfig, ServicesConfig, TokenEntry, hash_token
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.api import Role
 from lifsea_tui.api import ops as ops_protocol
@@ -99,6 +99,7 @@ def start_agent(
     watch_interval: float = 0.2,
     max_body: int = 64 * 1024,
     ops: OpsConfig | None = None,
+    services: ServicesConfig | None = None,
 ) -> RunningAgent:
     ca, cert, key = issue_pki(base / "pki", name)
     tokens = {role.value: secrets.token_urlsafe(24) for role in Role}
@@ -116,6 +117,7 @@ def start_agent(
         watch_interval=watch_interval,
         max_body_bytes=max_body,
         ops=ops or OpsConfig(),
+        services=services or ServicesConfig(),
     )
     app = create_app(config)
     sock = socket.socket()

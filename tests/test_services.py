@@ -114,6 +114,56 @@ def test_a_crash_looping_unit_counts_its_restarts(fleet: tuple[dict, dict[str, s
         unit_file.unlink(missing_ok=True)
 
 
+def test_units_that_stop_the_node_are_refused_by_any_name(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    """An operator once powered a lab node off with POST /v1/services/poweroff.target/start."""
+    status, _, layout = fleet
+    node = status["nodes"][1]
+    machine = layout.node("node2")
+    leader_before = os.readlink(machine.host_root)
+    with lab_client(node, "admin") as http:
+        for unit, action in (
+            ("poweroff.target", "start"),
+            ("runlevel0.target", "start"),  # an alias of poweroff.target
+            ("ctrl-alt-del.target", "start"),  # an alias of reboot.target
+            ("emergency.target", "start"),
+            ("debug-shell.service", "start"),
+            ("dbus.service", "stop"),
+            ("lifsea-agent.service", "restart"),
+        ):
+            answer = http.post(f"/v1/services/{unit}/{action}", json={"reason": "INC-11 try the boundary"})
+            assert answer.status_code == 403, (unit, answer.text)
+            assert answer.json()["error"] == "forbidden" and "deny list" in answer.json()["detail"]
+        assert http.get(routes.NODE).status_code == 200
+        records = http.get(routes.AUDIT, params={"limit": 1000}).json()["records"]
+    assert os.readlink(machine.host_root) == leader_before  # the node did not go down or reboot
+    refused = {r["params"]["unit"] for r in records if r["outcome"].startswith("refused") and "unit" in r["params"]}
+    assert {"poweroff.target", "runlevel0.target", "debug-shell.service"} <= refused
+    alias = next(r for r in records if r["params"].get("unit") == "runlevel0.target")
+    assert "poweroff.target" in alias["params"]["names"]
+
+
+def test_an_allow_list_limits_units_even_without_a_bus(tmp_path, tiny_node) -> None:  # type: ignore[no-untyped-def]
+    from lifsea_tui.agent.config import ServicesConfig
+    from tests.helpers import start_agent
+
+    running = start_agent(
+        tmp_path / "agent", host_root=tiny_node.host_root, sysroot_path=tiny_node.sysroot,
+        services=ServicesConfig(allow=["nginx.service"], deny=["nginx-debug.service"]),
+    )  # fmt: skip
+    try:
+        with httpx.Client(
+            base_url=running.url, verify=running.ssl_context(), headers=running.headers("operator")
+        ) as http:
+            refused = http.post("/v1/services/cron.service/restart", json={"reason": "INC-11"})
+            denied = http.post("/v1/services/nginx-debug.service/start", json={"reason": "INC-11"})
+            allowed = http.post("/v1/services/nginx.service/restart", json={"reason": "INC-11"})
+    finally:
+        running.stop()
+    assert refused.status_code == 403 and "allow list" in refused.json()["detail"]
+    assert denied.status_code == 403 and "deny list" in denied.json()["detail"]
+    assert allowed.status_code == 503  # allowed; the tiny node just has no systemd to ask
+
+
 def test_no_bus_is_503_with_the_reason(agent: RunningAgent) -> None:
     """The tiny node has no systemd: the answer says so instead of failing obscurely."""
     answer = httpx.get(agent.url + routes.SERVICES, headers=agent.headers("reader"), verify=agent.ssl_context())

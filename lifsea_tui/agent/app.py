@@ -28,7 +28,7 @@ from lifsea_tui.agent.node import HISTORY_EVENTS, history, node_info
 from lifsea_tui.agent.ops import Attachment, OpsManager
 from lifsea_tui.agent.ostree import OstreeBackend
 from lifsea_tui.agent.recording import RecordingError, cast_path, file_seal, read_meta
-from lifsea_tui.agent.services import Services, check_unit_name
+from lifsea_tui.agent.services import Services, UnitPolicy, check_unit_name
 from lifsea_tui.agent.systemd import SystemdBackend
 from lifsea_tui.agent.updates import UpdateManager
 from lifsea_tui.api import (
@@ -99,7 +99,7 @@ class Agent:
         self.systemd = SystemdBackend(config.system_bus)
         self.updates = UpdateManager(self.ostree, self.systemd, self.audit, self.events, config.pull_timeout)
         self.ops = OpsManager(config, self.audit, self.events, self.ostree)
-        self.services = Services(self.systemd, self.audit, self.events)
+        self.services = Services(self.systemd, self.audit, self.events, UnitPolicy.from_config(config.services))
         self.journal = Journal(config.journal_dirs)
         self.authn = Authenticator(config.tokens)
         self.requests: Counter[tuple[str, str, int]] = Counter()

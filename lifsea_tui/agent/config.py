@@ -51,6 +51,31 @@ class OpsConfig:
     reserve_bytes: int = 64 * 1024 * 1024
 
 
+@dataclass
+class ServicesConfig:
+    """Units the API may act on, besides the built-in deny list (agent/services.py)."""
+
+    deny: list[str] = field(default_factory=list)  # fnmatch patterns added to the built-in list
+    allow: list[str] | None = None  # when set, only units matching one of these
+    agent_units: list[str] = field(default_factory=lambda: ["lifsea-agent.service"])  # the agent's own
+
+
+def _services(section: Any) -> ServicesConfig:
+    if not isinstance(section, dict):
+        raise ConfigError("[services] must be a table")
+    unknown = set(section) - {"deny", "allow", "agent_units"}
+    if unknown:
+        raise ConfigError(f"[services]: unknown keys {', '.join(sorted(unknown))}")
+    services = ServicesConfig()
+    for key in ("deny", "allow", "agent_units"):
+        if key in section:
+            value = section[key]
+            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+                raise ConfigError(f"services.{key} must be a list of unit names or patterns")
+            setattr(services, key, value)
+    return services
+
+
 OPS_INTS = ("default_ttl", "max_ttl", "idle_timeout", "grace", "warn_before", "max_sessions", "max_sessions_per_user")
 OPS_BOOLS = ("require_ticket", "record_input", "allow_writable_host")
 
@@ -116,6 +141,7 @@ class AgentConfig:
     pull_timeout: float = 300.0
     watch_interval: float = 1.0
     ops: OpsConfig = field(default_factory=OpsConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
 
 
 def hash_token(token: str) -> str:
@@ -190,6 +216,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
             raise ConfigError(f"token {name!r}: sha256 must be 64 hex digits")
         config.tokens.append(TokenEntry(name=name, role=role, sha256=digest))
     config.ops = _ops(data.get("ops", {}))
+    config.services = _services(data.get("services", {}))
     if not config.tokens:
         raise ConfigError("no [[tokens]]: nobody could use this agent")
     if config.tls_client_ca is not None and config.tls_cert is None:

@@ -3,12 +3,15 @@ every unit state change pushed to /v1/events as systemd signals it."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
 from lifsea_tui.agent.auth import Identity
-from lifsea_tui.agent.errors import ApiError
+from lifsea_tui.agent.config import ServicesConfig
+from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
 from lifsea_tui.agent.systemd import SystemdBackend
 from lifsea_tui.api import EventKind, UnitActionResult
@@ -20,6 +23,46 @@ UNIT_NAME = re.compile(
 )
 ACTIONS = ("start", "stop", "restart")
 
+# Units no caller may start, stop or restart through the API: they power the node off or reboot it
+# outside the audited reboot, drop it into a rescue shell on its console, open a root shell nobody
+# records, take every service down at once, or cut the agent off from the node (its bus). Patterns as
+# fnmatch; checked against every name the unit goes by (runlevel0.target is poweroff.target).
+DEFAULT_DENY = (
+    "poweroff.target", "reboot.target", "halt.target", "kexec.target", "soft-reboot.target", "shutdown.target",
+    "final.target", "umount.target", "exit.target", "ctrl-alt-del.target", "runlevel[0-6].target",
+    "rescue.target", "emergency.target", "sleep.target", "suspend*.target", "hibernate.target", "hybrid-sleep.target",
+    "initrd*.target", "initrd-*.service",
+    "systemd-poweroff.service", "systemd-reboot.service", "systemd-halt.service", "systemd-kexec.service",
+    "systemd-soft-reboot.service", "systemd-exit.service", "systemd-suspend*.service", "systemd-hibernate*.service",
+    "systemd-hybrid-sleep.service", "rescue.service", "emergency.service", "debug-shell.service",
+    "default.target", "multi-user.target", "graphical.target", "basic.target", "sysinit.target",
+    "dbus.service", "dbus.socket", "dbus-broker.service",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class UnitPolicy:
+    """Which units the API may act on: never a denied one; only an allowed one when an allow list is set."""
+
+    deny: tuple[str, ...]
+    allow: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_config(cls, config: ServicesConfig) -> UnitPolicy:
+        allow = tuple(config.allow) if config.allow is not None else None
+        return cls(deny=(*DEFAULT_DENY, *config.agent_units, *config.deny), allow=allow)
+
+    def refusal(self, asked: str, names: list[str]) -> str | None:
+        """Why `asked` (known to systemd by `names`) may not be acted on, or None."""
+        for name in dict.fromkeys([asked, *names]):
+            pattern = next((p for p in self.deny if fnmatch.fnmatchcase(name, p)), None)
+            if pattern is not None:
+                alias = f" (an alias of {name})" if name != asked else ""
+                return f"{asked}{alias} is on this node's deny list ({pattern}): no one acts on it through the API"
+        if self.allow is not None and not any(fnmatch.fnmatchcase(n, p) for n in [asked, *names] for p in self.allow):
+            return f"{asked} is not on this node's allow list for services"
+        return None
+
 
 def check_unit_name(name: str) -> str:
     if not UNIT_NAME.match(name):
@@ -28,8 +71,9 @@ def check_unit_name(name: str) -> str:
 
 
 class Services:
-    def __init__(self, systemd: SystemdBackend, audit: AuditLog, events: EventHub) -> None:
+    def __init__(self, systemd: SystemdBackend, audit: AuditLog, events: EventHub, policy: UnitPolicy) -> None:
         self.systemd = systemd
+        self.policy = policy
         self.audit = audit
         self.events = events
         self.failed: set[str] | None = None  # None until the watch has the node's units
@@ -44,6 +88,14 @@ class Services:
             raise ApiError("not_found", f"no action {action[:20]!r} (one of {', '.join(ACTIONS)})")
         check_unit_name(unit)
         params: dict[str, Any] = {"unit": unit}
+        try:
+            names = await self.systemd.unit_names(unit)
+        except BackendError:
+            names = []  # no bus to ask: the action itself will fail and say why
+        refusal = self.policy.refusal(unit, names)
+        if refusal is not None:
+            self._finish(who, action, reason, {**params, "names": names[:8]}, f"refused: {refusal}")
+            raise ApiError("forbidden", refusal, audited=True)
         try:
             started = self.audit.append(
                 actor=who.actor, role=who.role, action=f"service.{action}", reason=reason, params=params,

@@ -105,6 +105,13 @@ class SystemdBackend:
                    values.get("SubState", ""), "", path]  # fmt: skip
             return await _unit_info(bus, row)
 
+    async def unit_names(self, name: str) -> list[str]:
+        """Every name the unit `name` goes by (its id and aliases: runlevel0.target is poweroff.target)."""
+        async with self._connection() as bus:
+            (path,) = await _call(bus, "LoadUnit", "s", [name])
+            (names,) = await _call(bus, "Get", "ss", [UNIT, "Names"], interface=PROPERTIES, path=path)
+            return [str(item) for item in names.value]
+
     async def unit_action(self, name: str, action: str) -> str:
         """Start, stop or restart a unit (mode "replace"); returns systemd's job path."""
         member = {"start": "StartUnit", "stop": "StopUnit", "restart": "RestartUnit"}[action]
