@@ -5,9 +5,9 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -69,6 +69,7 @@ from lifsea_tui.api import routes as r
 from lifsea_tui.api.routes import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 
 log = logging.getLogger("lifsea.agent")
+T = TypeVar("T")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
@@ -419,15 +420,22 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     # -- read-only diagnostics and the audit trail of guided debugging -------------------------------
 
+    async def bounded(seconds: float, look: Callable[..., T], *args: Any) -> T:
+        """A diagnostic in a thread, answered within `seconds` even when the node's filesystem hangs."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(look, *args), seconds)
+        except TimeoutError:
+            raise ApiError("unavailable", f"no answer within {seconds:g} s (is the node's filesystem hung?)") from None
+
     @api.get(r.DIAGNOSTICS_DISK)
     async def diagnostics_disk(
         who: Caller, path: Annotated[Literal["var", "etc"], Query(description="which filesystem")] = "var"
     ) -> DiskUsage:
-        return await asyncio.to_thread(diagnostics.disk, config.host_root, path)
+        return await bounded(diagnostics.WALK_BUDGET + 3, diagnostics.disk, config.host_root, path)
 
     @api.get(r.DIAGNOSTICS_CLOCK)
     async def diagnostics_clock(who: Caller) -> ClockStatus:
-        return await asyncio.to_thread(diagnostics.clock, config.host_root)
+        return await bounded(3, diagnostics.clock, config.host_root)
 
     @api.get(r.DIAGNOSTICS_DNS)
     async def diagnostics_dns(
@@ -437,11 +445,12 @@ def create_app(config: AgentConfig) -> FastAPI:
         ] = None,
     ) -> DnsStatus:
         netns = config.ops.namespaces / "net"
-        return await asyncio.to_thread(diagnostics.dns, config.host_root, netns, name)
+        seconds = diagnostics.MAX_NAMESERVERS * diagnostics.DNS_TIMEOUT + 3
+        return await bounded(seconds, diagnostics.dns, config.host_root, netns, name)
 
     @api.get(r.DIAGNOSTICS_ETC)
     async def diagnostics_etc(who: Caller, since: datetime | None = None) -> EtcChanges:
-        return await asyncio.to_thread(diagnostics.etc_changes, config.host_root, since)
+        return await bounded(diagnostics.ETC_BUDGET + 3, diagnostics.etc_changes, config.host_root, since)
 
     @api.post(r.DEBUG_RECORDS, status_code=201, responses=ACTION_ERRORS)
     async def debug_record(body: DebugRecord, who: Caller) -> DebugRecorded:

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lifsea_tui.agent import nodefs
 from lifsea_tui.agent.errors import ApiError
 from lifsea_tui.api import ClockStatus, DiskUsage, DnsProbe, DnsStatus, EtcChange, EtcChanges, PathSize
 
@@ -28,22 +29,11 @@ DISK_PATHS = ("var", "etc")
 WALK_BUDGET = 2.0  # seconds for the size walk below /var
 LARGEST = 10
 ETC_LIMIT = 5000  # files compared at most
+ETC_BUDGET = 2.0  # seconds for walking and comparing /etc
+COMPARE_LIMIT = 1 << 20  # bigger files are compared by size only
 DNS_TIMEOUT = 1.0
 MAX_NAMESERVERS = 3  # as many as the C library uses
 CLONE_NEWNET = 0x40000000
-
-
-def within(host_root: Path, node_path: str) -> Path:
-    """A path as the node sees it, found under host_root: absolute symlinks resolve inside the node."""
-    path = host_root
-    for _ in range(40):
-        candidate = path / node_path.lstrip("/")
-        try:
-            target = os.readlink(candidate)
-        except OSError:
-            return candidate
-        node_path = target if target.startswith("/") else str(Path(node_path).parent / target)
-    raise ApiError("bad_request", f"{node_path}: too many symbolic links")
 
 
 # -- disk -------------------------------------------------------------------------------------------
@@ -52,16 +42,21 @@ def within(host_root: Path, node_path: str) -> Path:
 def disk(host_root: Path, which: str, budget: float = WALK_BUDGET) -> DiskUsage:
     if which not in DISK_PATHS:
         raise ApiError("bad_request", f"path must be one of {', '.join(DISK_PATHS)}")
-    top = host_root / which
     try:
-        stats = os.statvfs(top)
-        device = os.lstat(top).st_dev
+        top = nodefs.open_in(host_root, f"/{which}", directory=True)
     except OSError as error:
         raise ApiError("unavailable", f"cannot read /{which}: {error.strerror}") from error
+    try:
+        stats = os.fstatvfs(top)
+        device = os.fstat(top).st_dev
+        sizes, complete = _sizes(top, device, time.monotonic() + budget)
+    except OSError as error:
+        raise ApiError("unavailable", f"cannot read /{which}: {error.strerror}") from error
+    finally:
+        os.close(top)
     total = stats.f_blocks * stats.f_frsize
     free = stats.f_bavail * stats.f_frsize
     used = total - stats.f_bfree * stats.f_frsize
-    sizes, complete = _sizes(top, device, time.monotonic() + budget)
     largest = heapq.nlargest(LARGEST, sizes.items(), key=lambda item: item[1])
     return DiskUsage(
         path=f"/{which}",
@@ -74,32 +69,29 @@ def disk(host_root: Path, which: str, budget: float = WALK_BUDGET) -> DiskUsage:
     )
 
 
-def _sizes(top: Path, device: int, deadline: float) -> tuple[dict[str, int], bool]:
+def _sizes(top: int, device: int, deadline: float) -> tuple[dict[str, int], bool]:
     """Allocated bytes of every file and directory (summed) down to depth 3, on top's filesystem only.
 
     Like `du -x`: allocated blocks, not apparent sizes, so a sparse file counts for what it takes. Files
-    below depth 3 count towards their depth-3 ancestor.
+    below depth 3 count towards their depth-3 ancestor. Walked by directory descriptors from `top`
+    (os.fwalk), never by path, so a link swapped in mid-walk does not lead off the node.
     """
     sizes: dict[str, int] = {}
-    stack: list[tuple[str, int]] = [("", 0)]
     visited = 0
-    while stack:
-        rel, depth = stack.pop()
-        try:
-            entries = list(os.scandir(top / rel))
-        except OSError:
-            continue
-        for entry in entries:
+    for path, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top):
+        rel = "" if path == "." else path[2:]
+        descend = []
+        for name in [*dirnames, *filenames]:
             visited += 1
             if visited % 256 == 0 and time.monotonic() > deadline:
                 return sizes, False
             try:
-                info = entry.stat(follow_symlinks=False)
+                info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
             except OSError:
                 continue
             if info.st_dev != device:
                 continue
-            child = f"{rel}/{entry.name}" if rel else entry.name
+            child = f"{rel}/{name}" if rel else name
             size = info.st_blocks * 512
             # Count the entry at each ancestor up to depth 3, and itself when it is that shallow.
             parts = child.split("/")
@@ -107,7 +99,9 @@ def _sizes(top: Path, device: int, deadline: float) -> tuple[dict[str, int], boo
                 key = "/".join(parts[:level])
                 sizes[key] = sizes.get(key, 0) + size
             if stat.S_ISDIR(info.st_mode):
-                stack.append((child, depth + 1))
+                descend.append(name)
+        keep = set(descend)
+        dirnames[:] = [name for name in dirnames if name in keep]
     return sizes, True
 
 
@@ -161,11 +155,11 @@ def clock(host_root: Path) -> ClockStatus:
         detail = f"adjtimex: {error}"
     zone = None
     try:
-        target = os.readlink(host_root / "etc" / "localtime")
+        target = nodefs.read_link(host_root, "/etc/localtime")
         zone = target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else target
     except OSError:
         try:
-            zone = (host_root / "etc" / "timezone").read_text().strip() or None
+            zone = nodefs.read_text(host_root, "/etc/timezone", 256).strip() or None
         except OSError:
             pass
     return ClockStatus(node_time=datetime.now(UTC), ntp_synchronized=synchronized, timezone=zone, detail=detail)
@@ -247,15 +241,15 @@ def probe(server: str, name: str, netns: Path | None, timeout: float = DNS_TIMEO
 
 def dns(host_root: Path, netns: Path | None, name: str | None) -> DnsStatus:
     try:
-        text = within(host_root, "/etc/resolv.conf").read_text(errors="replace")[:4096]
+        text = nodefs.read_text(host_root, "/etc/resolv.conf", 4096)
     except OSError as error:
         text = f"# cannot read /etc/resolv.conf: {error.strerror}\n"
     if not name:
         name = "localhost"
         # The node's /etc/hostname when it has one (its resolver answers for its own name). Not its /proc:
         # a read of /proc/sys/kernel/hostname answers with the reader's UTS namespace, not the node's.
-        with contextlib.suppress(OSError):
-            name = (host_root / "etc" / "hostname").read_text().strip() or name
+        with contextlib.suppress(OSError, ValueError):
+            name = nodefs.read_text(host_root, "/etc/hostname", 256).strip() or name
     servers = nameservers(text)
     return DnsStatus(
         resolv_conf=text, nameservers=servers, name=name, probes=[probe(server, name, netns) for server in servers]
@@ -268,49 +262,87 @@ def dns(host_root: Path, netns: Path | None, name: str | None) -> DnsStatus:
 ETC_NOISE = {"machine-id", "hostname", "resolv.conf", "mtab", "ld.so.cache", ".pwd.lock", "adjtime", ".updated"}
 
 
-def _entries(top: Path, limit: int) -> tuple[dict[str, os.stat_result], bool]:
+def _entries(top: int, limit: int, deadline: float) -> tuple[dict[str, os.stat_result], bool]:
+    """Every non-directory below the directory `top` (and links to directories), by descriptor."""
     found: dict[str, os.stat_result] = {}
-    for directory, subdirs, files in os.walk(top):
-        for name in [*files, *(d for d in subdirs if os.path.islink(os.path.join(directory, d)))]:
-            path = os.path.join(directory, name)
-            rel = os.path.relpath(path, top)
+    for path, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top):
+        rel = "" if path == "." else path[2:]
+        for name in [*filenames, *dirnames]:
             try:
-                found[rel] = os.lstat(path)
+                info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
             except OSError:
                 continue
-            if len(found) >= limit:
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            found[f"{rel}/{name}" if rel else name] = info
+            if len(found) >= limit or time.monotonic() > deadline:
                 return found, False
     return found, True
 
 
-def _same(a: Path, a_stat: os.stat_result, b: Path, b_stat: os.stat_result) -> bool:
+def _read_regular(top: int, rel: str, limit: int) -> bytes | None:
+    """A regular file's bytes below `top` (never following a link, never waiting on a FIFO)."""
+    try:
+        fd = os.open(rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(limit)
+    finally:
+        os.close(fd)
+
+
+def _same(etc: int, defaults: int, rel: str, a_stat: os.stat_result, b_stat: os.stat_result) -> bool:
     if stat.S_IFMT(a_stat.st_mode) != stat.S_IFMT(b_stat.st_mode):
         return False
     try:
         if stat.S_ISLNK(a_stat.st_mode):
-            return os.readlink(a) == os.readlink(b)
-        if a_stat.st_size != b_stat.st_size:
-            return False
-        return a.read_bytes() == b.read_bytes() if a_stat.st_size <= 1 << 20 else True
+            return os.readlink(rel, dir_fd=etc) == os.readlink(rel, dir_fd=defaults)
     except OSError:
         return True
+    if not stat.S_ISREG(a_stat.st_mode):
+        return True  # a FIFO, socket or device: the same kind is all there is to compare
+    if a_stat.st_size != b_stat.st_size:
+        return False
+    if a_stat.st_size > COMPARE_LIMIT:
+        return True
+    a, b = _read_regular(etc, rel, COMPARE_LIMIT), _read_regular(defaults, rel, COMPARE_LIMIT)
+    return a is None or b is None or a == b
 
 
-def etc_changes(host_root: Path, since: datetime | None = None) -> EtcChanges:
-    etc, defaults = host_root / "etc", host_root / "usr" / "etc"
-    if not defaults.is_dir():
-        raise ApiError("unavailable", "the image has no /usr/etc to compare /etc with (not an ostree node?)")
-    current, complete_now = _entries(etc, ETC_LIMIT)
-    image, complete_image = _entries(defaults, ETC_LIMIT)
-    changes = []
-    for rel, info in current.items():
-        if rel in ETC_NOISE:
-            continue
-        when = datetime.fromtimestamp(info.st_mtime, UTC)
-        if rel not in image:
-            changes.append(EtcChange(path=f"/etc/{rel}", change="added", mtime=when))
-        elif not _same(etc / rel, info, defaults / rel, image[rel]):
-            changes.append(EtcChange(path=f"/etc/{rel}", change="modified", mtime=when))
+def etc_changes(host_root: Path, since: datetime | None = None, budget: float = ETC_BUDGET) -> EtcChanges:
+    deadline = time.monotonic() + budget
+    try:
+        defaults = nodefs.open_in(host_root, "/usr/etc", directory=True)
+    except OSError as error:
+        raise ApiError("unavailable", "the image has no /usr/etc to compare /etc with (not an ostree node?)") from error
+    try:
+        etc = nodefs.open_in(host_root, "/etc", directory=True)
+    except OSError as error:
+        os.close(defaults)
+        raise ApiError("unavailable", f"cannot read /etc: {error.strerror}") from error
+    try:
+        current, complete_now = _entries(etc, ETC_LIMIT, deadline)
+        image, complete_image = _entries(defaults, ETC_LIMIT, deadline)
+        changes = []
+        compared_all = True
+        for rel, info in current.items():
+            if rel in ETC_NOISE:
+                continue
+            if time.monotonic() > deadline:
+                compared_all = False
+                break
+            when = datetime.fromtimestamp(info.st_mtime, UTC)
+            if rel not in image:
+                changes.append(EtcChange(path=f"/etc/{rel}", change="added", mtime=when))
+            elif not _same(etc, defaults, rel, info, image[rel]):
+                changes.append(EtcChange(path=f"/etc/{rel}", change="modified", mtime=when))
+    finally:
+        os.close(etc)
+        os.close(defaults)
     if complete_now:
         changes.extend(
             EtcChange(path=f"/etc/{rel}", change="removed", mtime=None)
@@ -321,4 +353,4 @@ def etc_changes(host_root: Path, since: datetime | None = None) -> EtcChanges:
         changes = [c for c in changes if c.mtime is not None and c.mtime >= since]
     epoch = datetime.fromtimestamp(0, UTC)
     changes.sort(key=lambda c: c.mtime or epoch, reverse=True)
-    return EtcChanges(changes=changes, complete=complete_now and complete_image)
+    return EtcChanges(changes=changes, complete=complete_now and complete_image and compared_all)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lifsea_tui import __version__
+from lifsea_tui.agent import nodefs
 from lifsea_tui.agent.audit import AuditLog
 from lifsea_tui.agent.errors import BackendError
 from lifsea_tui.agent.ostree import OstreeBackend
@@ -25,9 +26,9 @@ HISTORY_EVENTS = {
 
 
 def read_os_release(host_root: Path) -> dict[str, str]:
-    for candidate in ("etc/os-release", "usr/lib/os-release"):
+    for candidate in ("/etc/os-release", "/usr/lib/os-release"):
         try:
-            text = (host_root / candidate).read_text()
+            text = nodefs.read_text(host_root, candidate, 16 * 1024)
         except OSError:
             continue
         fields = {}
@@ -44,7 +45,7 @@ async def node_info(
 ) -> NodeInfo:
     release = read_os_release(host_root)
     try:
-        machine_id: str | None = (host_root / "etc" / "machine-id").read_text().strip() or None
+        machine_id: str | None = nodefs.read_text(host_root, "/etc/machine-id", 64).strip() or None
     except OSError:
         machine_id = None
     capabilities = {}
