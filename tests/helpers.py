@@ -16,10 +16,10 @@ import httpx
 import uvicorn
 
 from lifsea_tui.agent.app import create_app
-from lifsea_tui.agent.config import AgentConfig, OpsConfig, ServicesConfig, TokenEntry, hash_token
+from lifsea_tui.agent.config import AgentConfig, LimitsConfig, OpsConfig, ServicesConfig, TokenEntry, hash_token
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
+from lifsea_tui.agent.serving import uvicorn_config
 from lifsea_tui.api import Role
-from lifsea_tui.api import ops as ops_protocol
 from lifsea_tui.lab import certs, image, sysroot
 from lifsea_tui.lab.updateserver import UpdateServer
 
@@ -100,6 +100,7 @@ def start_agent(
     max_body: int = 64 * 1024,
     ops: OpsConfig | None = None,
     services: ServicesConfig | None = None,
+    limits: LimitsConfig | None = None,
 ) -> RunningAgent:
     ca, cert, key = issue_pki(base / "pki", name)
     tokens = {role.value: secrets.token_urlsafe(24) for role in Role}
@@ -118,24 +119,13 @@ def start_agent(
         max_body_bytes=max_body,
         ops=ops or OpsConfig(),
         services=services or ServicesConfig(),
+        limits=limits or LimitsConfig(),
     )
     app = create_app(config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            ssl_certfile=str(cert),
-            ssl_keyfile=str(key),
-            log_level="warning",
-            ws_ping_interval=ops_protocol.PING_INTERVAL,
-            ws_ping_timeout=ops_protocol.PING_TIMEOUT,
-            # The sans-I/O implementation: less work a frame than the legacy one (keystroke echo).
-            ws="websockets-sansio",
-            lifespan="on",
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, config))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -121,6 +121,54 @@ async def test_follow_refuses_bad_parameters_with_a_clear_close(fleet: tuple[dic
             assert stream.close_code == 4400, query
 
 
+async def test_follows_are_limited_per_caller_not_one_journalctl_each(
+    fleet: tuple[dict, dict[str, str], Layout],
+) -> None:
+    """200 follows from one reader once ran 200 journalctl processes (1.8 GB) and stalled /healthz."""
+    status, _, layout = fleet
+    node = status["nodes"][1]
+    journal = str(layout.node(node["name"]).host_root)
+    url = node["url"].replace("https://", "wss://") + routes.LOGS_FOLLOW + "?backlog=0"
+    context = ssl.create_default_context(cafile=node["ca_file"])
+
+    def journalctls() -> int:
+        found = subprocess.run(["pgrep", "-f", f"journalctl --directory={journal}"], capture_output=True, text=True)
+        return len(found.stdout.split())
+
+    async def follow(role: str) -> websockets.ClientConnection:
+        return await websockets.connect(
+            url, ssl=context, additional_headers={"Authorization": f"Bearer {node['tokens'][role]}"}
+        )
+
+    before = journalctls()
+    streams = [await follow("reader") for _ in range(12)]
+    try:
+        closed = []
+        for stream in streams:
+            try:
+                await asyncio.wait_for(stream.recv(), 1.5)
+            except TimeoutError:
+                continue  # following: nothing new to say
+            except websockets.ConnectionClosed:
+                closed.append(stream.close_code)
+        assert closed == [routes.CLOSE_TOO_MANY] * 8, closed
+        assert journalctls() - before <= 4
+        other = await follow("operator")  # another caller still may
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(other.recv(), 1.0)
+        await other.close()
+        with reader(node) as http:
+            started = time.monotonic()
+            assert http.get(routes.HEALTHZ).status_code == 200
+            assert time.monotonic() - started < 1.0
+            records = http.get(routes.AUDIT, params={"limit": 200}).json()["records"]
+    finally:
+        for stream in streams:
+            await stream.close()
+    refusals = [r for r in records if r["action"] == "logs.follow" and r["actor"] == "lab-reader"]
+    assert len(refusals) == 1 and "at most 4" in refusals[0]["outcome"]  # the rest go into the summary
+
+
 async def test_logs_pane_follows_searches_and_saves(
     fleet: tuple[dict, dict[str, str], Layout], tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

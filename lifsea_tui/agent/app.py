@@ -19,10 +19,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lifsea_tui import __version__
 from lifsea_tui.agent import diagnostics
 from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
-from lifsea_tui.agent.auth import RULES, Authenticator, AuthError, Identity
+from lifsea_tui.agent.auth import ANONYMOUS, RULES, Authenticator, AuthError, Identity
 from lifsea_tui.agent.config import AgentConfig
 from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
+from lifsea_tui.agent.limits import LimitReached, RefusalTally, StreamLimits
 from lifsea_tui.agent.logs import Journal
 from lifsea_tui.agent.node import HISTORY_EVENTS, history, node_info
 from lifsea_tui.agent.ops import Attachment, OpsManager
@@ -66,7 +67,7 @@ from lifsea_tui.api import (
 )
 from lifsea_tui.api import ops as proto
 from lifsea_tui.api import routes as r
-from lifsea_tui.api.routes import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
+from lifsea_tui.api.routes import CLOSE_FORBIDDEN, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED
 
 log = logging.getLogger("lifsea.agent")
 T = TypeVar("T")
@@ -103,6 +104,11 @@ class Agent:
         self.services = Services(self.systemd, self.audit, self.events, UnitPolicy.from_config(config.services))
         self.journal = Journal(config.journal_dirs)
         self.authn = Authenticator(config.tokens)
+        self.refusals = RefusalTally(self.audit)
+        self.follows = StreamLimits("log follows", config.limits.follows_per_caller, config.limits.follows)
+        self.event_streams = StreamLimits(
+            "event streams", config.limits.event_streams_per_caller, config.limits.event_streams
+        )
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.started = time.monotonic()
         self._last_deployments: Any = None
@@ -252,11 +258,14 @@ def create_app(config: AgentConfig) -> FastAPI:
         await agent.start()
         watcher = asyncio.create_task(agent.watch())
         unit_watcher = asyncio.create_task(agent.services.watch())
+        summaries = asyncio.create_task(agent.refusals.run(config.limits.refusal_summary_seconds))
         try:
             yield
         finally:
             watcher.cancel()
             unit_watcher.cancel()
+            summaries.cancel()
+            await asyncio.gather(summaries, return_exceptions=True)
             await agent.ops.shutdown()
             await agent.updates.shutdown()
 
@@ -564,6 +573,9 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     app.include_router(api)
 
+    def peer(conn: HTTPConnection) -> str | None:
+        return conn.client.host if conn.client else None
+
     async def accepted(websocket: WebSocket, route: str) -> Identity | None:
         """Accept, then check the token and the rules table; close with 4401/4403 when they refuse."""
         await websocket.accept()
@@ -571,15 +583,39 @@ def create_app(config: AgentConfig) -> FastAPI:
             identity = agent.authn.identify(websocket.headers.get("authorization"))
             agent.authn.authorize("WS", route, identity)
         except AuthError as error:
+            if error.status == 401:
+                agent.refusals.count(f"WS {route}", peer(websocket))
             await websocket.close(CLOSE_UNAUTHORIZED if error.status == 401 else CLOSE_FORBIDDEN, error.detail[:120])
             return None
         return identity
 
+    async def over_limit(websocket: WebSocket, route: str, identity: Identity, error: LimitReached) -> None:
+        """Close a stream the caller may not hold now: its first such refusal is recorded at once, the
+        rest (a caller retrying in a loop) go into the next summary."""
+        what = f"limit: WS {route}"
+        if agent.refusals.first_in_interval(identity.actor, what):
+            with contextlib.suppress(AuditUnavailable):
+                agent.audit.append(
+                    actor=identity.actor, role=identity.role, action=route.removeprefix("/v1/").replace("/", "."),
+                    params={"close_code": CLOSE_TOO_MANY}, outcome=f"refused: {error}",
+                )  # fmt: skip
+        else:
+            agent.refusals.count(what, peer(websocket), identity.actor)
+        await websocket.close(CLOSE_TOO_MANY, str(error)[:120])
+
     @app.websocket(r.LOGS_FOLLOW)
     async def logs_follow(websocket: WebSocket) -> None:
         """Entries as JSON text frames as the node writes them (after a backlog, or after a cursor)."""
-        if await accepted(websocket, r.LOGS_FOLLOW) is None:
+        identity = await accepted(websocket, r.LOGS_FOLLOW)
+        if identity is None:
             return
+        try:
+            with agent.follows.hold(identity.actor):
+                await follow_logs(websocket)
+        except LimitReached as error:
+            await over_limit(websocket, r.LOGS_FOLLOW, identity, error)
+
+    async def follow_logs(websocket: WebSocket) -> None:
         query = websocket.query_params
         try:
             unit = check_unit_name(query["unit"]) if query.get("unit") else None
@@ -640,7 +676,10 @@ def create_app(config: AgentConfig) -> FastAPI:
             agent.authn.authorize("WS", r.OPS_ATTACH, identity)
         except AuthError as error:
             code = CLOSE_UNAUTHORIZED if error.status == 401 else CLOSE_FORBIDDEN
-            refuse("unknown-token" if error.status == 401 else identity.actor, None, code, error.detail)
+            if error.status == 401:
+                agent.refusals.count(f"WS {r.OPS_ATTACH}", peer(websocket))
+            else:
+                refuse(identity.actor, identity.role, code, error.detail)
             await websocket.close(code, error.detail[:120])
             return
         session = agent.ops.sessions.get(session_id)
@@ -711,8 +750,16 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     @app.websocket(r.EVENTS)
     async def events(websocket: WebSocket) -> None:
-        if await accepted(websocket, r.EVENTS) is None:
+        identity = await accepted(websocket, r.EVENTS)
+        if identity is None:
             return
+        try:
+            with agent.event_streams.hold(identity.actor):
+                await stream_events(websocket)
+        except LimitReached as error:
+            await over_limit(websocket, r.EVENTS, identity, error)
+
+    async def stream_events(websocket: WebSocket) -> None:
         with agent.events.subscribe() as queue:
             try:
                 deployments, booted_known = await agent.ostree.deployments()
@@ -743,7 +790,8 @@ def create_app(config: AgentConfig) -> FastAPI:
     # -- one error shape ---------------------------------------------------------------------------------
 
     def audit_refusal(request: Request, status: int, detail: str) -> None:
-        """A refused change is audited too: who tried what, and why it was refused."""
+        """A refused change is audited too: who tried what, and why it was refused. A caller without a
+        valid token is counted into the next summary instead (it must not be able to spend the disk)."""
         if request.method in ("GET", "HEAD", "OPTIONS") or (request.method, request.url.path) not in RULES:
             return
         identity = getattr(request.state, "identity", None)
@@ -751,7 +799,10 @@ def create_app(config: AgentConfig) -> FastAPI:
             try:
                 identity = agent.authn.identify(request.headers.get("authorization"))
             except AuthError:
-                identity = Identity("unknown-token", None)
+                identity = ANONYMOUS
+        if identity.role is None:
+            agent.refusals.count(f"{request.method} {request.url.path}", peer(request))
+            return
         with contextlib.suppress(AuditUnavailable):
             agent.audit.append(
                 actor=identity.actor,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import ssl
 import sys
 from pathlib import Path
 
@@ -99,7 +98,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lifsea_tui.agent.app import create_app
-    from lifsea_tui.api import ops as ops_protocol
+    from lifsea_tui.agent.serving import uvicorn_config
 
     overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _) in SERVE_FLAGS.items()}
     try:
@@ -108,25 +107,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"lifsea-agent: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host=config.listen_host,
-            port=config.listen_port,
-            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
-            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
-            ssl_ca_certs=str(config.tls_client_ca) if config.tls_client_ca else None,
-            ssl_cert_reqs=ssl.CERT_REQUIRED if config.tls_client_ca else ssl.CERT_NONE,
-            ws_ping_interval=ops_protocol.PING_INTERVAL,
-            ws_ping_timeout=ops_protocol.PING_TIMEOUT,
-            # The sans-I/O implementation: less work a frame than the legacy one (keystroke echo).
-            ws="websockets-sansio",
-            log_level=args.log_level,
-            access_log=False,
-            lifespan="on",
-        )
-    )
-    server.run()
+    uvicorn.Server(uvicorn_config(create_app(config), config, log_level=args.log_level)).run()
     return 0
 
 

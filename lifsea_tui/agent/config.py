@@ -7,8 +7,9 @@ in a privileged container with the host mounted at /host; in the lab it runs bes
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,34 @@ def _services(section: Any) -> ServicesConfig:
                 raise ConfigError(f"services.{key} must be a list of unit names or patterns")
             setattr(services, key, value)
     return services
+
+
+@dataclass
+class LimitsConfig:
+    """What callers may hold of the agent at once (see limits.py)."""
+
+    follows_per_caller: int = 4  # log follows (one journalctl each) a caller may hold
+    follows: int = 16  # log follows in all
+    event_streams_per_caller: int = 8
+    event_streams: int = 64
+    connections: int = 256
+    connections_per_peer: int = 64
+    header_timeout: float = 10.0  # seconds to send a request's headers
+    refusal_summary_seconds: float = 60.0
+
+
+def _limits(section: Any) -> LimitsConfig:
+    if not isinstance(section, dict):
+        raise ConfigError("[limits] must be a table")
+    limits = LimitsConfig()
+    known = {f.name: f.type for f in fields(LimitsConfig)}
+    for key, value in section.items():
+        if key not in known:
+            raise ConfigError(f"[limits]: unknown key {key}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"limits.{key} must be a number > 0")
+        setattr(limits, key, float(value) if known[key] == "float" else int(value))
+    return limits
 
 
 OPS_INTS = ("default_ttl", "max_ttl", "idle_timeout", "grace", "warn_before", "max_sessions", "max_sessions_per_user")
@@ -142,6 +171,16 @@ class AgentConfig:
     watch_interval: float = 1.0
     ops: OpsConfig = field(default_factory=OpsConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def hash_token(token: str) -> str:
@@ -217,8 +256,14 @@ def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         config.tokens.append(TokenEntry(name=name, role=role, sha256=digest))
     config.ops = _ops(data.get("ops", {}))
     config.services = _services(data.get("services", {}))
+    config.limits = _limits(data.get("limits", {}))
     if not config.tokens:
         raise ConfigError("no [[tokens]]: nobody could use this agent")
     if config.tls_client_ca is not None and config.tls_cert is None:
         raise ConfigError("tls.client_ca needs tls.cert and tls.key")
+    if config.tls_cert is None and not is_loopback(config.listen_host):
+        raise ConfigError(
+            f"listen.host {config.listen_host} is not a loopback address: tokens would cross the network in "
+            "the clear; set tls.cert and tls.key (plain HTTP is for loopback only)"
+        )
     return config

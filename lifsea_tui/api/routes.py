@@ -35,3 +35,4 @@ OPENAPI = "/openapi.json"
 # Websocket close codes used by the agent (4000-4999 is the application range).
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_MANY = 4429  # the caller, or everyone together, holds as many streams as the agent allows

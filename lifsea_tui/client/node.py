@@ -57,6 +57,7 @@ class Problem(enum.StrEnum):
     unauthorized = "unauthorized"
     forbidden = "forbidden"
     refused = "refused"
+    too_many = "too many streams"
     server_error = "server error"
     bad_response = "bad response"
 
@@ -277,6 +278,7 @@ class NodeClient:
             problem = {
                 r.CLOSE_UNAUTHORIZED: Problem.unauthorized,
                 r.CLOSE_FORBIDDEN: Problem.forbidden,
+                r.CLOSE_TOO_MANY: Problem.too_many,
                 4400: Problem.refused,
             }.get(code or 0, Problem.unreachable)
             raise NodeError(problem, f"{what} closed: {reason}") from error

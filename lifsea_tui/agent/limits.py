@@ -1,0 +1,170 @@
+"""What callers may cost the node: refusals written once a minute, streams held at once, connections.
+
+An anonymous caller must not be able to spend the node's disk: each refusal of a caller with no valid
+token used to append an fsync'd audit record (300 anonymous POSTs, 300 records in 0.4 s), and a /var
+filled that way makes the audit log refuse every action, break-glass included. They are counted in
+memory and written as one summary record a minute. Refusals of callers with a valid token are still
+recorded one by one: they are accountable, and who tried what is the point of the log.
+
+A log follow runs a journalctl and an event stream holds a queue, so each caller, and everyone
+together, may hold only so many. Connections are capped in total and per peer address, and a client
+that has not finished sending its request headers within a few seconds is disconnected (a slow-header
+client otherwise holds its socket for ever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
+from lifsea_tui.agent.config import LimitsConfig
+
+PEERS_KEPT = 50  # distinct peer addresses named in a summary; the rest are counted together
+
+
+class RefusalTally:
+    """Refusals counted in memory and written to the audit log as one record per interval."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+        self._reset()
+
+    def _reset(self) -> None:
+        self.total = 0
+        self.noted: set[tuple[str, str]] = set()
+        self.by_what: Counter[str] = Counter()
+        self.by_peer: Counter[str] = Counter()
+        self.by_actor: Counter[str] = Counter()
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def count(self, what: str, peer: str | None, actor: str = "unauthenticated") -> None:
+        """One refusal: `what` names a route template or a limit, never raw caller input (bounded keys)."""
+        now = time.time()
+        self.total += 1
+        self.by_what[what] += 1
+        self.by_actor[actor] += 1
+        key = peer or "unknown"
+        if key in self.by_peer or len(self.by_peer) < PEERS_KEPT:
+            self.by_peer[key] += 1
+        else:
+            self.by_peer["other"] += 1
+        self.first = self.first or now
+        self.last = now
+
+    def flush(self) -> None:
+        if not self.total:
+            return
+        params: dict[str, Any] = {
+            "count": self.total,
+            "by_what": dict(self.by_what.most_common(20)),
+            "by_actor": dict(self.by_actor.most_common(20)),
+            "by_peer": dict(self.by_peer.most_common(20)),
+            "first": self.first,
+            "last": self.last,
+        }
+        try:
+            self.audit.append(
+                actor="agent",
+                role=None,
+                action="refusals.summary",
+                params=params,
+                outcome=f"refused: {self.total} requests since the last summary (counted, not recorded one by one)",
+            )
+        except AuditUnavailable:
+            return  # kept, and tried again at the next interval
+        self._reset()
+
+    def first_in_interval(self, actor: str, what: str) -> bool:
+        """True the first time `actor` is refused `what` since the last summary (write that one at once)."""
+        if (actor, what) in self.noted:
+            return False
+        self.noted.add((actor, what))
+        return True
+
+    async def run(self, interval: float) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                self.flush()
+        finally:
+            self.flush()  # at shutdown: nothing counted is lost
+
+
+class LimitReached(Exception):
+    pass
+
+
+class StreamLimits:
+    """Long-lived streams held at once, per caller and in all, for one kind of stream."""
+
+    def __init__(self, kind: str, per_caller: int, total: int) -> None:
+        self.kind = kind
+        self.per_caller = per_caller
+        self.total = total
+        self.held: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, actor: str) -> Iterator[None]:
+        if self.held[actor] >= self.per_caller:
+            raise LimitReached(f"{actor} holds {self.held[actor]} {self.kind} (at most {self.per_caller} a caller)")
+        if sum(self.held.values()) >= self.total:
+            raise LimitReached(f"the node serves {self.total} {self.kind} already (its limit)")
+        self.held[actor] += 1
+        try:
+            yield
+        finally:
+            self.held[actor] -= 1
+            if not self.held[actor]:
+                del self.held[actor]
+
+
+def guarded_http(limits: LimitsConfig) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP protocol with a connection cap (total and per peer) and a header-read deadline."""
+
+    class GuardedHttp(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            peer = self.client[0] if self.client else None
+            same_peer = sum(1 for c in self.connections if getattr(c, "client", None) and c.client[0] == peer)
+            if len(self.connections) > limits.connections or same_peer > limits.connections_per_peer:
+                transport.abort()
+                return
+            self._start_header_timer()
+
+        def _start_header_timer(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(limits.header_timeout, self._headers_too_slow)
+
+        def _stop_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._start_header_timer()
+
+        def on_headers_complete(self) -> None:
+            self._stop_header_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_header_timer()
+            super().connection_lost(exc)
+
+    return GuardedHttp
