@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -27,8 +28,8 @@ import websockets
 
 from lifsea_tui.agent.audit import verify
 from lifsea_tui.agent.config import OpsConfig
+from lifsea_tui.api import OpsAccess, routes
 from lifsea_tui.api import ops as proto
-from lifsea_tui.api import routes
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output
 from lifsea_tui.lab import image, sysroot
@@ -70,11 +71,11 @@ class Driver:
             assert time.monotonic() < deadline, f"no {needle!r} in {bytes(self.output[-600:])!r}"
             await asyncio.sleep(0.02)
 
-    async def run(self, command: str, marker: str) -> str:
+    async def run(self, command: str, marker: str, timeout: float = 15.0) -> str:
         """Run a command and return what it printed between its start and the end marker."""
         start = len(self.output)
         await self.shell.send(f"{command}; echo {marker[:3]}''{marker[3:]}\r".encode())
-        await self.expect(marker.encode())
+        await self.expect(marker.encode(), timeout)
         return bytes(self.output[start:]).decode(errors="replace")
 
     async def finished(self, timeout: float = 30.0) -> object:
@@ -467,8 +468,8 @@ async def test_reserve_makes_room_for_a_shell_on_a_full_disk(
 
         client = NodeClient(agent_target(agent))
         with pytest.raises(NodeError) as refused:  # this agent's config does not allow a writable /host
-            await client.ops_start("INC-9 /var full", writable_host=True)
-        assert refused.value.status == 403 and "writable /host" in refused.value.detail
+            await client.ops_start("INC-9 /var full", access=OpsAccess.writable)
+        assert refused.value.status == 403 and "does not allow writable shells" in refused.value.detail
         assert reserve.exists()  # a refusal for another reason keeps the reserve
         session = await client.ops_start("INC-9 /var full", ttl_seconds=120)
         assert not reserve.exists()
@@ -557,3 +558,93 @@ async def test_agent_shutdown_ends_sessions_and_input_can_be_recorded(
     finally:
         if not stopped:
             agent.stop()
+
+
+# Every way the review found, and more, for a shell in the node's namespaces to write the node: each
+# prints "PROBE name rc=N" (0: it worked).
+PROBES = r"""
+p(){ name=$1; shift; "$@" >/dev/null 2>&1; echo "PROBE $name rc=$?"; }
+p proc-root touch /proc/1/root/var/lifsea-escape-TOKEN
+p audit-dir ls /proc/1/root/var/lib/lifsea-agent/audit
+p audit-log touch /host/var/lib/lifsea-agent/audit/probe-TOKEN
+p host-var touch /host/var/lifsea-probe-TOKEN
+p host-etc touch /host/etc/lifsea-probe-TOKEN
+p host-usr touch /host/usr/lifsea-probe-TOKEN
+p nested-mount touch /host/var/lifsea-nested/probe-TOKEN
+p kill-node sh -c 'kill -0 $(pgrep -o -x cron)'
+p kill-init kill -0 1
+p ptrace-read cat /proc/1/environ
+p mount mount -t tmpfs none /mnt
+p remount mount -o remount,rw /host
+p net-change ip addr add 10.253.0.1/32 dev lo
+p sysctl sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
+p hostname hostname lifsea-evil
+p user-ns unshare -Ur true
+p nsenter nsenter -t 1 -m true
+p sysrq sh -c 'echo h > /proc/sysrq-trigger'
+p cgroup mkdir /sys/fs/cgroup/cpu/lifsea-probe-TOKEN
+p sysfs sh -c 'cat /sys/kernel/mm/ksm/run > /sys/kernel/mm/ksm/run'
+p reads-node sh -c 'cat /host/etc/shadow && ps -e -o pid=,comm= | grep -q "^ *1 systemd$" && ip addr show lo'
+p own-child sh -c 'sleep 30 & kill $!'
+"""
+WRITES = {"proc-root", "audit-dir", "audit-log", "host-var", "host-etc", "host-usr", "nested-mount", "kill-node",
+          "kill-init", "ptrace-read", "mount", "remount", "net-change", "sysctl", "hostname", "user-ns", "nsenter",
+          "sysrq", "cgroup", "sysfs"}  # fmt: skip
+# What each level promises can work; everything else in WRITES must be refused at that level.
+ALLOWED = {
+    OpsAccess.read_only: set(),
+    OpsAccess.debug: {"proc-root", "audit-dir", "kill-node", "kill-init", "ptrace-read", "net-change"},
+    OpsAccess.writable: {"proc-root", "audit-dir", "audit-log", "kill-node", "kill-init", "ptrace-read", "net-change",
+                         "host-var", "host-etc", "nested-mount"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("access", list(OpsAccess))
+async def test_each_access_level_is_the_boundary_it_names(
+    node1: tuple[dict, Layout, httpx.Client], access: OpsAccess
+) -> None:
+    """A read-only shell once wrote the node through /proc/1/root (the audit log included), signalled and
+    traced its processes, and left mounts under /host writable. Each level is tried against every write
+    path; the session record and the audit log name the level."""
+    node, layout, http = node1
+    machine = layout.node("node1")
+    var = sysroot.stateroot_var(machine.sysroot)
+    token = os.urandom(4).hex()
+    nested = var / "lifsea-nested"
+    nested.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(nested)], check=True)  # a mount under /var
+    log = var / "lib" / "lifsea-agent" / "audit" / "audit.jsonl"
+    log_before = log.read_bytes()
+    client = NodeClient(target(node))
+    try:
+        session = await client.ops_start(f"INC-11 probe {access.value}", ttl_seconds=300, access=access)
+        assert session.access == access
+        driver = Driver(OpsShell(target(node), session.id, cols=200, rows=50))
+        await driver.expect(PROMPT)
+        greeting = bytes(driver.output).decode(errors="replace")
+        assert {"read-only": "READ-ONLY", "debug": "DEBUG", "writable": "WRITABLE"}[access.value] in greeting
+        out = await driver.run(PROBES.replace("TOKEN", token).strip().replace("\n", "\r"), "PROBES-DONE", 90)
+        results = {m.group(1): int(m.group(2)) for m in re.finditer(r"PROBE (\S+) rc=(\d+)", out)}
+        assert set(results) == WRITES | {"reads-node", "own-child"}, out[-2000:]
+        assert results["reads-node"] == 0 and results["own-child"] == 0, out[-2000:]
+        worked = {name for name in WRITES if results[name] == 0}
+        assert worked == ALLOWED[access], f"{access.value}: worked {sorted(worked)}; promised {sorted(ALLOWED[access])}"
+        await driver.shell.send(b"exit\r")
+        await driver.finished()
+    finally:
+        await client.aclose()
+        etc = machine.host_root / "etc"
+        for leftover in (var / f"lifsea-escape-{token}", var / f"lifsea-probe-{token}", log.parent / f"probe-{token}"):
+            leftover.unlink(missing_ok=True)
+        (etc / f"lifsea-probe-{token}").unlink(missing_ok=True)
+        subprocess.run(["umount", str(nested)], check=False)
+        nested.rmdir()
+        leader = str(machine.state()["leader"])
+        subprocess.run(["nsenter", f"--target={leader}", "--net", "ip", "addr", "del", "10.253.0.1/32", "dev", "lo"],
+                       capture_output=True)  # fmt: skip
+    if access == OpsAccess.read_only:
+        assert not (var / f"lifsea-escape-{token}").exists()
+        assert log.read_bytes().startswith(log_before) and not (log.parent / f"probe-{token}").exists()
+    started = next(r for r in audit_records(http) if r["action"] == "ops.session.start"
+                   and r["params"].get("session") == session.id)  # fmt: skip
+    assert started["params"]["access"] == access.value

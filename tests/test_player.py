@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lifsea_tui.tui.cast import MAX_LINE, parse, visible
+from lifsea_tui.tui.cast import MAX_LINE, parse
+from lifsea_tui.tui.plain import visible
 from lifsea_tui.tui.player import PlayerApp, PlayerScreen
 
 HEADER = json.dumps({"version": 2, "width": 40, "height": 10, "title": "node1: INC-1"})

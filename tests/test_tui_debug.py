@@ -79,7 +79,7 @@ async def shell(pilot: Pilot, app: LifseaApp, command: str) -> None:
     await until(pilot, "a prompt", lambda: "OPS" in screen.terminal.text(), timeout=30)
     hints = str(screen.query_one("#hints").content)
     assert "not typed for you" in hints
-    assert "WRITABLE at /host" in screen.terminal.text()  # the runbook asked for it; the shell says so
+    assert "WRITABLE: the node" in screen.terminal.text()  # the runbook asked for it; the shell says so
     await pilot.press(*[{" ": "space"}.get(c, c) for c in command], "enter")
     await until(pilot, "the command ran", lambda: screen.terminal.text().count("OPS") >= 2, timeout=15)
     await pilot.press("ctrl+right_square_bracket")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lifsea_tui.api import Role
+from lifsea_tui.api import OpsAccess, Role
 
 
 class ConfigError(Exception):
@@ -45,7 +45,8 @@ class OpsConfig:
     max_sessions_per_user: int = 2
     require_ticket: bool = False
     record_input: bool = False
-    allow_writable_host: bool = False
+    # The access levels an admin may ask for (see agent/access.py); writable must be allowed explicitly.
+    access: list[OpsAccess] = field(default_factory=lambda: [OpsAccess.read_only, OpsAccess.debug])
     min_free_bytes: int = 16 * 1024 * 1024  # a session is refused when its recording could not grow this much
     # Kept free in the recordings directory (a file) and given up when the disk is full and a shell is
     # asked for: a full /var is when the shell is needed most, and its recording must still fit.
@@ -106,7 +107,7 @@ def _limits(section: Any) -> LimitsConfig:
 
 
 OPS_INTS = ("default_ttl", "max_ttl", "idle_timeout", "grace", "warn_before", "max_sessions", "max_sessions_per_user")
-OPS_BOOLS = ("require_ticket", "record_input", "allow_writable_host")
+OPS_BOOLS = ("require_ticket", "record_input")
 
 
 def _ops(section: Any) -> OpsConfig:
@@ -120,6 +121,7 @@ def _ops(section: Any) -> OpsConfig:
         "recordings",
         "min_free_bytes",
         "reserve_bytes",
+        "access",
         *OPS_INTS,
         *OPS_BOOLS,
     }
@@ -146,6 +148,15 @@ def _ops(section: Any) -> OpsConfig:
             if not isinstance(section[key], bool):
                 raise ConfigError(f"ops.{key} must be true or false")
             setattr(ops, key, section[key])
+    if "access" in section:
+        levels = section["access"]
+        try:
+            if not isinstance(levels, list):
+                raise ValueError
+            ops.access = [OpsAccess(level) for level in levels]
+        except ValueError as error:
+            names = ", ".join(f'"{level.value}"' for level in OpsAccess)
+            raise ConfigError(f"ops.access must be a list of levels: {names}") from error
     if ops.default_ttl > ops.max_ttl:
         raise ConfigError("ops.default_ttl is longer than ops.max_ttl")
     return ops

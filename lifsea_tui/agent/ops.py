@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from lifsea_tui.agent import access
 from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
 from lifsea_tui.agent.auth import Identity
 from lifsea_tui.agent.config import AgentConfig
@@ -46,7 +47,7 @@ from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
 from lifsea_tui.agent.ostree import OstreeBackend, run
 from lifsea_tui.agent.recording import Recorder, RecordingError, Seal, seal_interrupted
-from lifsea_tui.api import EventKind, OpsSession, OpsSessionRequest, OpsSessionState
+from lifsea_tui.api import EventKind, OpsAccess, OpsSession, OpsSessionRequest, OpsSessionState
 from lifsea_tui.api import ops as proto
 
 log = logging.getLogger("lifsea.agent.ops")
@@ -62,73 +63,6 @@ SYNC_EVERY = 2.0
 RECENT_ENDED = 50
 PR_SET_CHILD_SUBREAPER = 36
 
-# Enough to debug a node as root: trace, signal, read anything, manage its network. Not CAP_SYS_ADMIN
-# unless /host is writable: with it a shell could remount /host read-write or enter the node's mounts.
-# Each with its number, to keep only those the agent itself holds (runc cannot grant more).
-CAPABILITIES = {
-    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_FSETID": 4,
-    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12,
-    "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18, "CAP_SYS_PTRACE": 19, "CAP_SYS_RESOURCE": 24, "CAP_AUDIT_WRITE": 29,
-}  # fmt: skip
-CAP_SYS_ADMIN = ("CAP_SYS_ADMIN", 21)
-
-
-def held_capabilities(wanted: dict[str, int]) -> list[str]:
-    """The capabilities in `wanted` that are in this process's bounding set."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        bounding = int(status.split("CapBnd:", 1)[1].split()[0], 16)
-    except (OSError, IndexError, ValueError):
-        return list(wanted)
-    return [name for name, bit in wanted.items() if bounding >> bit & 1]
-
-
-BASE_MOUNTS: list[dict[str, Any]] = [
-    {"destination": "/proc", "type": "proc", "source": "proc"},
-    {
-        "destination": "/dev",
-        "type": "tmpfs",
-        "source": "tmpfs",
-        "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-    },
-    {
-        "destination": "/dev/pts",
-        "type": "devpts",
-        "source": "devpts",
-        "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
-    },
-    {
-        "destination": "/dev/shm",
-        "type": "tmpfs",
-        "source": "shm",
-        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-    },
-    {
-        "destination": "/sys",
-        "type": "none",
-        "source": "/sys",
-        "options": ["rbind", "nosuid", "noexec", "nodev", "ro"],
-    },
-    {
-        "destination": "/tmp",
-        "type": "tmpfs",
-        "source": "tmpfs",
-        "options": ["nosuid", "nodev", "mode=1777", "size=256m"],
-    },
-    {
-        "destination": "/root",
-        "type": "tmpfs",
-        "source": "tmpfs",
-        "options": ["nosuid", "nodev", "mode=700", "size=64m"],
-    },
-    {
-        "destination": "/run",
-        "type": "tmpfs",
-        "source": "tmpfs",
-        "options": ["nosuid", "nodev", "mode=755", "size=64m"],
-    },
-]  # fmt: skip
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -139,50 +73,6 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
-def bundle_spec(
-    *, image_root: Path, namespaces: Path, cgroup: str, session_id: str, mounts: list[dict[str, Any]], admin: bool
-) -> dict[str, Any]:
-    """The OCI runtime config of an ops container."""
-    caps = held_capabilities(CAPABILITIES | (dict([CAP_SYS_ADMIN]) if admin else {}))
-    return {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": True,
-            "user": {"uid": 0, "gid": 0},
-            "args": SHELL,
-            "env": [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                f"TERM={TERM}",
-                "HOME=/root",
-                "LANG=C.UTF-8",
-                f"LIFSEA_OPS_SESSION={session_id}",
-                f"LIFSEA_OPS_HOST={'rw' if admin else 'ro'}",  # the shell's greeting says which
-            ],
-            "cwd": "/root",
-            "capabilities": {kind: caps for kind in ("bounding", "effective", "permitted")},
-            "noNewPrivileges": False,
-        },
-        "root": {"path": str(image_root), "readonly": True},
-        # No "hostname": the container shares the node's uts namespace, and setting one would rename the node.
-        "mounts": [
-            *BASE_MOUNTS,
-            *mounts,
-        ],
-        "linux": {
-            "namespaces": [
-                {"type": "pid", "path": str(namespaces / "pid")},
-                {"type": "network", "path": str(namespaces / "net")},
-                {"type": "ipc", "path": str(namespaces / "ipc")},
-                {"type": "uts", "path": str(namespaces / "uts")},
-                {"type": "mount"},
-            ],
-            "cgroupsPath": cgroup,
-            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-        },
-    }
 
 
 @dataclass(eq=False)
@@ -200,7 +90,7 @@ class Session:
     owner: Identity
     reason: str
     ticket: str | None
-    writable_host: bool
+    access: OpsAccess
     created: datetime
     expires_at: datetime
     audit_seq: int
@@ -234,7 +124,7 @@ class Session:
             actor=self.owner.actor,
             reason=self.reason,
             ticket=self.ticket,
-            writable_host=self.writable_host,
+            access=self.access,
             state=self.state,
             created=self.created,
             expires_at=self.expires_at,
@@ -282,6 +172,8 @@ class OpsManager:
             return "no ops image configured ([ops] image in the agent's config)"
         if shutil.which("runc") is None:
             return "runc is not installed"
+        if (problem := access.unsupported()) is not None:
+            return problem
         if not (self.ops.namespaces / "pid").exists():
             return f"the node's namespaces are not at {self.ops.namespaces} (is the node running?)"
         if self.ostree.unavailable_reason() is not None:
@@ -377,7 +269,7 @@ class OpsManager:
                 role=who.role,
                 action="ops.session.start",
                 reason=request.reason,
-                params={"ticket": request.ticket, "writable_host": request.writable_host},
+                params={"ticket": request.ticket, "access": request.access.value},
                 outcome=f"refused: {detail}",
             )
         except AuditUnavailable as error:
@@ -391,8 +283,14 @@ class OpsManager:
             raise self._refuse(who, request, "unavailable", f"ops shell unavailable: {problem}")
         if self.ops.require_ticket and not request.ticket:
             raise self._refuse(who, request, "bad_request", "this node requires a ticket for an ops shell")
-        if request.writable_host and not self.ops.allow_writable_host:
-            raise self._refuse(who, request, "forbidden", "this node's config does not allow a writable /host")
+        if request.access not in self.ops.access:
+            allowed = ", ".join(level.value for level in self.ops.access) or "none"
+            raise self._refuse(
+                who,
+                request,
+                "forbidden",
+                f"this node's config does not allow {request.access.value} shells (allowed: {allowed})",
+            )
         live = [s for s in self.sessions.values() if not s.ending]
         if len(live) >= self.ops.max_sessions:
             raise self._refuse(
@@ -433,7 +331,7 @@ class OpsManager:
             "session": session_id,
             "ticket": request.ticket,
             "ttl_seconds": ttl,
-            "writable_host": request.writable_host,
+            "access": request.access.value,
             "recording": session_id,
             "record_input": self.ops.record_input,
         }
@@ -453,7 +351,13 @@ class OpsManager:
         recorder = Recorder(
             self.ops.recordings,
             session_id,
-            {"id": session_id, "actor": who.actor, "reason": request.reason, "ticket": request.ticket},
+            {
+                "id": session_id,
+                "actor": who.actor,
+                "reason": request.reason,
+                "ticket": request.ticket,
+                "access": request.access.value,
+            },
         )
         session = Session(
             id=session_id,
@@ -461,7 +365,7 @@ class OpsManager:
             owner=who,
             reason=request.reason,
             ticket=request.ticket,
-            writable_host=request.writable_host,
+            access=request.access,
             created=created,
             expires_at=created + timedelta(seconds=ttl),
             audit_seq=record.seq,
@@ -474,7 +378,7 @@ class OpsManager:
                 session.cols,
                 session.rows,
                 {"TERM": TERM, "SHELL": SHELL[0]},
-                f"{self.config.node_name}: {request.reason}",
+                f"{self.config.node_name} ({request.access.value}): {request.reason}",
             )
             await self._launch(session)
         except (RecordingError, ApiError, OSError) as error:
@@ -519,28 +423,6 @@ class OpsManager:
                 os.replace(tmp, root)
             return root
 
-    async def _host_mounts(self, writable: bool) -> list[dict[str, Any]]:
-        """The node's root at /host: its booted deployment (with its /usr always read-only and its /var)."""
-        mode = "rw" if writable else "ro"
-        booted = await self.ostree.booted_directory()
-        if booted is None:
-            return [
-                {
-                    "destination": "/host",
-                    "type": "bind",
-                    "source": str(self.config.host_root),
-                    "options": ["rbind", mode],
-                }
-            ]
-        mounts = [
-            {"destination": "/host", "type": "bind", "source": str(booted), "options": ["rbind", mode]},
-            {"destination": "/host/usr", "type": "bind", "source": str(booted / "usr"), "options": ["rbind", "ro"]},
-        ]
-        var = self.ostree.stateroot_var()
-        if var.is_dir():
-            mounts.append({"destination": "/host/var", "type": "bind", "source": str(var), "options": ["rbind", mode]})
-        return mounts
-
     async def _launch(self, session: Session) -> None:
         image_root = await self._image_root()
         session.bundle.mkdir(parents=True)
@@ -549,13 +431,22 @@ class OpsManager:
                 {"id": session.id, "actor": session.owner.actor, "role": session.owner.role, "reason": session.reason}
             )
         )
-        spec = bundle_spec(
+        var = self.ostree.stateroot_var()
+        spec = access.bundle_spec(
+            access=session.access,
             image_root=image_root,
+            bundle=session.bundle,
             namespaces=self.ops.namespaces,
             cgroup=f"/lifsea-ops/{self.config.node_name}-{session.id}",
             session_id=session.id,
-            mounts=await self._host_mounts(session.writable_host),
-            admin=session.writable_host,
+            host_mounts=access.host_mounts(
+                session.access,
+                self.config.host_root,
+                await self.ostree.booted_directory(),
+                var if var.is_dir() else None,
+            ),
+            shell=SHELL,
+            term=TERM,
         )
         (session.bundle / "config.json").write_text(json.dumps(spec))
         pid_file = session.bundle / "pid"

@@ -6,6 +6,7 @@ API and is seen by both sides at once.
 """
 
 from lifsea_tui.api.models import (
+    ACCESS_TEXT,
     ActionRequest,
     AuditPage,
     AuditRecord,
@@ -35,6 +36,7 @@ from lifsea_tui.api.models import (
     NodeInfo,
     NodeSummary,
     OperationResult,
+    OpsAccess,
     OpsSession,
     OpsSessionList,
     OpsSessionRequest,
@@ -55,6 +57,7 @@ from lifsea_tui.api.models import (
 API_VERSION = "v1"
 
 __all__ = [
+    "ACCESS_TEXT",
     "API_VERSION",
     "ActionRequest",
     "AuditPage",
@@ -85,6 +88,7 @@ __all__ = [
     "NodeInfo",
     "NodeSummary",
     "OperationResult",
+    "OpsAccess",
     "OpsSession",
     "OpsSessionList",
     "OpsSessionRequest",

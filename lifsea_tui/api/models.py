@@ -251,12 +251,27 @@ class Event(BaseModel):
 # -- break-glass ops sessions ---------------------------------------------------------------------------
 
 
+class OpsAccess(enum.StrEnum):
+    """What a break-glass shell may do to its node; each level is a boundary the agent enforces."""
+
+    read_only = "read-only"  # no path to a write on the node: no signals, ptrace, network changes, mounts
+    debug = "debug"  # adds ptrace, signals and network changes (strace, lsof, kill, ip): it CAN change the node
+    writable = "writable"  # the node's /etc and /var read-write at /host, as root
+
+
+ACCESS_TEXT = {
+    OpsAccess.read_only: "read-only: nothing this shell does can change the node",
+    OpsAccess.debug: "debug: strace, kill and ip can change the node's processes and network",
+    OpsAccess.writable: "writable: the node's /etc and /var can be changed at /host",
+}
+
+
 class OpsSessionRequest(ActionRequest):
     ticket: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=r"[^ \t\n\r\f\v]", description="incident or change ticket"
     )
     ttl_seconds: int | None = Field(default=None, ge=10, le=24 * 3600, description="capped by the agent's config")
-    writable_host: bool = Field(default=False, description="mount /host read-write (only where the config allows)")
+    access: OpsAccess = Field(default=OpsAccess.read_only, description="only levels the node's config allows")
 
 
 class OpsSessionState(enum.StrEnum):
@@ -272,7 +287,7 @@ class OpsSession(BaseModel):
     actor: str
     reason: str
     ticket: str | None
-    writable_host: bool
+    access: OpsAccess
     state: OpsSessionState
     created: datetime
     expires_at: datetime

@@ -35,6 +35,7 @@ from lifsea_tui.api import (
     NodeInfo,
     NodeSummary,
     OperationResult,
+    OpsAccess,
     OpsSession,
     OpsSessionList,
     RecordingList,
@@ -289,9 +290,14 @@ class NodeClient:
     # -- break-glass ops sessions -------------------------------------------------------------------------
 
     async def ops_start(
-        self, reason: str, *, ticket: str | None = None, ttl_seconds: int | None = None, writable_host: bool = False
+        self,
+        reason: str,
+        *,
+        ticket: str | None = None,
+        ttl_seconds: int | None = None,
+        access: OpsAccess = OpsAccess.read_only,
     ) -> OpsSession:
-        body: dict[str, Any] = {"reason": reason, "writable_host": writable_host}
+        body: dict[str, Any] = {"reason": reason, "access": access.value}
         if ticket:
             body["ticket"] = ticket
         if ttl_seconds:

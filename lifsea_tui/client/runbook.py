@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lifsea_tui.api import DebugEvent, DebugRecord, Deployment, LogEntry
+from lifsea_tui.api import DebugEvent, DebugRecord, Deployment, LogEntry, OpsAccess
 from lifsea_tui.api.models import REASON_MAX
 from lifsea_tui.client.node import NodeClient, NodeError
 
@@ -62,6 +62,11 @@ class Step:
     explain: str
     params: Mapping[str, Any]
     next: Mapping[str, str]  # problem/ok/unknown for a check; "then" for an action or a shell
+
+    @property
+    def access(self) -> OpsAccess:
+        """What a shell step's break-glass shell may do to the node (read-only unless it says)."""
+        return OpsAccess(self.params.get("access", OpsAccess.read_only.value))
 
 
 @dataclass(frozen=True)
@@ -178,9 +183,10 @@ def _step(name: str, table: Any) -> Step:
         commands = table.get("commands", [])
         if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
             raise RunbookError(f"{where}: `commands` must be a list of strings")
-        if not isinstance(table.get("writable", False), bool):
-            raise RunbookError(f"{where}: `writable` must be true or false")
-        allowed = {"commands", "writable"}
+        if table.get("access", OpsAccess.read_only.value) not in {level.value for level in OpsAccess}:
+            levels = ", ".join(f'"{level.value}"' for level in OpsAccess)
+            raise RunbookError(f"{where}: `access` must be one of {levels}")
+        allowed = {"commands", "access"}
     else:
         if not isinstance(table.get("resolved", False), bool):
             raise RunbookError(f"{where}: `resolved` must be true or false")

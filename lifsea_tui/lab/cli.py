@@ -98,8 +98,8 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
         f'[listen]\nhost = "127.0.0.1"\nport = {spec.port}\n\n[tls]\ncert = "{cert}"\nkey = "{key}"\n\n'
         f'[audit]\ndir = "{audit_dir}"\n\n'
         f'[ops]\nimage = "{sysroot.REMOTE}:{image.OPS_REF}"\nnamespaces = "{node.namespaces}"\n'
-        # A full /var is cleared from the ops shell, so the lab lets an admin ask for a writable /host.
-        f'dir = "{node.ops_dir}"\nallow_writable_host = true\n'
+        # A full /var is cleared from the ops shell, so the lab lets an admin ask for every level.
+        f'dir = "{node.ops_dir}"\naccess = ["read-only", "debug", "writable"]\n'
         f'recordings = "{var / "lib" / "lifsea-agent" / "recordings"}"\n{tokens}'
     )
     node.agent_config.chmod(0o600)

@@ -31,13 +31,14 @@ OPS_PACKAGES = [
     "procps", "iproute2", "less", "strace", "curl", "ca-certificates", "vim-tiny", "iputils-ping", "lsof",
     "dnsutils", "psmisc",
 ]  # fmt: skip
-OPS_PROFILE = r"""# The break-glass shell: make it impossible to mistake for an ordinary one.
+OPS_PROFILE = r"""# The break-glass shell: make it impossible to mistake for an ordinary one, and say what it may do.
 PS1='\[\e[1;97;41m\] OPS \[\e[0m\] \u@\h:\w\$ '
-if [ "$LIFSEA_OPS_HOST" = rw ]; then
-  echo "ops container on $(hostname): the node's /etc and /var are WRITABLE at /host; this session is recorded."
-else
-  echo "ops container on $(hostname): the node's root is read-only at /host; this session is recorded."
-fi
+case "$LIFSEA_OPS_ACCESS" in
+  writable) what="WRITABLE: the node's /etc and /var can be changed at /host" ;;
+  debug) what="DEBUG: strace, kill and ip can change the node; /host is read-only" ;;
+  *) what="READ-ONLY: nothing here can change the node; its root is read-only at /host" ;;
+esac
+echo "ops shell on $(hostname), $what. Recorded."
 """
 
 Progress = Callable[[str], None]

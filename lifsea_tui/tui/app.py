@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from textual.app import App
 from textual.binding import Binding
+from textual.content import Content
+from textual.notifications import SeverityLevel
 from textual.theme import Theme
 
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.netloop import NetworkLoop
 from lifsea_tui.tui import locations
+from lifsea_tui.tui.plain import visible
 from lifsea_tui.tui.screens.fleet import FleetScreen
 from lifsea_tui.tui.themes import CONSOLE_VARIABLES, load_themes
 
@@ -40,6 +43,23 @@ class LifseaApp(App[None]):
         self._colours: tuple[str, dict[str, str]] | None = None
         if read_only:
             self.sub_title = "read-only"
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification is plain text: most carry a node's words (errors, names), never markup."""
+        super().notify(
+            visible(message[:2000]), title=visible(title[:200]), severity=severity, timeout=timeout, markup=False
+        )
+
+    def format_title(self, title: str, sub_title: str) -> Content:
+        return super().format_title(visible(title, keep_newlines=False), visible(sub_title, keep_newlines=False))
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
         return dict(CONSOLE_VARIABLES)

@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from lifsea_tui.tui.plain import visible
+
 MAX_LINE = 1024 * 1024  # longer event lines are cut to this
 MAX_COLS, MAX_ROWS = 500, 200
 IDLE_LIMIT = 2.0  # longer pauses are shortened to this on the player's timeline
@@ -32,7 +34,6 @@ HOSTILE = [
     (re.compile("[\u202a-\u202e\u2066-\u2069]"), "bidirectional overrides: text shown in another order"),
     (re.compile("[\u200b-\u200d\u2060\ufeff]"), "zero-width characters"),
 ]
-INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200b-\u200d\u2060\ufeff]")
 REWRITES = [
     (re.compile(r"\x1b\[[0-9]*J|\x1bc"), "screen cleared"),
     (re.compile(r"\x1b\[[0-9]*K"), "line erased"),
@@ -164,26 +165,3 @@ def parse(data: bytes) -> Cast:
 def size_of(event: Event, cast: Cast) -> tuple[int, int]:
     cols, rows = (int(part) for part in event.data.split("x"))
     return max(1, min(cols, MAX_COLS)), max(1, min(rows, MAX_ROWS))
-
-
-CONTROL_NAMES = {"\x1b": "␛", "\r": "␍", "\x07": "␇", "\x08": "␈", "\t": "␉", "\x7f": "␡"}
-
-
-def visible(text: str) -> str:
-    """Every character shown, control characters as visible symbols; newlines kept as line breaks."""
-    out = []
-    for char in text:
-        code = ord(char)
-        if char == "\n":
-            out.append("␊\n")
-        elif char in CONTROL_NAMES:
-            out.append(CONTROL_NAMES[char])
-        elif code < 32:
-            out.append(f"^{chr(code + 64)}")
-        elif 0x80 <= code < 0xA0:
-            out.append(f"<C1 {code:02x}>")
-        elif INVISIBLE.match(char):
-            out.append(f"<U+{code:04X}>")
-        else:
-            out.append(char)
-    return "".join(out)

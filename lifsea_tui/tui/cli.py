@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from lifsea_tui import __version__
+from lifsea_tui.api import OpsAccess
 from lifsea_tui.client import inventory
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.heads import AuditHeads
@@ -71,6 +72,14 @@ def shell_main(argv: list[str]) -> int:
     parser.add_argument("--ticket", help="incident or change ticket")
     parser.add_argument("--ttl", type=ttl, help="how long the session may live: 900, 15m, 1h (capped by the node)")
     parser.add_argument("--session", help="re-attach to this open session instead of starting one")
+    parser.add_argument(
+        "--access",
+        choices=[level.value for level in OpsAccess],
+        default=OpsAccess.read_only.value,
+        help="read-only (default: nothing the shell does can change the node), debug (strace, kill, ip: can "
+        "change the node's processes and network) or writable (/etc and /var writable at /host); the node's "
+        "config says which it allows",
+    )
     add_inventory_options(parser)
     args = parser.parse_args(argv)
     try:
@@ -87,7 +96,13 @@ def shell_main(argv: list[str]) -> int:
 
     from lifsea_tui.tui import rawshell
 
-    options = rawshell.Options(reason=args.reason, ticket=args.ticket, ttl_seconds=args.ttl, session=args.session)
+    options = rawshell.Options(
+        reason=args.reason,
+        ticket=args.ticket,
+        ttl_seconds=args.ttl,
+        session=args.session,
+        access=OpsAccess(args.access),
+    )
     try:
         import uvloop  # every keystroke crosses this loop twice: the faster loop halves its share
     except ImportError:

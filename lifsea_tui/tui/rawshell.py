@@ -17,8 +17,10 @@ import termios
 import tty
 from dataclasses import dataclass
 
+from lifsea_tui.api import ACCESS_TEXT, OpsAccess
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output, Reconnecting
+from lifsea_tui.tui.plain import visible
 
 FAILED = 255
 ESCAPE = b"~."
@@ -30,6 +32,7 @@ class Options:
     ticket: str | None = None
     ttl_seconds: int | None = None
     session: str | None = None  # attach to this session instead of starting one
+    access: OpsAccess = OpsAccess.read_only
 
 
 def _size(fd: int) -> tuple[int, int]:
@@ -65,8 +68,9 @@ class EscapeWatcher:
 
 
 def _note(text: str, interactive: bool) -> None:
+    """A line of the console's own between the shell's output; what the node said in it made visible."""
     if interactive:
-        os.write(sys.stderr.fileno(), f"\r\n[lifsea: {text}]\r\n".encode())
+        os.write(sys.stderr.fileno(), f"\r\n[lifsea: {visible(text, keep_newlines=False)}]\r\n".encode())
 
 
 async def run(target: NodeTarget, options: Options) -> int:
@@ -75,17 +79,20 @@ async def run(target: NodeTarget, options: Options) -> int:
     client = NodeClient(target)
     try:
         if options.session is None:
-            session = await client.ops_start(options.reason, ticket=options.ticket, ttl_seconds=options.ttl_seconds)
+            session = await client.ops_start(
+                options.reason, ticket=options.ticket, ttl_seconds=options.ttl_seconds, access=options.access
+            )
         else:
             session = await client.ops_session(options.session)
     except NodeError as error:
-        print(f"lifsea-tui shell: {target.name}: {error}", file=sys.stderr)
+        print(visible(f"lifsea-tui shell: {target.name}: {error}"), file=sys.stderr)
         await client.aclose()
         return FAILED
     cols, rows = _size(stdout if os.isatty(stdout) else stdin)
     shell = OpsShell(target, session.id, cols=cols, rows=rows)
     _note(
-        f"ops session {session.id} on {target.name}: RECORDED; ends {session.expires_at:%H:%M:%S} UTC; "
+        f"ops session {session.id} on {target.name}: RECORDED; {ACCESS_TEXT[session.access]}; "
+        f"ends {session.expires_at:%H:%M:%S} UTC; "
         "`~.` at the start of a line ends it",
         interactive,
     )
@@ -151,7 +158,7 @@ async def run(target: NodeTarget, options: Options) -> int:
                     _note(f"session ended: {event.reason}", interactive)
                 break
             elif isinstance(event, Closed):
-                print(f"\r\nlifsea-tui shell: {target.name}: {event.reason}", file=sys.stderr)
+                print("\r\n" + visible(f"lifsea-tui shell: {target.name}: {event.reason}"), file=sys.stderr)
                 break
         watcher.cancel()
     finally:

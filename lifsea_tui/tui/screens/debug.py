@@ -18,7 +18,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -26,6 +25,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, RichLog, Static
 
+from lifsea_tui.api import ACCESS_TEXT
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.runbook import (
     SHIPPED,
@@ -39,9 +39,11 @@ from lifsea_tui.client.runbook import (
     triage,
 )
 from lifsea_tui.tui.locations import config_dir
+from lifsea_tui.tui.plain import file_part, plain, visible
 from lifsea_tui.tui.screens.base import ConsoleScreen
-from lifsea_tui.tui.screens.modals import OpsModal, ReasonModal
+from lifsea_tui.tui.screens.modals import OpsAnswer, OpsModal, ReasonModal
 from lifsea_tui.tui.screens.shell import OpsRequest, ShellScreen
+from lifsea_tui.tui.tables import PlainTable
 
 MARK = {Status.problem: ("●", "error"), Status.unknown: ("?", "warning"), Status.ok: ("○", "success")}
 
@@ -89,7 +91,7 @@ class DebugScreen(ConsoleScreen):
         yield Header()
         yield Static("", id="debug-status")
         with Horizontal(id="debug-body"):
-            table: DataTable[str] = DataTable(id="debug-runbooks", cursor_type="row")
+            table = PlainTable(id="debug-runbooks", cursor_type="row")
             table.add_column(" ", key="mark", width=1)
             table.add_column("Runbook", key="title")
             yield table
@@ -129,7 +131,7 @@ class DebugScreen(ConsoleScreen):
     @work(group="debug-triage", exclusive=True, exit_on_error=False)
     async def run_triage(self) -> None:
         status = self.query_one("#debug-status", Static)
-        status.update(f"running the first checks of {len(self.books)} runbooks on {self.node_name}…")
+        status.update(plain(f"running the first checks of {len(self.books)} runbooks on {self.node_name}…"))
         self.proposals = await self.lifsea.net.run(triage(self.client, list(self.books.values())))
         table = self.query_one("#debug-runbooks", DataTable)
         table.clear()
@@ -138,9 +140,11 @@ class DebugScreen(ConsoleScreen):
             table.add_row(Text(mark, style=style), proposal.runbook.title, key=proposal.runbook.id)
         firing = [p for p in self.proposals if p.status == Status.problem]
         status.update(
-            f"{self.node_name}: {len(firing)} of {len(self.proposals)} runbooks find trouble"
-            + (f" · first: {firing[0].runbook.title}: {firing[0].summary}" if firing else "")
-            + " · enter walks the runbook under the cursor"
+            plain(
+                f"{self.node_name}: {len(firing)} of {len(self.proposals)} runbooks find trouble"
+                + (f" · first: {firing[0].runbook.title}: {firing[0].summary}" if firing else "")
+                + " · enter walks the runbook under the cursor"
+            )
         )
         if self.walk is None:
             log = self.log_view
@@ -148,8 +152,8 @@ class DebugScreen(ConsoleScreen):
             self._write_errors()
             for proposal in self.proposals:
                 mark, style = MARK[proposal.status]
-                line = Text(f"{mark} {proposal.runbook.title}: ", style=f"bold {style}")
-                line.append(proposal.summary, style="")
+                line = plain(f"{mark} {proposal.runbook.title}: ", f"bold {style}")
+                line.append_text(plain(proposal.summary))
                 log.write(line)
         self._show_next()
 
@@ -176,8 +180,10 @@ class DebugScreen(ConsoleScreen):
 
             self.app.push_screen(ReasonModal(what, [self.node_name]), chosen)
         elif walk.step.kind == "shell":
-            writable = bool(walk.step.params.get("writable", False))
-            self.app.push_screen(OpsModal(self.node_name, writable=writable), self._open_shell)
+            if self.lifsea.read_only:
+                self.notify("read-only console: no ops shells; x stops the walk here", severity="warning")
+                return
+            self.app.push_screen(OpsModal(self.node_name, access=walk.step.access), self._open_shell)
 
     def _cursor(self) -> str | None:
         table = self.query_one("#debug-runbooks", DataTable)
@@ -190,8 +196,8 @@ class DebugScreen(ConsoleScreen):
         log = self.log_view
         log.clear()
         self._write_errors()
-        log.write(Text(runbook.title, style="bold"))
-        log.write(Text(runbook.symptom, style="italic"))
+        log.write(plain(runbook.title, "bold"))
+        log.write(plain(runbook.symptom, "italic"))
         self.continue_walk(start=True)
 
     @work(group="debug-walk", exclusive=True, exit_on_error=False)
@@ -233,12 +239,12 @@ class DebugScreen(ConsoleScreen):
         try:
             outcome = await self.lifsea.net.run(walk.act(reason))
         except NodeError as error:
-            self.log_view.write(Text(f"✗ {error}", style="bold red"))
+            self.log_view.write(plain(f"✗ {error}", "bold red"))
             self.notify(f"{self.node_name}: {error}", severity="error", timeout=10)
             self.busy = False
             self._show_next()
             return
-        self.log_view.write(Text(f"✓ {outcome}", style="bold green"))
+        self.log_view.write(plain(f"✓ {outcome}", "bold green"))
         if step.what == "reboot":
             self._show_next("waiting for the node to come back…")
             await self._wait_back(asked)
@@ -258,18 +264,12 @@ class DebugScreen(ConsoleScreen):
                 await asyncio.sleep(5.0)  # let its services start before the next check looks at them
                 return
 
-    def _open_shell(self, answer: tuple[str, str | None, int] | None) -> None:
+    def _open_shell(self, answer: OpsAnswer | None) -> None:
         walk = self.walk
         if answer is None or walk is None or walk.step is None:
             return
-        reason, ticket, ttl = answer
         step = walk.step
-        request = OpsRequest(
-            reason=walk.reason(reason),
-            ticket=ticket,
-            ttl_seconds=ttl,
-            writable_host=bool(step.params.get("writable", False)),
-        )
+        request = OpsRequest(walk.reason(answer.reason), answer.ticket, answer.ttl_seconds, answer.access)
         hints = [walk.text(command) for command in step.params.get("commands", [])]
         self._shell = ShellScreen(self.node_name, self.client, request, hints=hints, hint_title=walk.text(step.what))
         self.app.push_screen(self._shell)
@@ -284,7 +284,7 @@ class DebugScreen(ConsoleScreen):
             return
         session = shell.session.id if shell.session else None
         note = f"break-glass shell {session} closed" if session else f"no shell: {shell.state}"
-        self.log_view.write(Text(f"▸ {note}", style="bold"))
+        self.log_view.write(plain(f"▸ {note}", "bold"))
         self.after_shell(session, note)
 
     @work(group="debug-walk", exclusive=True, exit_on_error=False)
@@ -316,9 +316,9 @@ class DebugScreen(ConsoleScreen):
             self.notify("no walk to export yet", severity="warning")
             return
         stamp = walk.started.strftime("%Y%m%dT%H%M%SZ")
-        path = Path.cwd() / f"lifsea-debug-{self.node_name}-{walk.runbook.id}-{stamp}.md"
+        path = Path.cwd() / f"lifsea-debug-{file_part(self.node_name)}-{file_part(walk.runbook.id)}-{stamp}.md"
         try:
-            path.write_text(walk.markdown())
+            path.write_text(visible(walk.markdown()))  # a file someone will cat: no escape sequences in it
         except OSError as error:
             self.notify(f"could not write {path}: {error.strerror}", severity="error", timeout=10)
             return
@@ -328,19 +328,20 @@ class DebugScreen(ConsoleScreen):
 
     def _write_errors(self) -> None:
         for error in self.load_errors:
-            self.log_view.write(Text(f"runbook file not loaded: {error}", style="bold red"))
+            self.log_view.write(plain(f"runbook file not loaded: {error}", "bold red", multiline=True))
 
     def _step_header(self, text: str) -> None:
         walk = self.walk
         if walk is None or walk.step is None:
             return
-        self.log_view.write(Text(f"\n▸ {walk.step.name}: {text}", style="bold"))
+        self.log_view.write(Text())
+        self.log_view.write(plain(f"▸ {walk.step.name}: {text}", "bold"))
 
     def _show_finding(self, finding: Finding) -> None:
         mark, style = MARK[finding.status]
-        self.log_view.write(Text(f"  {mark} {finding.summary}", style=f"bold {style}"))
+        self.log_view.write(plain(f"  {mark} {finding.summary}", f"bold {style}"))
         for line in finding.evidence:
-            self.log_view.write(Text(f"      {line}", style="dim"))
+            self.log_view.write(plain(f"      {line}", "dim"))
 
     def _show_outcome(self) -> None:
         walk = self.walk
@@ -348,7 +349,8 @@ class DebugScreen(ConsoleScreen):
             return
         last = walk.entries[-1]
         style = "bold green" if walk.resolved else "bold yellow"
-        self.log_view.write(Text(f"\n■ {last.summary}", style=style))
+        self.log_view.write(Text())
+        self.log_view.write(plain(f"■ {last.summary}", style))
         if walk.unrecorded:
             self.log_view.write(Text(f"  {walk.unrecorded} record(s) not yet on the node's audit log", style="red"))
 
@@ -356,18 +358,20 @@ class DebugScreen(ConsoleScreen):
         walk = self.walk
         bar = self.query_one("#debug-next", Static)
         if busy:
-            bar.update(escape(busy))
+            bar.update(plain(busy))
         elif walk is None:
             bar.update("enter: walk the runbook under the cursor · t: check again")
         elif walk.step is None:
             outcome = "resolved" if walk.resolved else "not resolved"
             bar.update(f"walk {outcome} · ctrl+s: export as Markdown · enter: walk another · t: check again")
         elif walk.step.kind == "action":
-            bar.update(escape(f"enter: {walk.describe_action(walk.step)} (asks for a reason) · x: stop here"))
+            bar.update(plain(f"enter: {walk.describe_action(walk.step)} (asks for a reason) · x: stop here"))
         elif walk.step.kind == "shell":
-            writable = " with /host writable" if walk.step.params.get("writable") else ""
             bar.update(
-                escape(f"enter: open a break-glass shell{writable}, commands suggested beside it · x: stop here")
+                plain(
+                    f"enter: open a break-glass shell ({ACCESS_TEXT[walk.step.access]}), commands suggested beside "
+                    "it · x: stop here"
+                )
             )
 
 
@@ -390,7 +394,7 @@ class FleetDebugScreen(ConsoleScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="fleet-debug-status")
-        table: DataTable[str] = DataTable(id="fleet-debug", cursor_type="row")
+        table = PlainTable(id="fleet-debug", cursor_type="row")
         table.add_column(" ", key="mark", width=1)
         table.add_column("Node", key="node")
         table.add_column("Runbook", key="runbook")
@@ -423,7 +427,8 @@ class FleetDebugScreen(ConsoleScreen):
                 key=f"{node}/{proposal.runbook.id}",
             )  # fmt: skip
         if shown:
-            table.sort("node", "runbook")  # nodes answer in any order; the list should not
+            # Nodes answer in any order; the list should not. Cells are Text: sort by what they say.
+            table.sort("node", "runbook", key=lambda cells: tuple(str(cell) for cell in cells))
         self._done += 1
         self.query_one("#fleet-debug-status", Static).update(
             f"{self._done} of {len(self.nodes)} nodes checked · {table.row_count} findings"

@@ -8,7 +8,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
+from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.screens.base import ConsoleScreen
+from lifsea_tui.tui.tables import PlainTable
 
 
 class FailedUnitsScreen(ConsoleScreen):
@@ -22,7 +24,7 @@ class FailedUnitsScreen(ConsoleScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="failed-note")
-        table: DataTable[str] = DataTable(id="failed", cursor_type="row")
+        table = PlainTable(id="failed", cursor_type="row")
         table.add_column("Node", key="node")
         table.add_column("Failed unit", key="unit")
         yield table
@@ -45,7 +47,7 @@ class FailedUnitsScreen(ConsoleScreen):
         note = f"{len(rows)} failed units on {nodes} nodes"
         if unknown:
             note += f" · {len(unknown)} nodes cannot say (unreachable or no bus): {', '.join(unknown[:8])}"
-        self.query_one("#failed-note", Static).update(note + " · enter opens the node's services")
+        self.query_one("#failed-note", Static).update(plain(note + " · enter opens the node's services"))
         if rows == self._shown:
             return
         self._shown = rows

@@ -13,8 +13,10 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from lifsea_tui.client.fleet import NodeSnapshot, version_drift
 from lifsea_tui.client.node import NodeError
+from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import ReasonModal
+from lifsea_tui.tui.tables import PlainTable
 
 # Fixed widths: cells change all the time, and measuring a thousand rows on each change would cost more
 # than the repaint. Long reasons are cut here and shown whole on the node screen.
@@ -31,6 +33,7 @@ COLUMNS = (
     ("seen", "Last seen", 9),
 )
 SORTS = ("name", "state", "booted", "latency")
+CELL = 64  # characters of node text a fleet cell keeps (its column is narrower; the node screen has all)
 BUSY_STATES = ("checking", "staging")
 
 
@@ -45,7 +48,7 @@ def ago(when: float | None) -> str:
     return f"{seconds // 3600}h ago"
 
 
-class NodeTable(DataTable[Text | str]):
+class NodeTable(PlainTable):
     """The fleet table: enter opens the node under the cursor (and says so in the footer)."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Open", id="fleet-open")]
@@ -141,7 +144,7 @@ class FleetScreen(ConsoleScreen):
         snapshots = list(self.lifsea.fleet.snapshots.values())
         if self.filter_text:
             needle = self.filter_text.lower()
-            snapshots = [s for s in snapshots if needle in " ".join(map(str, self._cells(s, plain=True))).lower()]
+            snapshots = [s for s in snapshots if needle in " ".join(c.plain for c in self._cells(s)).lower()]
         sort = SORTS[self.sort_index]
         if sort == "state":
             snapshots.sort(key=lambda s: (s.reachable, s.name))
@@ -156,18 +159,21 @@ class FleetScreen(ConsoleScreen):
     def _style(self, variable: str) -> str:
         return self.lifsea.colour(variable)
 
-    def _cells(self, snapshot: NodeSnapshot, plain: bool = False) -> list[Text | str]:
+    def _cells(self, snapshot: NodeSnapshot) -> list[Text]:
+        """The row of a node; every string in it came from the node or the inventory, so each is plain."""
         if snapshot.problem:
-            state: Text | str = Text(f"✗ {snapshot.problem}", style=self._style("node-down"))
+            state = plain(f"✗ {snapshot.problem}", self._style("node-down"), limit=CELL)
         elif snapshot.audit_warning:
-            state = Text(f"⚠ {snapshot.audit_warning}", style=self._style("node-down"))
+            state = plain(f"⚠ {snapshot.audit_warning}", self._style("node-down"), limit=CELL)
         elif snapshot.reachable:
             state = Text("● ok", style=self._style("node-ok"))
         else:
             state = Text("… connecting", style=self._style("node-unknown"))
-        booted = Text(snapshot.booted_version or "?", style=self._style("booted"))
+        booted = plain(snapshot.booted_version or "?", self._style("booted"), limit=CELL)
         pending = snapshot.pending
-        next_boot = Text(pending.version or pending.checksum[:10], style=self._style("pending")) if pending else ""
+        next_boot = (
+            plain(pending.version or pending.checksum[:10], self._style("pending"), limit=CELL) if pending else Text()
+        )
         update = ""
         if snapshot.update is not None:
             update = snapshot.update.state.value
@@ -176,19 +182,19 @@ class FleetScreen(ConsoleScreen):
             if snapshot.update.state.value == "failed" and snapshot.update.last_error:
                 update += f": {snapshot.update.last_error}"
         latency = f"{snapshot.latency_ms:.0f} ms" if snapshot.latency_ms is not None else ""
-        cells: list[Text | str] = [
-            "●" if snapshot.name in self.selected else " ",
-            snapshot.name,
+        failed, sessions = len(snapshot.failed_units or []), snapshot.ops_sessions
+        return [
+            Text("●" if snapshot.name in self.selected else " "),
+            plain(snapshot.name, limit=CELL),
             state,
             booted,
             next_boot,
-            update,
-            Text(str(len(snapshot.failed_units)), style=self._style("node-down")) if snapshot.failed_units else "",
-            Text(f"● {snapshot.ops_sessions}", style=self._style("recorded")) if snapshot.ops_sessions else "",
-            latency,
-            ago(snapshot.last_seen),
+            plain(update, limit=CELL),
+            Text(str(failed), style=self._style("node-down")) if failed else Text(),
+            Text(f"● {sessions}", style=self._style("recorded")) if sessions else Text(),
+            Text(latency),
+            Text(ago(snapshot.last_seen)),
         ]
-        return [cell.plain if plain and isinstance(cell, Text) else cell for cell in cells]
 
     def _flush(self) -> None:
         """Repaint what changed since the last flush: a burst of node results costs one repaint."""
@@ -242,7 +248,7 @@ class FleetScreen(ConsoleScreen):
         down = sum(1 for s in snapshots if s.problem)
         parts = [f"{version}: {count}" for version, count in drift.items()]
         text = Text("Versions  ", style="bold")
-        text.append("   ".join(parts))
+        text.append_text(plain("   ".join(parts)))
         if len([v for v in drift if v != "unknown"]) > 1:
             text.append("    (drift)", style=self._style("pending"))
         if down:

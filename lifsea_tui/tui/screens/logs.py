@@ -22,8 +22,8 @@ from textual.widgets import Footer, Input, Static
 
 from lifsea_tui.api import LogEntry
 from lifsea_tui.client.node import NodeError
-from lifsea_tui.tui.cast import visible
 from lifsea_tui.tui.logview import LogView
+from lifsea_tui.tui.plain import file_part, plain, visible
 from lifsea_tui.tui.screens.base import ConsoleScreen
 
 MAX_ENTRIES = 20_000
@@ -134,7 +134,9 @@ class LogsScreen(ConsoleScreen):
             if entry.priority == 4
             else ""
         )
-        text.append(f"{entry.identifier or entry.unit or '?'}[{entry.pid or ''}]: ", style="bold")
+        text.append(
+            visible(f"{entry.identifier or entry.unit or '?'}[{entry.pid or ''}]: ", keep_newlines=False), style="bold"
+        )
         text.append(visible(entry.message), style=style)  # control characters shown, never sent to the terminal
         if entry.cut:
             text.append(" [cut]", style="dim")
@@ -155,16 +157,16 @@ class LogsScreen(ConsoleScreen):
 
     def _show_status(self) -> None:
         text = Text()
-        text.append(f"{self.node_name} · {self.unit or 'all units'} · ", style="bold")
+        text.append_text(plain(f"{self.node_name} · {self.unit or 'all units'} · ", "bold"))
         text.append(f"{len(self.entries):,} lines")
         if self.dropped_oldest:
             text.append(f" ({self.dropped_oldest:,} oldest dropped from view)")
         text.append(f" · priority: {PRIORITIES[self.priority_index][1]}")
         text.append(f" · {'following' if self.follow else 'paused'}")
         if self.search:
-            text.append(f" · search /{self.search}/")
+            text.append_text(plain(f" · search /{self.search}/"))
         if self.state != "following":
-            text.append(f" · {self.state}", style=self.lifsea.colour("pending"))
+            text.append_text(plain(f" · {self.state}", self.lifsea.colour("pending")))
         self.query_one("#logs-status", Static).update(text)
 
     # -- keys ------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ class LogsScreen(ConsoleScreen):
 
     def action_save(self) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        name = f"lifsea-logs-{self.node_name}-{(self.unit or 'all').replace('/', '_')}-{stamp}.log"
+        name = f"lifsea-logs-{file_part(self.node_name)}-{file_part(self.unit or 'all')}-{stamp}.log"
         path = Path.cwd() / name
         try:
             with path.open("w") as handle:

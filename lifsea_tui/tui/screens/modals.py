@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Label, Select, Static
+
+from lifsea_tui.api import ACCESS_TEXT, OpsAccess
+from lifsea_tui.tui.plain import plain
 
 # What each action does, in the words of the confirmation.
 ACTION_TEXT = {
@@ -46,8 +51,8 @@ class ReasonModal(ModalScreen[str | None]):
         count = len(self.nodes)
         shown = ", ".join(self.nodes[:6]) + (f" and {count - 6} more" if count > 6 else "")
         with Vertical():
-            yield Label(ACTION_TEXT.get(self.action_name, self.action_name), id="title")
-            yield Static(f"on {count} node{'s' if count != 1 else ''}: {shown}", id="nodes")
+            yield Label(plain(ACTION_TEXT.get(self.action_name, self.action_name)), id="title")
+            yield Static(plain(f"on {count} node{'s' if count != 1 else ''}: {shown}"), id="nodes")
             yield Input(placeholder="reason (required; written to each node's audit log)", id="reason", max_length=500)
             yield Static("", id="problem")
             yield Static("enter confirm · esc cancel", id="keys")
@@ -64,8 +69,19 @@ class ReasonModal(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class OpsModal(ModalScreen["tuple[str, str | None, int] | None"]):
-    """Ask for what a break-glass shell needs: reason, ticket, TTL. Dismisses with them, or None."""
+@dataclass(frozen=True)
+class OpsAnswer:
+    reason: str
+    ticket: str | None
+    ttl_seconds: int
+    access: OpsAccess
+
+
+class OpsModal(ModalScreen[OpsAnswer | None]):
+    """Ask for what a break-glass shell needs: reason, ticket, access level, TTL. Dismisses with them, or None.
+
+    With `access` (a runbook's step names one) the level is fixed and said; otherwise the person picks,
+    read-only first."""
 
     DEFAULT_CSS = """
     OpsModal {
@@ -76,6 +92,7 @@ class OpsModal(ModalScreen["tuple[str, str | None, int] | None"]):
         }
         #title { text-style: bold; color: $error; }
         #what { color: $text-muted; margin-bottom: 1; }
+        #access-fixed { margin-bottom: 1; text-style: bold; }
         #problem { color: $error; height: auto; }
         #keys { color: $text-muted; margin-top: 1; }
     }
@@ -83,26 +100,30 @@ class OpsModal(ModalScreen["tuple[str, str | None, int] | None"]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="ops-modal-cancel")]
     DURATIONS = {"s": 1, "m": 60, "h": 3600}
 
-    def __init__(self, node: str, *, writable: bool = False) -> None:
+    def __init__(self, node: str, *, access: OpsAccess | None = None) -> None:
         super().__init__()
         self.node = node
-        self.writable = writable
+        self.fixed = access
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(f"Open a break-glass ops shell on {self.node}", id="title")
-            root = (
-                "its root at /host with /etc and /var WRITABLE (the runbook asks for it; /usr stays read-only)"
-                if self.writable
-                else "its root read-only at /host"
-            )
+            yield Label(plain(f"Open a break-glass ops shell on {self.node}"), id="title")
             yield Static(
-                f"A temporary ops container in the node's namespaces, {root}. "
+                "A temporary ops container in the node's namespaces, its root at /host. "
                 "Every byte is recorded by the node; start and end go into its audit log.",
                 id="what",
             )
             yield Input(placeholder="reason (required)", id="reason", max_length=500)
             yield Input(placeholder="ticket (if your node requires one)", id="ticket", max_length=200)
+            if self.fixed is not None:
+                yield Static(plain(f"Access asked by the runbook: {ACCESS_TEXT[self.fixed]}"), id="access-fixed")
+            else:
+                yield Select(
+                    [(ACCESS_TEXT[level], level) for level in OpsAccess],
+                    value=OpsAccess.read_only,
+                    allow_blank=False,
+                    id="access",
+                )
             yield Input(value="15m", placeholder="time to live: 900, 15m, 1h", id="ttl", max_length=8)
             yield Static("", id="problem")
             yield Static("tab next field · enter open · esc cancel", id="keys")
@@ -126,7 +147,8 @@ class OpsModal(ModalScreen["tuple[str, str | None, int] | None"]):
             problem.update("Time to live: a number of seconds, or like 15m or 1h (at least 10 s).")
             self.query_one("#ttl", Input).focus()
             return
-        self.dismiss((reason, ticket, ttl))
+        access = self.fixed if self.fixed is not None else OpsAccess(self.query_one("#access", Select).value)
+        self.dismiss(OpsAnswer(reason, ticket, ttl, access))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -27,12 +27,14 @@ from lifsea_tui.api import (
 )
 from lifsea_tui.client.node import NodeError
 from lifsea_tui.tui.cast import parse
+from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.player import PlayerScreen
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.debug import DebugScreen
 from lifsea_tui.tui.screens.logs import LogsScreen
-from lifsea_tui.tui.screens.modals import OpsModal, ReasonModal
+from lifsea_tui.tui.screens.modals import OpsAnswer, OpsModal, ReasonModal
 from lifsea_tui.tui.screens.shell import OpsRequest, ShellScreen
+from lifsea_tui.tui.tables import PlainTable
 
 POLL_SECONDS = 3.0
 AUDIT_PAGE = 50
@@ -107,18 +109,18 @@ class NodeScreen(ConsoleScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(self.live_text, id="live")
+        yield Static(plain(self.live_text), id="live")
         with TabbedContent(id="tabs", initial=self.first_tab or ""):
             with TabPane("Overview", id="tab-overview"), VerticalScroll():
                 yield Static("loading…", id="overview")
             with TabPane("Deployments & history", id="tab-deployments"), VerticalScroll():
-                deployments: DataTable[Text | str] = DataTable(id="deployments", cursor_type="row")
+                deployments = PlainTable(id="deployments", cursor_type="row")
                 for label in ("#", "Version", "Checksum", "State", "Origin", "Committed", "Subject"):
                     deployments.add_column(label, key=label)
                 yield deployments
                 yield Static("", id="deployment-detail", classes="note")
                 yield Static("History", classes="note")
-                history: DataTable[str] = DataTable(id="history", cursor_type="row")
+                history = PlainTable(id="history", cursor_type="row")
                 for label in ("When", "Event", "Version", "Who", "Why"):
                     history.add_column(label, key=label)
                 yield history
@@ -126,18 +128,18 @@ class NodeScreen(ConsoleScreen):
                 yield Static("loading…", id="upgrades")
             with TabPane("Services", id="tab-services"), VerticalScroll():
                 yield Static("loading…", id="services-note", classes="note")
-                units: DataTable[Text | str] = DataTable(id="services", cursor_type="row")
+                units = PlainTable(id="services", cursor_type="row")
                 for label in ("Unit", "State", "Since", "Restarts", "PID", "Memory", "Description"):
                     units.add_column(label, key=label)
                 yield units
             with TabPane("Ops sessions & recordings", id="tab-ops"), VerticalScroll():
                 yield Static("Open ops sessions (enter re-attaches your own)", classes="note")
-                sessions: DataTable[str] = DataTable(id="ops-sessions", cursor_type="row")
+                sessions = PlainTable(id="ops-sessions", cursor_type="row")
                 for label in ("Session", "Who", "State", "Reason", "Ticket", "Ends"):
                     sessions.add_column(label, key=label)
                 yield sessions
                 yield Static("Recordings (enter plays; each viewing is audited on the node)", classes="note")
-                recordings: DataTable[Text | str] = DataTable(id="recordings", cursor_type="row")
+                recordings = PlainTable(id="recordings", cursor_type="row")
                 for label in ("Recording", "Who", "Started", "Size", "Sealed", "Ended because", "Reason"):
                     recordings.add_column(label, key=label)
                 yield recordings
@@ -145,7 +147,7 @@ class NodeScreen(ConsoleScreen):
                 yield Static("", id="chain", classes="note")
                 # Kept apart from #chain, which every reload rewrites: a verdict stays until asked again.
                 yield Static("press v to verify the audit chain", id="verify", classes="note")
-                audit: DataTable[str] = DataTable(id="audit-table", cursor_type="row")
+                audit = PlainTable(id="audit-table", cursor_type="row")
                 for label in ("Seq", "Time", "Actor", "Role", "Action", "Reason", "Outcome"):
                     audit.add_column(label, key=label)
                 yield audit
@@ -215,10 +217,10 @@ class NodeScreen(ConsoleScreen):
     def _set_live(self, text: str) -> None:
         if text != self.live_text:
             self.live_text = text
-            self.query_one("#live", Static).update(text)
+            self.query_one("#live", Static).update(plain(text))
 
     def _problem(self, widget_id: str, error: BaseException) -> None:
-        self.query_one(widget_id, Static).update(Text(f"✗ {error}", style=self.lifsea.colour("node-down")))
+        self.query_one(widget_id, Static).update(plain(f"✗ {error}", self.lifsea.colour("node-down")))
 
     def _show_overview(self, info: NodeInfo | BaseException) -> None:
         if isinstance(info, BaseException):
@@ -235,16 +237,16 @@ class NodeScreen(ConsoleScreen):
             ("Machine id", info.machine_id or "?"),
             ("Agent", info.agent_version),
         ):
-            table.add_row(label, value)
+            table.add_row(label, plain(value))
         table.add_row("", "")
         table.add_row("Capabilities", "")
         for name, capability in sorted(info.capabilities.items()):
             mark = (
-                Text("✓ " + name, style=self.lifsea.colour("node-ok"))
+                plain(f"✓ {name}", self.lifsea.colour("node-ok"))
                 if capability.available
-                else Text("✗ " + name, style=self.lifsea.colour("node-down"))
+                else plain(f"✗ {name}", self.lifsea.colour("node-down"))
             )
-            table.add_row(mark, capability.reason or "")
+            table.add_row(mark, plain(capability.reason))
         self.query_one("#overview", Static).update(table)
 
     def _show_deployments(self, listing: Any, update: Any) -> None:
@@ -252,7 +254,7 @@ class NodeScreen(ConsoleScreen):
         detail = self.query_one("#deployment-detail", Static)
         table.clear()
         if isinstance(listing, BaseException):
-            detail.update(Text(f"✗ {listing}", style=self.lifsea.colour("node-down")))
+            detail.update(plain(f"✗ {listing}", self.lifsea.colour("node-down")))
             return
         for deployment in listing.deployments:
             table.add_row(
@@ -277,7 +279,7 @@ class NodeScreen(ConsoleScreen):
                     f"; packages +{len(diff.packages_added)} -{len(diff.packages_removed)} "
                     f"~{len(diff.packages_changed)}"
                 )
-        detail.update(note)
+        detail.update(plain(note))
 
     def _flags(self, deployment: Deployment) -> Text:
         text = Text()
@@ -326,28 +328,29 @@ class NodeScreen(ConsoleScreen):
         if update.operation:
             state.append(f"  ({update.operation} running…)")
         table.add_row("State", state)
-        table.add_row("Follows", update.refspec or "?")
+        table.add_row("Follows", plain(update.refspec or "?"))
         table.add_row("Last checked", _when(update.last_checked) if update.last_checked else "never")
         if update.last_error:
-            table.add_row("Last error", Text(update.last_error, style=self.lifsea.colour("node-down")))
+            table.add_row("Last error", plain(update.last_error, self.lifsea.colour("node-down"), multiline=True))
         table.add_row("", "")
         if not update.targets:
             table.add_row("Targets", "none known: press c to check")
         for target in update.targets:
             table.add_row(
-                f"→ {target.version or _short(target.checksum)}", f"{_when(target.timestamp)}  {target.subject or ''}"
+                plain(f"→ {target.version or _short(target.checksum)}"),
+                plain(f"{_when(target.timestamp)}  {target.subject or ''}"),
             )
             if target.diff:
                 diff = target.diff
                 table.add_row("", f"{diff.added} added, {diff.modified} changed, {diff.removed} removed files")
                 for line in diff.sample:
-                    table.add_row("", Text(line, style="dim"))
+                    table.add_row("", plain(line, "dim"))
                 for package in diff.packages_added:
-                    table.add_row("", f"+ {package}")
+                    table.add_row("", plain(f"+ {package}"))
                 for package in diff.packages_removed:
-                    table.add_row("", f"- {package}")
+                    table.add_row("", plain(f"- {package}"))
                 for package in diff.packages_changed:
-                    table.add_row("", f"~ {package}")
+                    table.add_row("", plain(f"~ {package}"))
         table.add_row("", "")
         table.add_row("Keys", "c check · s stage · x cancel staged · b rollback · r reboot")
         self.query_one("#upgrades", Static).update(table)
@@ -377,8 +380,10 @@ class NodeScreen(ConsoleScreen):
         first = page.records[0].seq if page.records else None
         where = "newest" if self.audit_before is None else f"before {self.audit_before}"
         self.query_one("#chain", Static).update(
-            f"{len(page.records)} records ({where}); head seq {page.head_seq} · n older · p newer"
-            + (f" · oldest shown {first}" if first is not None else "")
+            Text(
+                f"{len(page.records)} records ({where}); head seq {page.head_seq} · n older · p newer"
+                + (f" · oldest shown {first}" if first is not None else "")
+            )
         )
 
     @work(exclusive=True, group="node-services", exit_on_error=False)
@@ -422,9 +427,11 @@ class NodeScreen(ConsoleScreen):
             table.move_cursor(row=table.get_row_index(cursor))
         failed = sum(1 for u in units if u.active_state == "failed")
         self.query_one("#services-note", Static).update(
-            f"{len(units)} services, {failed} failed (failed first)"
-            + (f", {missing} referenced but not installed (hidden)" if missing else "")
-            + " · l logs · R restart · S start · X stop"
+            Text(
+                f"{len(units)} services, {failed} failed (failed first)"
+                + (f", {missing} referenced but not installed (hidden)" if missing else "")
+                + " · l logs · R restart · S start · X stop"
+            )
         )
 
     @staticmethod
@@ -483,6 +490,9 @@ class NodeScreen(ConsoleScreen):
         session = self.open_sessions.get(event.row_key.value or "")
         if session is None:
             return
+        if self.lifsea.read_only:
+            self.notify("read-only console: no ops shells, not even re-attaching", severity="warning")
+            return
         self.app.push_screen(ShellScreen(self.node_name, self.lifsea.fleet.client(self.node_name), session))
 
     # -- actions ---------------------------------------------------------------------------------------
@@ -508,22 +518,25 @@ class NodeScreen(ConsoleScreen):
         try:
             result = await self.lifsea.net.run(self.lifsea.fleet.client(self.node_name).audit_verify())
         except NodeError as error:
-            chain.update(Text(f"✗ cannot verify: {error}", style=self.lifsea.colour("node-down")))
+            chain.update(plain(f"✗ cannot verify: {error}", self.lifsea.colour("node-down")))
             return
         if result.ok:
             chain.update(
                 Text(
-                    f"✓ chain verified: {result.records} records, head {result.head_seq}",
+                    f"✓ chain verified: {result.records} records, head {result.head_seq}, matches what the agent "
+                    f"wrote; {result.recordings_checked} sealed recordings match",
                     style=self.lifsea.colour("node-ok"),
                 )
             )
         else:
-            chain.update(
-                Text(
-                    f"✗ CHAIN BROKEN at record {result.first_bad_seq}: {result.problem}",
-                    style=self.lifsea.colour("node-down"),
-                )
-            )
+            problems = [f"✗ AUDIT LOG NOT INTACT: {result.problem}"]
+            if result.first_bad_seq is not None:
+                problems[0] += f" (first bad record {result.first_bad_seq})"
+            problems += [
+                f"✗ recording {bad.id} (sealed in record {bad.audit_seq}): {bad.problem}"
+                for bad in result.bad_recordings
+            ]
+            chain.update(plain("\n".join(problems), self.lifsea.colour("node-down"), multiline=True))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "unit":  # the unit keys belong to the Services tab
@@ -578,10 +591,9 @@ class NodeScreen(ConsoleScreen):
 
         self.app.push_screen(ReasonModal(action, [self.node_name]), chosen)
 
-    def _open_shell(self, answer: tuple[str, str | None, int] | None) -> None:
+    def _open_shell(self, answer: OpsAnswer | None) -> None:
         if answer is not None:
-            reason, ticket, ttl = answer
-            request = OpsRequest(reason=reason, ticket=ticket, ttl_seconds=ttl)
+            request = OpsRequest(answer.reason, answer.ticket, answer.ttl_seconds, answer.access)
             self.app.push_screen(ShellScreen(self.node_name, self.lifsea.fleet.client(self.node_name), request))
 
     @work(group="node-actions", exit_on_error=False)

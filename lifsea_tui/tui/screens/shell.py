@@ -22,9 +22,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from lifsea_tui.api import OpsSession
+from lifsea_tui.api import OpsAccess, OpsSession
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output, Reconnecting, ShellEvent
+from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.terminal import TerminalView, key_bytes
 
@@ -36,7 +37,12 @@ class OpsRequest:
     reason: str
     ticket: str | None
     ttl_seconds: int
-    writable_host: bool = False
+    access: OpsAccess = OpsAccess.read_only
+
+
+def access_label(access: OpsAccess) -> str:
+    """What the banner says the shell may do: every level but read-only can change the node."""
+    return "READ-ONLY" if access == OpsAccess.read_only else f"{access.value.upper()}: CAN CHANGE THE NODE"
 
 
 # The emulator takes about 1 MB/s of scrolling output: a turn of the UI loop feeds it FEED_CHUNK (tens
@@ -141,10 +147,11 @@ class ShellScreen(ConsoleScreen):
         if self.hints:
             with Horizontal(id="shell-body"):
                 yield ShellTerminal(self, id="terminal")
-                text = Text(f"{self.hint_title}\n\n" if self.hint_title else "", style="bold")
+                text = plain(f"{self.hint_title}\n\n" if self.hint_title else "", "bold", multiline=True)
                 text.append("Suggested by the runbook (not typed for you):\n\n", style="italic")
                 for command in self.hints:
-                    text.append(f"$ {command}\n\n")
+                    text.append_text(plain(f"$ {command}"))
+                    text.append("\n\n")
                 yield Static(text, id="hints")
         else:
             yield ShellTerminal(self, id="terminal")
@@ -179,7 +186,7 @@ class ShellScreen(ConsoleScreen):
                     request.reason,
                     ticket=request.ticket,
                     ttl_seconds=request.ttl_seconds,
-                    writable_host=request.writable_host,
+                    access=request.access,
                 )
             except NodeError as error:
                 self._post(Closed(error.status, f"the node refused the ops shell: {error}"))
@@ -324,22 +331,22 @@ class ShellScreen(ConsoleScreen):
         session = self.session
         if isinstance(self.exit, Exit):
             code = "?" if self.exit.code is None else self.exit.code
-            text.append(f"SESSION ENDED · exit {code} · {self.exit.reason} · ", style="bold")
+            text.append_text(plain(f"SESSION ENDED · exit {code} · {self.exit.reason} · ", "bold"))
             recording = f" · recording {session.recording}" if session else ""
-            text.append(f"{self.node_name}{recording} · esc back")
+            text.append_text(plain(f"{self.node_name}{recording} · esc back"))
         elif isinstance(self.exit, Closed):
-            text.append(f"{'DISCONNECTED' if session else 'NOT STARTED'} · {self.exit.reason} · esc back")
+            text.append_text(plain(f"{'DISCONNECTED' if session else 'NOT STARTED'} · {self.exit.reason} · esc back"))
         elif session is None:
             assert self.request is not None
-            text.append("● RECORDED ", style="bold")
-            text.append(f"{self.node_name} · {self.request.reason} · ")
+            text.append(f"● RECORDED · {access_label(self.request.access)} ", style="bold")
+            text.append_text(plain(f"{self.node_name} · {self.request.reason} · "))
             text.append("STARTING THE OPS CONTAINER…", style="bold")
         else:
             left = max(0, int((session.expires_at - datetime.now(UTC)).total_seconds()))
-            text.append("● RECORDED ", style="bold")
-            text.append(f"{self.node_name} · {session.reason} · {left // 60}:{left % 60:02d} left")
+            text.append(f"● RECORDED · {access_label(session.access)} ", style="bold")
+            text.append_text(plain(f"{self.node_name} · {session.reason} · {left // 60}:{left % 60:02d} left"))
             if self.state != "attached":
-                text.append(f" · {self.state.upper()}", style="bold")
+                text.append_text(plain(f" · {self.state.upper()}", "bold"))
         banner.update(text)
 
     def action_back(self) -> None:
