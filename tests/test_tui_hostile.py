@@ -227,3 +227,75 @@ def test_a_real_terminal_gets_no_title_or_clipboard_from_a_node(
     assert "PWNED" not in title_after and "C1-TITLE" not in title_after and title_after == title_before
     assert buffers.strip() == "", f"a node wrote the clipboard: {buffers!r}"
     assert LITERAL in fleet and LITERAL in audit
+
+
+SHELL_FIRST = """
+id = "aa-shell-first"
+title = "AA shell first"
+symptom = "units have failed"
+start = "failed"
+
+[steps.failed]
+check = "failed-units"
+explain = "Which units failed."
+problem = "look"
+ok = "done"
+unknown = "done"
+
+[steps.look]
+shell = "Look around"
+access = "writable"
+commands = ["ls /host"]
+then = "done"
+
+[steps.done]
+end = "done"
+resolved = true
+"""
+
+
+async def test_a_read_only_console_opens_no_shell_from_a_walk_or_the_ops_tab(
+    hostile: tuple[HostileNode, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--read-only hid the o key, yet a runbook's shell step (writable, in two shipped runbooks) still
+    opened a session, and enter on the Ops tab re-attached to one."""
+    monkeypatch.setenv("LIFSEA_TUI_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LIFSEA_TUI_CONFIG_DIR", str(tmp_path / "config"))
+    (tmp_path / "config" / "runbooks").mkdir(parents=True)
+    (tmp_path / "config" / "runbooks" / "shell-first.toml").write_text(SHELL_FIRST)
+    node, ca = hostile
+    fleet = Fleet([NodeTarget(name="evil", url=node.url, token="t", ca_file=ca)])
+    app = LifseaApp(fleet, read_only=True, refresh_interval=3600)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await until(pilot, "the fleet row", lambda: app.fleet.snapshots["evil"].reachable)
+        await pilot.press("enter")
+        await until(pilot, "the node screen", lambda: isinstance(app.screen, NodeScreen))
+        node_screen = app.screen
+        assert isinstance(node_screen, NodeScreen)
+        node_screen.query_one("#tabs", TabbedContent).active = "tab-ops"
+        sessions = node_screen.query_one("#ops-sessions", DataTable)
+        await until(pilot, "the open session", lambda: sessions.row_count > 0)
+        sessions.focus()
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        assert app.screen is node_screen  # no shell screen
+        await pilot.press("o")  # the key is not there either
+        await pilot.pause(0.3)
+        assert app.screen is node_screen
+
+        await pilot.press("d")
+        await until(pilot, "the debug screen", lambda: isinstance(app.screen, DebugScreen))
+        debug = app.screen
+        assert isinstance(debug, DebugScreen)
+        await until(pilot, "the triage", lambda: bool(debug.proposals))
+        debug.query_one("#debug-runbooks", DataTable).move_cursor(row=0)  # AA shell first: sorted first
+        await pilot.press("enter")
+        await until(
+            pilot, "the shell step", lambda: debug.walk is not None and debug.walk.step is not None
+            and debug.walk.step.kind == "shell" and not debug.busy,
+        )  # fmt: skip
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        assert app.screen is debug  # no modal asking for a shell, no shell
+        messages = [n.message for n in app._notifications]
+    assert sum("read-only console" in m for m in messages) == 2, messages
