@@ -122,20 +122,43 @@ def start_agent(
         limits=limits or LimitsConfig(),
     )
     app = create_app(config)
+    served = serve(uvicorn_config(app, config))
+    return RunningAgent(
+        url=served.url, ca_file=ca, config=config, tokens=tokens, server=served.server, thread=served.thread, app=app
+    )
+
+
+@dataclass
+class Served:
+    """A uvicorn server on a loopback port of its own, run by a thread of its own."""
+
+    server: uvicorn.Server
+    thread: threading.Thread
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.server.force_exit = True
+        self.thread.join(5)
+
+
+def serve(config: uvicorn.Config) -> Served:
+    """Start `config`'s app on a free loopback port; back once it accepts connections."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, config))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("agent did not start")
+            raise RuntimeError(f"{type(config.app).__name__} on 127.0.0.1 did not start")
         time.sleep(0.02)
-    return RunningAgent(
-        url=f"https://127.0.0.1:{port}", ca_file=ca, config=config, tokens=tokens, server=server, thread=thread, app=app
-    )
+    return Served(server, thread, sock.getsockname()[1])
 
 
 def write_agent_config(base: Path, *, host_root: Path, sysroot_path: Path, name: str = "tiny") -> tuple[Path, dict]:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +59,7 @@ from lifsea_tui.api import (
 )
 from lifsea_tui.api import ops as proto
 from lifsea_tui.api import routes as r
+from tests.helpers import serve
 
 MARKUP = "[/nope] [link=https://evil.example/]click me[/link] [bold red]loud [@click=app.quit]quit[/]"
 OSC = "\x1b]52;c;cHduZWQ=\x07\x1b]0;PWNED-TITLE\x07\x1b]8;;https://evil.example/\x1b\\link\x1b]8;;\x1b\\"
@@ -287,25 +285,11 @@ def make_app() -> Starlette:
 
 class HostileNode:
     def __init__(self, cert: Path, key: Path) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(
+        self.served = serve(
             uvicorn.Config(make_app(), ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="critical",
                            lifespan="off", ws="websockets-sansio")
         )  # fmt: skip
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[sock])), daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the hostile node did not start"
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        self.url = self.served.url
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.server.force_exit = True
-        self.thread.join(5)
+        self.served.stop()

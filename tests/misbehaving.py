@@ -7,9 +7,6 @@ middleboxes: each is a real HTTPS (and websocket) server whose answers are wrong
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from pathlib import Path
 
 import uvicorn
@@ -18,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+
+from tests.helpers import serve
 
 MODES = ("slow", "garbage", "server-error", "wrong-schema", "unauthorized", "ws-drop")
 
@@ -51,10 +50,7 @@ def make_app(mode: str, slow_seconds: float) -> Starlette:
 class MisbehavingNode:
     def __init__(self, mode: str, cert: Path, key: Path, slow_seconds: float = 30.0) -> None:
         self.mode = mode
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(
+        self.served = serve(
             uvicorn.Config(
                 make_app(mode, slow_seconds),
                 ssl_certfile=str(cert),
@@ -63,18 +59,7 @@ class MisbehavingNode:
                 lifespan="off",
             )
         )
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[sock])), daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "misbehaving node did not start"
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        self.url = self.served.url
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.server.force_exit = True
-        self.thread.join(5)
+        self.served.stop()

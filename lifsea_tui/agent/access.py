@@ -25,6 +25,7 @@ is meant to be collected off the node.
 from __future__ import annotations
 
 import platform
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,18 @@ def unsupported() -> str | None:
     """Why this machine cannot enforce the levels (the seccomp rules name clone's first argument)."""
     if platform.machine() not in SECCOMP_ARCHES:
         return f"the ops shell's seccomp filter is written for {', '.join(SECCOMP_ARCHES)}, not {platform.machine()}"
+    return None
+
+
+def runc_too_old(version_output: str) -> str | None:
+    """Why this runc cannot hold the levels: before 1.1 it takes `rro` as mount data and ignores it, which
+    would leave mounts under /host writable without a word."""
+    found = re.search(r"runc version (\d+)\.(\d+)", version_output)
+    if found is None:
+        return f"cannot tell runc's version from {version_output[:60]!r}"
+    if (int(found.group(1)), int(found.group(2))) < (1, 1):
+        version = f"{found.group(1)}.{found.group(2)}"
+        return f"runc {version} is too old for the access levels (recursive read-only mounts need 1.1)"
     return None
 
 

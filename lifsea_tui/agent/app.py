@@ -5,7 +5,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -603,19 +603,25 @@ def create_app(config: AgentConfig) -> FastAPI:
             agent.refusals.count(what, peer(websocket), identity.actor)
         await websocket.close(CLOSE_TOO_MANY, str(error)[:120])
 
-    @app.websocket(r.LOGS_FOLLOW)
-    async def logs_follow(websocket: WebSocket) -> None:
-        """Entries as JSON text frames as the node writes them (after a backlog, or after a cursor)."""
-        identity = await accepted(websocket, r.LOGS_FOLLOW)
+    async def limited(
+        websocket: WebSocket, route: str, limits: StreamLimits, serve: Callable[[WebSocket], Awaitable[None]]
+    ) -> None:
+        """Serve an authorized caller's stream while it, and everyone together, are within `limits`."""
+        identity = await accepted(websocket, route)
         if identity is None:
             return
         try:
-            with agent.follows.hold(identity.actor):
-                await follow_logs(websocket)
+            with limits.hold(identity.actor):
+                await serve(websocket)
         except LimitReached as error:
-            await over_limit(websocket, r.LOGS_FOLLOW, identity, error)
+            await over_limit(websocket, route, identity, error)
+
+    @app.websocket(r.LOGS_FOLLOW)
+    async def logs_follow(websocket: WebSocket) -> None:
+        await limited(websocket, r.LOGS_FOLLOW, agent.follows, follow_logs)
 
     async def follow_logs(websocket: WebSocket) -> None:
+        """Entries as JSON text frames as the node writes them (after a backlog, or after a cursor)."""
         query = websocket.query_params
         try:
             unit = check_unit_name(query["unit"]) if query.get("unit") else None
@@ -750,14 +756,7 @@ def create_app(config: AgentConfig) -> FastAPI:
 
     @app.websocket(r.EVENTS)
     async def events(websocket: WebSocket) -> None:
-        identity = await accepted(websocket, r.EVENTS)
-        if identity is None:
-            return
-        try:
-            with agent.event_streams.hold(identity.actor):
-                await stream_events(websocket)
-        except LimitReached as error:
-            await over_limit(websocket, r.EVENTS, identity, error)
+        await limited(websocket, r.EVENTS, agent.event_streams, stream_events)
 
     async def stream_events(websocket: WebSocket) -> None:
         with agent.events.subscribe() as queue:

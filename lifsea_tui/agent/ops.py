@@ -164,6 +164,7 @@ class OpsManager:
         # a node) has its own, so neither's start-up tidying touches the other's sessions.
         self._runc = ["runc", f"--root={self.ops.dir / 'runc'}"]
         self._subreaper = False
+        self._runc_problem: str | None = None  # found at start: a runc that cannot hold the access levels
 
     # -- availability, start and stop -----------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class OpsManager:
             return "no ops image configured ([ops] image in the agent's config)"
         if shutil.which("runc") is None:
             return "runc is not installed"
-        if (problem := access.unsupported()) is not None:
+        if (problem := access.unsupported() or self._runc_problem) is not None:
             return problem
         if not (self.ops.namespaces / "pid").exists():
             return f"the node's namespaces are not at {self.ops.namespaces} (is the node running?)"
@@ -188,6 +189,10 @@ class OpsManager:
         """Tear down what a killed agent left: containers, bundles; seal their recordings as interrupted."""
         if self.ops.image is None:
             return
+        with contextlib.suppress(BackendError):
+            self._runc_problem = access.runc_too_old(
+                await run([*self._runc, "--version"], RUNC_TIMEOUT, "runc --version")
+            )
         if not self._subreaper:
             become_subreaper()
             self._subreaper = True
