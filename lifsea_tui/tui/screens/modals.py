@@ -128,6 +128,11 @@ class OpsModal(ModalScreen[OpsAnswer | None]):
             yield Static("", id="problem")
             yield Static("tab next field · enter open · esc cancel", id="keys")
 
+    @on(Select.Changed, "#access")
+    def _level_chosen(self) -> None:
+        """Back to the reason, where enter opens the shell (enter on the list would open the list again)."""
+        self.query_one("#reason", Input).focus()
+
     @on(Input.Submitted)
     def confirm(self, event: Input.Submitted) -> None:
         reason = self.query_one("#reason", Input).value.strip()

@@ -135,7 +135,7 @@ class NodeScreen(ConsoleScreen):
             with TabPane("Ops sessions & recordings", id="tab-ops"), VerticalScroll():
                 yield Static("Open ops sessions (enter re-attaches your own)", classes="note")
                 sessions = PlainTable(id="ops-sessions", cursor_type="row")
-                for label in ("Session", "Who", "State", "Reason", "Ticket", "Ends"):
+                for label in ("Session", "Who", "Access", "State", "Reason", "Ticket", "Ends"):
                     sessions.add_column(label, key=label)
                 yield sessions
                 yield Static("Recordings (enter plays; each viewing is audited on the node)", classes="note")
@@ -447,13 +447,13 @@ class NodeScreen(ConsoleScreen):
         table = self.query_one("#ops-sessions", DataTable)
         table.clear()
         if isinstance(sessions, BaseException):
-            table.add_row("", "", "", f"cannot list: {sessions}", "", "")
+            table.add_row("", "", "", "", f"cannot list: {sessions}", "", "")
         else:
             self.open_sessions = {s.id: s for s in sessions.sessions}
             for session in sessions.sessions:
                 table.add_row(
-                    session.id, session.actor, session.state.value, session.reason, session.ticket or "",
-                    _when(session.expires_at), key=session.id,
+                    session.id, session.actor, session.access.value, session.state.value, session.reason,
+                    session.ticket or "", _when(session.expires_at), key=session.id,
                 )  # fmt: skip
         table = self.query_one("#recordings", DataTable)
         table.clear()

@@ -338,12 +338,12 @@ class ShellScreen(ConsoleScreen):
             text.append_text(plain(f"{'DISCONNECTED' if session else 'NOT STARTED'} · {self.exit.reason} · esc back"))
         elif session is None:
             assert self.request is not None
-            text.append(f"● RECORDED · {access_label(self.request.access)} ", style="bold")
+            text.append(f"● RECORDED · {access_label(self.request.access)} · ", style="bold")
             text.append_text(plain(f"{self.node_name} · {self.request.reason} · "))
             text.append("STARTING THE OPS CONTAINER…", style="bold")
         else:
             left = max(0, int((session.expires_at - datetime.now(UTC)).total_seconds()))
-            text.append(f"● RECORDED · {access_label(session.access)} ", style="bold")
+            text.append(f"● RECORDED · {access_label(session.access)} · ", style="bold")
             text.append_text(plain(f"{self.node_name} · {session.reason} · {left // 60}:{left % 60:02d} left"))
             if self.state != "attached":
                 text.append_text(plain(f" · {self.state.upper()}", "bold"))
