@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -32,6 +33,13 @@ def audit_records(agent: RunningAgent) -> list[dict]:
         return http.get(routes.AUDIT, params={"limit": 1000}).json()["records"]
 
 
+def all_routes(routes: list) -> Iterator:
+    """The app's routes, those of its included routers too (FastAPI keeps those apart)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        yield from all_routes(inner.routes) if inner is not None else [route]
+
+
 def test_every_route_has_a_rule(agent: RunningAgent) -> None:
     """Walks the app's whole surface (every documented operation and every websocket) against RULES."""
     app = agent.app
@@ -40,7 +48,7 @@ def test_every_route_has_a_rule(agent: RunningAgent) -> None:
         for method in operations:
             assert (method.upper(), path) in RULES, f"{method.upper()} {path} has no rule"
             seen.add((method.upper(), path))
-    for route in app.routes:  # type: ignore[attr-defined]
+    for route in all_routes(app.routes):  # type: ignore[attr-defined]
         if isinstance(route, WebSocketRoute):
             assert ("WS", route.path) in RULES, f"websocket {route.path} has no rule"
             seen.add(("WS", route.path))

@@ -83,7 +83,7 @@ def test_a_burst_goes_out_in_frames_of_bounded_size() -> None:
     """The agent sends a burst of entries as JSON arrays, each small enough for the client to take."""
     import json
 
-    from lifsea_tui.agent.app import LOG_FRAME_BYTES, log_frames
+    from lifsea_tui.agent.routes.logs import LOG_FRAME_BYTES, log_frames
 
     burst = [entry(n, "x" * (n * 37 % 6000)) for n in range(600)]  # about 1.8 MB
     frames = list(log_frames(burst))

@@ -1,0 +1,127 @@
+"""The agent: everything one agent process holds (backends, audit log, events, limits, counters), and
+what it does on its own (noticing boots and deployment changes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from lifsea_tui import __version__
+from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
+from lifsea_tui.agent.auth import Authenticator
+from lifsea_tui.agent.config import AgentConfig
+from lifsea_tui.agent.errors import ApiError
+from lifsea_tui.agent.events import EventHub
+from lifsea_tui.agent.limits import RefusalTally, StreamLimits
+from lifsea_tui.agent.logs import Journal
+from lifsea_tui.agent.node import HISTORY_EVENTS
+from lifsea_tui.agent.ops import OpsManager
+from lifsea_tui.agent.ostree import OstreeBackend
+from lifsea_tui.agent.services import Services, UnitPolicy
+from lifsea_tui.agent.systemd import SystemdBackend
+from lifsea_tui.agent.updates import UpdateManager
+from lifsea_tui.api import Deployment, EventKind
+
+log = logging.getLogger("lifsea.agent")
+
+
+class Agent:
+    """Everything one agent process holds: its backends, audit log, events and counters."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.audit = AuditLog(config.audit_dir, config.node_name, tracked=HISTORY_EVENTS)
+        self.events = EventHub()
+        self.ostree = OstreeBackend(config.sysroot, config.host_root, config.osname)
+        self.systemd = SystemdBackend(config.system_bus)
+        self.updates = UpdateManager(self.ostree, self.systemd, self.audit, self.events, config.pull_timeout)
+        self.ops = OpsManager(config, self.audit, self.events, self.ostree)
+        self.services = Services(self.systemd, self.audit, self.events, UnitPolicy.from_config(config.services))
+        self.journal = Journal(config.journal_dirs)
+        self.authn = Authenticator(config.tokens)
+        self.refusals = RefusalTally(self.audit)
+        self.follows = StreamLimits("log follows", config.limits.follows_per_caller, config.limits.follows)
+        self.event_streams = StreamLimits(
+            "event streams", config.limits.event_streams_per_caller, config.limits.event_streams
+        )
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.started = time.monotonic()
+        self._last_deployments: Any = None
+        self._last_booted: str | None = None
+
+    async def start(self) -> None:
+        await self.ops.start()
+        await self.updates.recover()
+        for record in self.audit.of_actions(["node.booted"]):
+            if isinstance(record.params.get("checksum"), str):
+                self._last_booted = record.params["checksum"]
+
+    async def watch(self) -> None:
+        """Notice what changes on disk and in the node (reboots) and tell subscribers; audit new boots."""
+        while True:
+            try:
+                await self.observe()
+            except ApiError:
+                pass  # the sysroot is unreadable for now; the capability says why
+            except Exception:
+                log.exception("watch failed")
+            await asyncio.sleep(self.config.watch_interval)
+
+    async def observe(self) -> None:
+        if self.ostree.unavailable_reason() is not None:
+            return
+        deployments, _ = await self.ostree.deployments()
+        self.note_boot(deployments)
+        snapshot = [d.model_dump(mode="json") for d in deployments]
+        if snapshot == self._last_deployments:
+            return
+        self._last_deployments = snapshot
+        self.events.publish(EventKind.deployments, {"deployments": snapshot})
+        await self.updates.publish()
+
+    def note_boot(self, deployments: list[Deployment]) -> None:
+        """Audit a boot into a different deployment the first time anything sees it.
+
+        Called by the watcher and by every request that reads deployments, so a short-lived boot is
+        recorded even when it falls between two watcher ticks.
+        """
+        booted = next((d for d in deployments if d.booted), None)
+        if booted is None or booted.checksum == self._last_booted:
+            return
+        self._last_booted = booted.checksum
+        with contextlib.suppress(AuditUnavailable):
+            self.audit.append(
+                actor="system",
+                role=None,
+                action="node.booted",
+                reason=None,
+                params={"checksum": booted.checksum, "version": booted.version},
+                outcome="ok",
+            )
+
+    def metrics(self) -> str:
+        lines = [
+            "# HELP lifsea_agent_requests_total HTTP requests by method, route and status.",
+            "# TYPE lifsea_agent_requests_total counter",
+        ]
+        for (method, route, status), count in sorted(self.requests.items()):
+            lines.append(f'lifsea_agent_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}')
+        lines += [
+            "# HELP lifsea_agent_audit_head_seq Sequence number of the newest audit record.",
+            "# TYPE lifsea_agent_audit_head_seq gauge",
+            f"lifsea_agent_audit_head_seq {self.audit.head.seq}",
+            "# HELP lifsea_agent_event_subscribers Open /v1/events connections.",
+            "# TYPE lifsea_agent_event_subscribers gauge",
+            f"lifsea_agent_event_subscribers {self.events.subscribers}",
+            "# HELP lifsea_agent_uptime_seconds Seconds since the agent started.",
+            "# TYPE lifsea_agent_uptime_seconds gauge",
+            f"lifsea_agent_uptime_seconds {time.monotonic() - self.started:.3f}",
+            "# HELP lifsea_agent_info Agent version.",
+            "# TYPE lifsea_agent_info gauge",
+            f'lifsea_agent_info{{version="{__version__}",node="{self.config.node_name}"}} 1',
+        ]
+        return "\n".join(lines) + "\n"
