@@ -4,14 +4,14 @@ what it does on its own (noticing boots and deployment changes)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
 from typing import Any
 
 from lifsea_tui import __version__
-from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
+from lifsea_tui.agent import audited
+from lifsea_tui.agent.audit import AuditLog
 from lifsea_tui.agent.auth import Authenticator
 from lifsea_tui.agent.config import AgentConfig
 from lifsea_tui.agent.errors import ApiError
@@ -93,15 +93,13 @@ class Agent:
         if booted is None or booted.checksum == self._last_booted:
             return
         self._last_booted = booted.checksum
-        with contextlib.suppress(AuditUnavailable):
-            self.audit.append(
-                actor="system",
-                role=None,
-                action="node.booted",
-                reason=None,
-                params={"checksum": booted.checksum, "version": booted.version},
-                outcome="ok",
-            )
+        audited.note(
+            self.audit,
+            audited.SYSTEM,
+            "node.booted",
+            "ok",
+            params={"checksum": booted.checksum, "version": booted.version},
+        )
 
     def metrics(self) -> str:
         lines = [

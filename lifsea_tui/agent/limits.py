@@ -23,7 +23,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
+from lifsea_tui.agent import audited
+from lifsea_tui.agent.audit import AuditLog
 from lifsea_tui.agent.config import LimitsConfig
 
 PEERS_KEPT = 50  # distinct peer addresses named in a summary; the rest are counted together
@@ -70,17 +71,9 @@ class RefusalTally:
             "first": self.first,
             "last": self.last,
         }
-        try:
-            self.audit.append(
-                actor="agent",
-                role=None,
-                action="refusals.summary",
-                params=params,
-                outcome=f"refused: {self.total} requests since the last summary (counted, not recorded one by one)",
-            )
-        except AuditUnavailable:
-            return  # kept, and tried again at the next interval
-        self._reset()
+        outcome = f"refused: {self.total} requests since the last summary (counted, not recorded one by one)"
+        if audited.note(self.audit, audited.AGENT, "refusals.summary", outcome, params=params):
+            self._reset()  # otherwise kept, and tried again at the next interval
 
     def first_in_interval(self, actor: str, what: str) -> bool:
         """True the first time `actor` is refused `what` since the last summary (write that one at once)."""

@@ -39,8 +39,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lifsea_tui.agent import access
-from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
+from lifsea_tui.agent import access, audited
+from lifsea_tui.agent.audit import STARTED, AuditLog
 from lifsea_tui.agent.auth import Identity
 from lifsea_tui.agent.config import AgentConfig
 from lifsea_tui.agent.errors import ApiError, BackendError
@@ -217,22 +217,21 @@ class OpsManager:
         session_id = str(meta.get("id", bundle.name))
         await self._delete_container(CONTAINER_PREFIX + session_id)
         seal = seal_interrupted(self.ops.recordings, session_id, "the agent stopped during the session")
-        with contextlib.suppress(AuditUnavailable):
-            self.audit.append(
-                actor=str(meta.get("actor", "unknown")),
-                role=meta.get("role"),
-                action="ops.session.end",
-                reason=meta.get("reason"),
-                params={
-                    "session": session_id,
-                    "recording": session_id,
-                    "sha256": seal.sha256 if seal else None,
-                    "size": seal.size if seal else None,
-                    "exit_code": None,
-                    "end_reason": "interrupted",
-                },
-                outcome="interrupted: the agent stopped during the session; container torn down at its restart",
-            )
+        audited.note(
+            self.audit,
+            Identity(str(meta.get("actor", "unknown")), meta.get("role")),
+            "ops.session.end",
+            "interrupted: the agent stopped during the session; container torn down at its restart",
+            reason=meta.get("reason"),
+            params={
+                "session": session_id,
+                "recording": session_id,
+                "sha256": seal.sha256 if seal else None,
+                "size": seal.size if seal else None,
+                "exit_code": None,
+                "end_reason": "interrupted",
+            },
+        )
         shutil.rmtree(bundle, ignore_errors=True)
         log.warning("tore down ops session %s left by a previous agent", session_id)
 
@@ -268,18 +267,10 @@ class OpsManager:
                 partial.unlink()
 
     def _refuse(self, who: Identity, request: OpsSessionRequest, code: str, detail: str) -> ApiError:
-        try:
-            self.audit.append(
-                actor=who.actor,
-                role=who.role,
-                action="ops.session.start",
-                reason=request.reason,
-                params={"ticket": request.ticket, "access": request.access.value},
-                outcome=f"refused: {detail}",
-            )
-        except AuditUnavailable as error:
-            return ApiError("audit_unavailable", f"{error}; no session was started")
-        return ApiError(code, detail, audited=True)
+        return audited.refuse(
+            self.audit, who, "ops.session.start", code, detail, reason=request.reason,
+            params={"ticket": request.ticket, "access": request.access.value}, otherwise="no session was started",
+        )  # fmt: skip
 
     def _check(self, who: Identity, request: OpsSessionRequest) -> bool:
         """Refuse what may not start; true when the reserve was given up to make room for the recording."""
@@ -342,17 +333,10 @@ class OpsManager:
         }
         if released:
             params["reserve_released"] = True
-        try:
-            record = self.audit.append(
-                actor=who.actor,
-                role=who.role,
-                action="ops.session.start",
-                reason=request.reason,
-                params=params,
-                outcome="started",
-            )
-        except AuditUnavailable as error:
-            raise ApiError("audit_unavailable", f"{error}; no session was started") from error
+        record = audited.record(
+            self.audit, who, "ops.session.start", STARTED, reason=request.reason, params=params,
+            otherwise="no session was started",
+        )  # fmt: skip
         recorder = Recorder(
             self.ops.recordings,
             session_id,
@@ -645,16 +629,8 @@ class OpsManager:
         self._audit_step(session, "ops.session.detach", f"ok: re-attach within {self.ops.grace} s or it ends")
         self._publish(session)
 
-    def _audit_step(self, session: Session, action: str, outcome: str, params: dict[str, Any] | None = None) -> None:
-        with contextlib.suppress(AuditUnavailable):
-            self.audit.append(
-                actor=session.owner.actor,
-                role=session.owner.role,
-                action=action,
-                reason=session.reason,
-                params={"session": session.id, **(params or {})},
-                outcome=outcome,
-            )
+    def _audit_step(self, session: Session, action: str, outcome: str) -> None:
+        audited.note(self.audit, session.owner, action, outcome, reason=session.reason, params={"session": session.id})
 
     # -- time limits --------------------------------------------------------------------------------
 
@@ -699,17 +675,10 @@ class OpsManager:
 
     async def stop(self, session: Session, who: Identity, reason: str) -> None:
         """End a session on request (DELETE): the request is audited first, the end record follows."""
-        try:
-            self.audit.append(
-                actor=who.actor,
-                role=who.role,
-                action="ops.session.stop",
-                reason=reason,
-                params={"session": session.id, "owner": session.owner.actor},
-                outcome="started",
-            )
-        except AuditUnavailable as error:
-            raise ApiError("audit_unavailable", f"{error}; the session was not ended") from error
+        audited.record(
+            self.audit, who, "ops.session.stop", STARTED, reason=reason,
+            params={"session": session.id, "owner": session.owner.actor}, otherwise="the session was not ended",
+        )  # fmt: skip
         await self.end(session, "ended", who)
 
     async def end(self, session: Session, reason: str, who: Identity | None = None) -> None:
@@ -759,23 +728,22 @@ class OpsManager:
             seal = session.recorder.seal(reason)
         except (OSError, RecordingError) as error:
             problem = str(error)
-        with contextlib.suppress(AuditUnavailable):
-            self.audit.append(
-                actor=session.owner.actor,
-                role=session.owner.role,
-                action="ops.session.end",
-                reason=session.reason,
-                params={
-                    "session": session.id,
-                    "recording": session.recorder.id,
-                    "sha256": seal.sha256 if seal else None,
-                    "size": seal.size if seal else None,
-                    "exit_code": session.exit_code,
-                    "end_reason": reason,
-                    "seconds": round((_now() - session.created).total_seconds(), 1),
-                },
-                outcome="ok" if problem is None else f"failed: recording not sealed: {problem}",
-            )
+        audited.note(
+            self.audit,
+            session.owner,
+            "ops.session.end",
+            "ok" if problem is None else f"failed: recording not sealed: {problem}",
+            reason=session.reason,
+            params={
+                "session": session.id,
+                "recording": session.recorder.id,
+                "sha256": seal.sha256 if seal else None,
+                "size": seal.size if seal else None,
+                "exit_code": session.exit_code,
+                "end_reason": reason,
+                "seconds": round((_now() - session.created).total_seconds(), 1),
+            },
+        )
         shutil.rmtree(session.bundle, ignore_errors=True)
         session.ended.set()
 

@@ -13,7 +13,6 @@ with the right status, never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from fastapi import FastAPI
@@ -23,8 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection, Request
 
+from lifsea_tui.agent import audited
 from lifsea_tui.agent.agent import Agent
-from lifsea_tui.agent.audit import AuditUnavailable
 from lifsea_tui.agent.auth import ANONYMOUS, PUBLIC, RULES, AuthError, Identity
 from lifsea_tui.agent.errors import ApiError
 from lifsea_tui.api import ops as proto
@@ -90,15 +89,10 @@ def record(conn: HTTPConnection, status: int, detail: str) -> None:
     if identity.role is None:
         agent.refusals.count(f"{method} {template}", conn.client.host if conn.client else None)
         return
-    with contextlib.suppress(AuditUnavailable):
-        agent.audit.append(
-            actor=identity.actor,
-            role=identity.role,
-            action=action_of(conn),
-            reason=None,
-            params={"status": status, "route": f"{method} {template}"},
-            outcome=f"refused: {detail}"[:500],
-        )
+    audited.note(
+        agent.audit, identity, action_of(conn), f"refused: {detail}"[:500],
+        params={"status": status, "route": f"{method} {template}"},
+    )  # fmt: skip
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:

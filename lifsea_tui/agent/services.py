@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lifsea_tui.agent.audit import AuditLog, AuditUnavailable
+from lifsea_tui.agent import audited
+from lifsea_tui.agent.audit import AuditLog
 from lifsea_tui.agent.auth import Identity
 from lifsea_tui.agent.config import ServicesConfig
 from lifsea_tui.agent.errors import ApiError, BackendError
@@ -88,38 +89,19 @@ class Services:
             raise ApiError("not_found", f"no action {action[:20]!r} (one of {', '.join(ACTIONS)})")
         check_unit_name(unit)
         params: dict[str, Any] = {"unit": unit}
+        what = f"service.{action}"
         try:
             names = await self.systemd.unit_names(unit)
         except BackendError:
             names = []  # no bus to ask: the action itself will fail and say why
         refusal = self.policy.refusal(unit, names)
         if refusal is not None:
-            self._finish(who, action, reason, {**params, "names": names[:8]}, f"refused: {refusal}")
-            raise ApiError("forbidden", refusal, audited=True)
-        try:
-            started = self.audit.append(
-                actor=who.actor, role=who.role, action=f"service.{action}", reason=reason, params=params,
-                outcome="started",
-            )  # fmt: skip
-        except AuditUnavailable as error:
-            raise ApiError("audit_unavailable", f"{error}; nothing was done") from error
-        try:
+            params["names"] = names[:8]
+            raise audited.refuse(self.audit, who, what, "forbidden", refusal, reason=reason, params=params)
+        async with audited.operation(self.audit, who, what, reason, params) as started:
             job = await self.systemd.unit_action(unit, action)
-        except ApiError as error:
-            self._finish(who, action, reason, params, f"failed: {error.detail}")
-            error.audited = True
-            raise
-        self._finish(who, action, reason, {**params, "job": job}, "ok")
+            started.result = {"job": job}
         return UnitActionResult(unit=unit, action=action, job=job, audit_seq=started.seq)
-
-    def _finish(self, who: Identity, action: str, reason: str, params: dict[str, Any], outcome: str) -> None:
-        try:
-            self.audit.append(
-                actor=who.actor, role=who.role, action=f"service.{action}", reason=reason, params=params,
-                outcome=outcome,
-            )  # fmt: skip
-        except AuditUnavailable:
-            pass  # the start record is on disk; the outcome is lost with the disk
 
     async def watch(self) -> None:
         """Push every unit state change systemd signals to /v1/events (runs until cancelled)."""

@@ -7,18 +7,21 @@ means `staged` whatever the agent remembers, so a restarted agent recomputes its
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from lifsea_tui.agent.audit import STARTED, AuditLog, AuditUnavailable
+from lifsea_tui.agent import audited
+from lifsea_tui.agent.audit import AuditLog
+from lifsea_tui.agent.audited import Started
 from lifsea_tui.agent.auth import Identity
 from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
 from lifsea_tui.agent.ostree import HISTORY_DEPTH, OstreeBackend
 from lifsea_tui.agent.systemd import SystemdBackend
 from lifsea_tui.api import Deployment, EventKind, UpdateState, UpdateStatus, UpdateTarget
+
+INTERRUPTED = "interrupted: the agent stopped before the operation finished"
 
 # Words in ostree's pull errors that mean the update server could not be reached at all.
 UNREACHABLE_HINTS = (
@@ -97,75 +100,26 @@ class UpdateManager:
 
     # -- operations -------------------------------------------------------------------------------------
 
-    def _refuse(
-        self, who: Identity, action: str, reason: str, code: str, detail: str, params: dict[str, Any] | None = None
-    ) -> ApiError:
-        try:
-            self.audit.append(
-                actor=who.actor,
-                role=who.role,
-                action=action,
-                reason=reason,
-                params=params or {},
-                outcome=f"refused: {detail}",
-            )
-        except AuditUnavailable as error:
-            return ApiError("audit_unavailable", str(error))
-        return ApiError(code, detail, audited=True)
-
-    def _begin(self, who: Identity, action: str, reason: str, params: dict[str, Any]) -> tuple[str, int]:
+    def _begin(self, who: Identity, action: str, reason: str, params: dict[str, Any]) -> Started:
         """Take the operation slot and write the record that says the operation starts."""
         if self._operation is not None:
-            raise self._refuse(
-                who, action, reason, "busy", f"{self._operation} is in progress; one operation at a time", params
-            )
-        op = secrets.token_hex(8)
-        try:
-            record = self.audit.append(
-                actor=who.actor,
-                role=who.role,
-                action=action,
-                reason=reason,
-                params={**params, "op": op},
-                outcome=STARTED,
-            )
-        except AuditUnavailable as error:
-            raise ApiError("audit_unavailable", f"{error}; nothing was done") from error
+            busy = f"{self._operation} is in progress; one operation at a time"
+            raise audited.refuse(self.audit, who, action, "busy", busy, reason=reason, params=params)
+        started = audited.begin(self.audit, who, action, reason, params)
         self._operation = action.removeprefix("upgrade.")
-        return op, record.seq
+        return started
 
-    def _finish(
-        self, who: Identity, action: str, reason: str, op: str, outcome: str, params: dict[str, Any] | None = None
-    ) -> None:
-        self._operation = None
+    async def _run(self, started: Started, work: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        """Do the work, free the slot, audit the outcome, tell subscribers the new state."""
         try:
-            self.audit.append(
-                actor=who.actor,
-                role=who.role,
-                action=action,
-                reason=reason,
-                params={**(params or {}), "op": op},
-                outcome=outcome,
-            )
-        except AuditUnavailable:
-            # The start record is on disk; the outcome is lost with the disk. Startup marks such
-            # operations interrupted once the log can be written again.
-            pass
-
-    async def _run(
-        self, who: Identity, action: str, reason: str, op: str, work: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> None:
-        try:
-            result = await work()
-        except ApiError as error:
-            self._finish(who, action, reason, op, f"failed: {error.detail}")
-            error.audited = True
+            async with audited.outcome(self.audit, started):
+                started.result = await work()
+        except ApiError:
+            self._operation = None
             await self.publish()
             raise
-        except BaseException as error:
-            self._finish(who, action, reason, op, f"failed: {type(error).__name__}: {error}")
-            raise
-        self._finish(who, action, reason, op, "ok", result)
+        finally:
+            self._operation = None
         await self.publish()
 
     @staticmethod
@@ -185,7 +139,7 @@ class UpdateManager:
             None if refspec else "no deployment with an origin to update from",
         )
         assert refspec is not None
-        op, seq = self._begin(who, action, reason, {"refspec": refspec})
+        started = self._begin(who, action, reason, {"refspec": refspec})
         await self.publish()
 
         async def work() -> dict[str, Any]:
@@ -222,18 +176,17 @@ class UpdateManager:
             return {"refspec": refspec, "newest": newest, "versions": [t.version for t in targets]}
 
         # Shielded: a client that hangs up does not abandon a pull halfway; the outcome is audited anyway.
-        task = asyncio.ensure_future(self._run(who, action, reason, op, work))
+        task = asyncio.ensure_future(self._run(started, work))
         await asyncio.shield(task)
-        return await self.status(), seq
+        return await self.status(), started.seq
 
     def _guard(self, who: Identity, action: str, reason: str, params: dict[str, Any], problem: str | None) -> None:
         """Refuse (and audit the refusal) when another operation runs or the node is in the wrong state."""
         if self._operation is not None:
-            raise self._refuse(
-                who, action, reason, "busy", f"{self._operation} is in progress; one operation at a time", params
-            )
+            busy = f"{self._operation} is in progress; one operation at a time"
+            raise audited.refuse(self.audit, who, action, "busy", busy, reason=reason, params=params)
         if problem is not None:
-            raise self._refuse(who, action, reason, "wrong_state", problem, params)
+            raise audited.refuse(self.audit, who, action, "wrong_state", problem, reason=reason, params=params)
 
     async def stage(self, who: Identity, reason: str, checksum: str | None) -> tuple[UpdateStatus, int]:
         action = "upgrade.stage"
@@ -250,7 +203,7 @@ class UpdateManager:
         assert target is not None and status.refspec is not None
         refspec = status.refspec
         params = {"checksum": target.checksum, "version": target.version}
-        op, seq = self._begin(who, action, reason, params)
+        started = self._begin(who, action, reason, params)
 
         async def work() -> dict[str, Any]:
             try:
@@ -264,11 +217,11 @@ class UpdateManager:
             self._set(UpdateState.staged)
             return params
 
-        task = asyncio.create_task(self._run(who, action, reason, op, work))
+        task = asyncio.create_task(self._run(started, work))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # outcome is audited; no log noise
-        return await self.publish(), seq
+        return await self.publish(), started.seq
 
     async def _quick(
         self,
@@ -278,9 +231,9 @@ class UpdateManager:
         params: dict[str, Any],
         work: Callable[[], Awaitable[dict[str, Any]]],
     ) -> tuple[UpdateStatus, int]:
-        op, seq = self._begin(who, action, reason, params)
-        await self._run(who, action, reason, op, work)
-        return await self.status(), seq
+        started = self._begin(who, action, reason, params)
+        await self._run(started, work)
+        return await self.status(), started.seq
 
     async def cancel(self, who: Identity, reason: str) -> tuple[UpdateStatus, int]:
         deployments, _ = await self.ostree.deployments()
@@ -333,14 +286,10 @@ class UpdateManager:
                     await self.ostree.cleanup()
                 except BackendError:
                     pass  # the record below still says the operation did not finish
-            self.audit.append(
-                actor="agent",
-                role=None,
-                action=record.action,
-                reason=record.reason,
-                params={**record.params, "started_seq": record.seq},
-                outcome="interrupted: the agent stopped before the operation finished",
-            )
+            audited.note(
+                self.audit, audited.AGENT, record.action, INTERRUPTED,
+                reason=record.reason, params={**record.params, "started_seq": record.seq},
+            )  # fmt: skip
 
     async def shutdown(self) -> None:
         for task in list(self._background):

@@ -9,8 +9,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query
 
-from lifsea_tui.agent import diagnostics
-from lifsea_tui.agent.audit import AuditUnavailable
+from lifsea_tui.agent import audited, diagnostics
 from lifsea_tui.agent.errors import ApiError
 from lifsea_tui.agent.routes.deps import ACTION_ERRORS, ERRORS, AgentDep, Caller
 from lifsea_tui.api import ClockStatus, DebugRecord, DebugRecorded, DiskUsage, DnsStatus, EtcChanges
@@ -62,11 +61,5 @@ async def debug_record(body: DebugRecord, who: Caller, agent: AgentDep) -> Debug
     params: dict[str, Any] = {"walk": body.walk, "runbook": body.runbook, "step": body.step}
     if body.evidence:
         params["evidence"] = body.evidence
-    try:
-        record = agent.audit.append(
-            actor=who.actor, role=who.role, action=f"debug.{body.event}", reason=body.summary, params=params,
-            outcome="ok",
-        )  # fmt: skip
-    except AuditUnavailable as error:
-        raise ApiError("audit_unavailable", str(error)) from error
+    record = audited.record(agent.audit, who, f"debug.{body.event}", "ok", reason=body.summary, params=params)
     return DebugRecorded(audit_seq=record.seq)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, WebSocket, WebSocketDisconnect
 
-from lifsea_tui.agent.audit import AuditUnavailable
+from lifsea_tui.agent import audited
 from lifsea_tui.agent.errors import ApiError
 from lifsea_tui.agent.ops import Attachment, OpsManager, Session
 from lifsea_tui.agent.recording import RecordingError
@@ -61,15 +61,8 @@ async def ops_attach(websocket: WebSocket, session_id: str, who: Caller, agent: 
     """The shell, over `lifsea.ops.v1` (api/ops.py); only the session's owner may attach."""
 
     def refuse(code: int, detail: str) -> None:
-        with contextlib.suppress(AuditUnavailable):
-            agent.audit.append(
-                actor=who.actor,
-                role=who.role,
-                action="ops.session.attach",
-                reason=None,
-                params={"session": session_id[:64], "close_code": code},
-                outcome=f"refused: {detail}"[:500],
-            )
+        params = {"session": session_id[:64], "close_code": code}
+        audited.note(agent.audit, who, "ops.session.attach", f"refused: {detail}"[:500], params=params)
 
     if websocket.scope.get("subprotocols") is None or proto.SUBPROTOCOL not in websocket.scope["subprotocols"]:
         await websocket.close(proto.CLOSE_PROTOCOL, f"subprotocol {proto.SUBPROTOCOL} required")

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse
 
-from lifsea_tui.agent.audit import AuditUnavailable
+from lifsea_tui.agent import audited
 from lifsea_tui.agent.errors import ApiError
 from lifsea_tui.agent.recording import cast_path, file_seal, read_meta
 from lifsea_tui.agent.routes.deps import ERRORS, AgentDep, Caller
@@ -69,17 +69,11 @@ async def recording(
         if changed and sealed is not None
         else ""
     )
-    try:
-        agent.audit.append(
-            actor=who.actor,
-            role=who.role,
-            action="recording.view",
-            reason=None,
-            params={"recording": recording_id, "sha256": now.sha256, "size": now.size},
-            outcome=f"refused: {detail}" if changed else "ok",
-        )
-    except AuditUnavailable as error:
-        raise ApiError("audit_unavailable", f"{error}; a recording is not shown unaudited") from error
+    audited.record(
+        agent.audit, who, "recording.view", f"refused: {detail}" if changed else "ok",
+        params={"recording": recording_id, "sha256": now.sha256, "size": now.size},
+        otherwise="a recording is not shown unaudited",
+    )  # fmt: skip
     if changed:
         raise ApiError("recording_changed", detail, audited=True)
     return FileResponse(path, media_type="application/x-asciicast", filename=f"{recording_id}.cast")

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from lifsea_tui.agent.audit import AuditUnavailable
+from lifsea_tui.agent import audited
 from lifsea_tui.agent.limits import LimitReached, StreamLimits
 from lifsea_tui.agent.refusals import agent_of
 from lifsea_tui.agent.routes.deps import caller
@@ -31,11 +31,10 @@ async def limited(
     agent = agent_of(websocket)
     what = f"limit: WS {route}"
     if agent.refusals.first_in_interval(identity.actor, what):
-        with contextlib.suppress(AuditUnavailable):
-            agent.audit.append(
-                actor=identity.actor, role=identity.role, action=route.removeprefix("/v1/").replace("/", "."),
-                params={"close_code": CLOSE_TOO_MANY}, outcome=f"refused: {refusal}",
-            )  # fmt: skip
+        audited.note(
+            agent.audit, identity, route.removeprefix("/v1/").replace("/", "."), f"refused: {refusal}",
+            params={"close_code": CLOSE_TOO_MANY},
+        )  # fmt: skip
     else:
         agent.refusals.count(what, websocket.client.host if websocket.client else None, identity.actor)
     await websocket.close(CLOSE_TOO_MANY, refusal[:120])
