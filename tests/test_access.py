@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lifsea_tui.agent import access
+from lifsea_tui.agent.ops import access
 from lifsea_tui.api import OpsAccess
 
 

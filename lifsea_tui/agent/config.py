@@ -45,7 +45,7 @@ class OpsConfig:
     max_sessions_per_user: int = 2
     require_ticket: bool = False
     record_input: bool = False
-    # The access levels an admin may ask for (see agent/access.py); writable must be allowed explicitly.
+    # The access levels an admin may ask for (see agent/ops/access.py); writable must be allowed explicitly.
     access: list[OpsAccess] = field(default_factory=lambda: [OpsAccess.read_only, OpsAccess.debug])
     min_free_bytes: int = 16 * 1024 * 1024  # a session is refused when its recording could not grow this much
     # Kept free in the recordings directory (a file) and given up when the disk is full and a shell is

@@ -19,134 +19,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import fcntl
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
-import socket
-import struct
-import tempfile
-import termios
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from lifsea_tui.agent import access, audited
+from lifsea_tui.agent import audited
 from lifsea_tui.agent.audit import STARTED, AuditLog
 from lifsea_tui.agent.auth import Identity
 from lifsea_tui.agent.config import AgentConfig
-from lifsea_tui.agent.errors import ApiError, BackendError
+from lifsea_tui.agent.errors import ApiError
 from lifsea_tui.agent.events import EventHub
-from lifsea_tui.agent.ostree import OstreeBackend, run
+from lifsea_tui.agent.ops import access, terminal
+from lifsea_tui.agent.ops.runtime import CONTAINER_PREFIX, Runtime, become_subreaper
+from lifsea_tui.agent.ops.session import Attachment, Session
+from lifsea_tui.agent.ostree import OstreeBackend
 from lifsea_tui.agent.recording import Recorder, RecordingError, Seal, seal_interrupted
-from lifsea_tui.api import EventKind, OpsAccess, OpsSession, OpsSessionRequest, OpsSessionState
+from lifsea_tui.api import EventKind, OpsSession, OpsSessionRequest, OpsSessionState
 from lifsea_tui.api import ops as proto
 
 log = logging.getLogger("lifsea.agent.ops")
 
-CONTAINER_PREFIX = "lifsea-ops-"
 RESERVE_NAME = ".reserve"  # not a recording: see OpsManager.keep_reserve
 SHELL = ["/bin/bash", "-l"]
 TERM = "xterm-256color"
-TAIL_BYTES = 64 * 1024  # what a re-attach gets replayed
-READ_CHUNK = 64 * 1024
-RUNC_TIMEOUT = 20.0
 SYNC_EVERY = 2.0
 RECENT_ENDED = 50
-PR_SET_CHILD_SUBREAPER = 36
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def become_subreaper() -> None:
-    """Adopt orphaned descendants (the shell, once `runc run -d` exits) so their exit status is ours."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
-@dataclass(eq=False)
-class Attachment:
-    """One websocket attached to a session; `send` writes a whole frame, `close` ends the connection."""
-
-    send: Callable[[bytes], Awaitable[None]]
-    close: Callable[[int, str], Awaitable[None]]
-
-
-@dataclass(eq=False)
-class Session:
-    id: str
-    node: str
-    owner: Identity
-    reason: str
-    ticket: str | None
-    access: OpsAccess
-    created: datetime
-    expires_at: datetime
-    audit_seq: int
-    recorder: Recorder
-    container: str
-    bundle: Path
-    state: OpsSessionState = OpsSessionState.starting
-    master: int | None = None
-    pid: int | None = None
-    pidfd: int | None = None
-    cols: int = 80
-    rows: int = 24
-    tail: deque[bytes] = field(default_factory=deque)
-    tail_size: int = 0
-    attachment: Attachment | None = None
-    attached_once: bool = False
-    detached_at: float | None = None
-    last_input: float = field(default_factory=time.monotonic)
-    warned: set[int] = field(default_factory=set)
-    exit_code: int | None = None
-    end_reason: str | None = None
-    ending: bool = False
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-
-    def model(self) -> OpsSession:
-        return OpsSession(
-            id=self.id,
-            node=self.node,
-            actor=self.owner.actor,
-            reason=self.reason,
-            ticket=self.ticket,
-            access=self.access,
-            state=self.state,
-            created=self.created,
-            expires_at=self.expires_at,
-            recording=self.recorder.id,
-            audit_seq=self.audit_seq,
-            exit_code=self.exit_code,
-            end_reason=self.end_reason,
-        )
-
-    def remember(self, data: bytes) -> None:
-        self.tail.append(data)
-        self.tail_size += len(data)
-        while self.tail_size > TAIL_BYTES and len(self.tail) > 1:
-            self.tail_size -= len(self.tail.popleft())
-
-    def replay(self) -> bytes:
-        """The screen tail for a re-attach: a terminal reset, then recent output from a line start."""
-        data = b"".join(self.tail)
-        if len(data) > TAIL_BYTES:
-            data = data[-TAIL_BYTES:]
-            data = data[data.find(b"\n") + 1 :]
-        return b"\x1bc" + data
 
 
 class OpsManager:
@@ -158,11 +65,8 @@ class OpsManager:
         self.ostree = ostree
         self.sessions: dict[str, Session] = {}
         self.recent: deque[Session] = deque(maxlen=RECENT_ENDED)
-        self._image_lock = asyncio.Lock()
         self._endings: set[asyncio.Task[None]] = set()
-        # runc's state of this agent's containers only: another agent on the machine (the lab runs one
-        # a node) has its own, so neither's start-up tidying touches the other's sessions.
-        self._runc = ["runc", f"--root={self.ops.dir / 'runc'}"]
+        self.runtime = Runtime(self.ops, config.sysroot / "ostree" / "repo", config.pull_timeout)
         self._subreaper = False
         self._runc_problem: str | None = None  # found at start: a runc that cannot hold the access levels
 
@@ -189,10 +93,7 @@ class OpsManager:
         """Tear down what a killed agent left: containers, bundles; seal their recordings as interrupted."""
         if self.ops.image is None:
             return
-        with contextlib.suppress(BackendError):
-            self._runc_problem = access.runc_too_old(
-                await run([*self._runc, "--version"], RUNC_TIMEOUT, "runc --version")
-            )
+        self._runc_problem = await self.runtime.version_problem()
         if not self._subreaper:
             become_subreaper()
             self._subreaper = True
@@ -202,12 +103,9 @@ class OpsManager:
             for bundle in sorted(self.sessions_dir.iterdir()):
                 known.add(CONTAINER_PREFIX + bundle.name)
                 await self._recover(bundle)
-        with contextlib.suppress(BackendError):
-            listing = json.loads(await run([*self._runc, "list", "--format=json"], RUNC_TIMEOUT, "runc list") or "null")
-            for container in listing or []:
-                cid = str(container.get("id", ""))
-                if cid.startswith(CONTAINER_PREFIX) and cid not in known:
-                    await self._delete_container(cid)
+        for container in await self.runtime.containers():
+            if container not in known:
+                await self.runtime.delete(container)
 
     async def _recover(self, bundle: Path) -> None:
         try:
@@ -215,7 +113,7 @@ class OpsManager:
         except (OSError, ValueError):
             meta = {"id": bundle.name}
         session_id = str(meta.get("id", bundle.name))
-        await self._delete_container(CONTAINER_PREFIX + session_id)
+        await self.runtime.delete(CONTAINER_PREFIX + session_id)
         seal = seal_interrupted(self.ops.recordings, session_id, "the agent stopped during the session")
         audited.note(
             self.audit,
@@ -378,42 +276,15 @@ class OpsManager:
         session.state = OpsSessionState.detached
         session.detached_at = time.monotonic()
         self.sessions[session_id] = session
-        session.tasks = [
-            asyncio.create_task(self._pump(session)),
-            asyncio.create_task(self._supervise(session)),
-        ]
+        pump = terminal.pump(
+            session, lambda reason: self._end_later(session, reason), lambda a: self.detach(session, a)
+        )
+        session.tasks = [asyncio.create_task(pump), asyncio.create_task(self._supervise(session))]
         self._publish(session)
         return session
 
-    async def _image_root(self) -> Path:
-        """The ops image checked out of the node's repo (pulled first if the node does not have it)."""
-        assert self.ops.image is not None
-        repo = self.config.sysroot / "ostree" / "repo"
-        async with self._image_lock:
-            try:
-                rev = (
-                    await run(["ostree", f"--repo={repo}", "rev-parse", self.ops.image], 30, "find the ops image")
-                ).strip()
-            except BackendError:
-                if ":" not in self.ops.image:
-                    raise
-                remote, ref = self.ops.image.split(":", 1)
-                await run(
-                    ["ostree", f"--repo={repo}", "pull", remote, ref], self.config.pull_timeout, "pull the ops image"
-                )
-                rev = (
-                    await run(["ostree", f"--repo={repo}", "rev-parse", self.ops.image], 30, "find the ops image")
-                ).strip()
-            root = self.ops.dir / "images" / rev
-            if not root.is_dir():
-                tmp = root.with_name(f"{rev}.tmp-{secrets.token_hex(4)}")
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                await run(["ostree", f"--repo={repo}", "checkout", rev, str(tmp)], 300, "check out the ops image")
-                os.replace(tmp, root)
-            return root
-
     async def _launch(self, session: Session) -> None:
-        image_root = await self._image_root()
+        image_root = await self.runtime.image_root()
         session.bundle.mkdir(parents=True)
         (session.bundle / "session.json").write_text(
             json.dumps(
@@ -437,82 +308,11 @@ class OpsManager:
             shell=SHELL,
             term=TERM,
         )
-        (session.bundle / "config.json").write_text(json.dumps(spec))
-        pid_file = session.bundle / "pid"
-        # A socket path must fit in 108 bytes, which the bundle's may not: a private directory in /tmp.
-        with tempfile.TemporaryDirectory(prefix="lifsea-ops-") as private, socket.socket(socket.AF_UNIX) as listener:
-            console = Path(private) / "console.sock"
-            listener.bind(str(console))
-            listener.listen(1)
-            try:
-                await run(
-                    [*self._runc, "run", "--detach", f"--console-socket={console}", f"--pid-file={pid_file}",
-                     f"--bundle={session.bundle}", session.container],
-                    RUNC_TIMEOUT, "start the ops container",
-                )  # fmt: skip
-            except BackendError as error:
-                # runc logs warnings (cgroups, freezer) before the error that matters; keep the error.
-                errors = re.findall(r'level=error msg="((?:[^"\\]|\\.)*)"', error.detail)
-                if errors:
-                    error.detail = f"start the ops container: {errors[-1]}"
-                raise
-            listener.settimeout(5)
-            conn, _ = listener.accept()
-            with conn:
-                _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
-        if not fds:
-            raise BackendError("failed", "runc did not hand over the container's terminal")
-        session.master = fds[0]
-        os.set_blocking(session.master, False)
-        self._set_size(session, session.cols, session.rows)
-        session.pid = int(pid_file.read_text().strip())
+        session.master, session.pid = await self.runtime.start(spec, session.bundle, session.container)
+        terminal.set_size(session, session.cols, session.rows)
         session.pidfd = os.pidfd_open(session.pid)
 
     # -- the terminal -------------------------------------------------------------------------------
-
-    def _set_size(self, session: Session, cols: int, rows: int) -> None:
-        session.cols, session.rows = cols, rows
-        if session.master is not None:
-            fcntl.ioctl(session.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-    async def _pump(self, session: Session) -> None:
-        """Terminal output to the recording, the tail and the attached client; the shell's exit ends it.
-
-        While a send to the client is in progress the terminal is not read: a slow client slows the
-        shell's output (the terminal's buffer fills and the writer blocks) instead of the agent's memory.
-        """
-        master, pidfd = session.master, session.pidfd
-        assert master is not None and pidfd is not None
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        exited = asyncio.Event()
-
-        def on_exit() -> None:
-            exited.set()
-            wake.set()
-
-        loop.add_reader(pidfd, on_exit)
-        more: bool | None = None
-        try:
-            while not exited.is_set():
-                loop.add_reader(master, wake.set)
-                await wake.wait()
-                wake.clear()
-                loop.remove_reader(master)
-                while (more := await self._read_once(session)) is True:
-                    pass
-                if more is False:
-                    break
-        except RecordingError as error:
-            self._end_later(session, f"recording failed: {error}")
-            return
-        finally:
-            loop.remove_reader(pidfd)
-            if session.master is not None:
-                loop.remove_reader(master)
-        if exited.is_set() or more is False:
-            session.exit_code = self._reap(session)
-            self._end_later(session, "exited")
 
     def _end_later(self, session: Session, reason: str) -> None:
         """End from inside one of the session's own tasks (which ending cancels)."""
@@ -520,67 +320,11 @@ class OpsManager:
         self._endings.add(task)
         task.add_done_callback(self._endings.discard)
 
-    async def _read_once(self, session: Session) -> bool | None:
-        """Read what the terminal has and pass it on: True when there may be more, None when it has
-        nothing now, False at its end."""
-        assert session.master is not None
-        try:
-            data = os.read(session.master, READ_CHUNK)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return False  # EIO: nothing holds the terminal's other side any more
-        if not data:
-            return False
-        session.recorder.output(data)
-        session.remember(data)
-        async with session.send_lock:
-            attachment = session.attachment
-            if attachment is not None:
-                try:
-                    await attachment.send(proto.data(proto.STDOUT, data))
-                except Exception:  # noqa: BLE001 - any failure of the connection means it is gone
-                    self.detach(session, attachment)
-        return True
-
-    def _reap(self, session: Session) -> int | None:
-        if session.pidfd is None:
-            return None
-        try:
-            result = os.waitid(os.P_PIDFD, session.pidfd, os.WEXITED | os.WNOHANG)
-        except ChildProcessError:
-            return None  # not adopted: the exit status went to someone else
-        if result is None:
-            return None
-        return result.si_status if result.si_code == os.CLD_EXITED else 128 + result.si_status
-
     async def write_input(self, session: Session, data: bytes) -> None:
-        session.last_input = time.monotonic()
-        if self.ops.record_input:
-            session.recorder.input(data)
-        view = memoryview(data)
-        while view and session.master is not None and not session.ending:
-            try:
-                written = os.write(session.master, view)
-                view = view[written:]
-            except BlockingIOError:
-                await self._writable(session.master)
-            except OSError:
-                return
-
-    async def _writable(self, fd: int) -> None:
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
-        try:
-            await asyncio.wait_for(ready, 5)
-        finally:
-            loop.remove_writer(fd)
+        await terminal.write_input(session, data, self.ops.record_input)
 
     def resize(self, session: Session, cols: int, rows: int) -> None:
-        if (cols, rows) != (session.cols, session.rows):
-            self._set_size(session, cols, rows)
-            session.recorder.resize(cols, rows)
+        terminal.resize(session, cols, rows)
 
     # -- attach and detach --------------------------------------------------------------------------
 
@@ -706,17 +450,14 @@ class OpsManager:
         await asyncio.to_thread(self.keep_reserve)  # once the disk has room again
 
     async def _teardown(self, session: Session, reason: str) -> None:
-        await self._delete_container(session.container)
+        await self.runtime.delete(session.container)
         if session.master is not None:
-            # Whatever the shell printed last is part of the record.
             with contextlib.suppress(RecordingError):
-                for _ in range(64):
-                    if not await self._read_once(session):  # nothing more (None) or the end (False)
-                        break
+                await terminal.drain(session, lambda a: self.detach(session, a))
             os.close(session.master)
             session.master = None
         if session.exit_code is None:
-            session.exit_code = self._reap(session)
+            session.exit_code = terminal.reap(session)
         if session.pidfd is not None:
             os.close(session.pidfd)
             session.pidfd = None
@@ -746,13 +487,6 @@ class OpsManager:
         )
         shutil.rmtree(session.bundle, ignore_errors=True)
         session.ended.set()
-
-    async def _delete_container(self, container: str) -> None:
-        try:
-            await run([*self._runc, "delete", "--force", container], RUNC_TIMEOUT, "remove the ops container")
-        except BackendError as error:
-            if "does not exist" not in error.detail and "not found" not in error.detail:
-                log.warning("%s", error.detail)
 
     def _publish(self, session: Session) -> None:
         self.events.publish(EventKind.ops, {"session": session.model().model_dump(mode="json")})
