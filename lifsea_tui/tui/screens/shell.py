@@ -33,6 +33,14 @@ LEAVE_KEY = "ctrl+right_square_bracket"
 
 
 @dataclass(frozen=True)
+class Resize:
+    """The terminal's new size, queued in order with the keys."""
+
+    cols: int
+    rows: int
+
+
+@dataclass(frozen=True)
 class OpsRequest:
     reason: str
     ticket: str | None
@@ -132,8 +140,8 @@ class ShellScreen(ConsoleScreen):
         self.exit: Exit | Closed | None = None
         self.reconnects = 0  # connection drops survived
         self._shell: OpsShell | None = None
-        self._outbox: asyncio.Queue[bytes] | None = None  # lives on the network loop
-        self._early: list[bytes] = []  # keys typed before the network side started
+        self._outbox: asyncio.Queue[bytes | Resize] | None = None  # lives on the network loop
+        self._early: list[bytes | Resize] = []  # keys typed (and sizes set) before the network side started
         self._early_lock = threading.Lock()
         self._pending = bytearray()
         self._pending_lock = threading.Lock()
@@ -199,7 +207,7 @@ class ShellScreen(ConsoleScreen):
             session = self.session
         cols, rows = self._terminal_size
         shell = self._shell = OpsShell(self.client.target, session.id, cols=cols, rows=rows)
-        outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        outbox: asyncio.Queue[bytes | Resize] = asyncio.Queue()
         with self._early_lock:
             for data in self._early:  # typed while the session was being attached: in order, first
                 outbox.put_nowait(data)
@@ -220,7 +228,8 @@ class ShellScreen(ConsoleScreen):
                     attached.clear()
                     dropped = 0
                     while not outbox.empty():
-                        dropped += len(outbox.get_nowait())
+                        item = outbox.get_nowait()
+                        dropped += len(item) if isinstance(item, bytes) else 0
                     if dropped:
                         self._post_note(f"{dropped} bytes typed while reconnecting were not sent")
                 self._post(event)
@@ -230,15 +239,15 @@ class ShellScreen(ConsoleScreen):
             sender.cancel()
             await shell.close()
 
-    async def _send_loop(self, shell: OpsShell, outbox: asyncio.Queue[bytes], attached: asyncio.Event) -> None:
+    async def _send_loop(self, shell: OpsShell, outbox: asyncio.Queue[bytes | Resize], attached: asyncio.Event) -> None:
+        """Keys and sizes to the node, in the order they happened, whenever the session is attached."""
         while True:
             await attached.wait()
-            data = await outbox.get()
-            if data.startswith(b"\x00resize:"):
-                cols, rows = (int(part) for part in data.split(b":", 1)[1].split(b"x"))
-                await shell.resize(cols, rows)
+            item = await outbox.get()
+            if isinstance(item, Resize):
+                await shell.resize(item.cols, item.rows)
             else:
-                await shell.send(data)
+                await shell.send(item)
 
     async def _hand_over(self, data: bytes) -> None:
         assert self._ui_loop is not None and self._drained is not None
@@ -310,7 +319,7 @@ class ShellScreen(ConsoleScreen):
             self.state = "ended"
         self._update_banner()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | Resize) -> None:
         if self.exit is not None:
             return
         with self._early_lock:
@@ -321,7 +330,7 @@ class ShellScreen(ConsoleScreen):
         self.lifsea.net.loop.call_soon_threadsafe(outbox.put_nowait, data)
 
     def resized(self, cols: int, rows: int) -> None:
-        self.send(b"\x00resize:" + f"{cols}x{rows}".encode())
+        self.send(Resize(cols, rows))  # its own item: no bytes a person types or pastes can look like it
 
     def _update_banner(self) -> None:
         banner = self.query_one("#banner", Static)

@@ -1,0 +1,101 @@
+"""What the shell screen sends, read by a real websocket server on the other side: a node that records
+every frame of the attach protocol. Pasted text must arrive as typed, whatever it looks like."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from textual import events
+
+from lifsea_tui.api import OpsAccess, OpsSession, OpsSessionState
+from lifsea_tui.api import ops as proto
+from lifsea_tui.api import routes as r
+from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.node import NodeTarget
+from lifsea_tui.tui.app import LifseaApp
+from lifsea_tui.tui.screens.shell import OpsRequest, ShellScreen
+from tests.helpers import Served, issue_pki, serve
+
+SESSION = "5" * 16
+
+
+def session() -> OpsSession:
+    now = datetime.now(UTC)
+    return OpsSession(
+        id=SESSION, node="n", actor="me", reason="INC-12", ticket=None, access=OpsAccess.read_only,
+        state=OpsSessionState.detached, created=now, expires_at=now + timedelta(hours=1), recording=SESSION,
+        audit_seq=1,
+    )  # fmt: skip
+
+
+def recording_node(frames: list[bytes]) -> Starlette:
+    async def start(request: Request) -> JSONResponse:
+        return JSONResponse(session().model_dump(mode="json"), status_code=201)
+
+    async def attach(websocket: WebSocket) -> None:
+        await websocket.accept(subprotocol=proto.SUBPROTOCOL)
+        frames.append(await websocket.receive_bytes())
+        hello = proto.control("hello", session=SESSION, recording=SESSION, expires_at="2099-01-01T00:00:00Z",
+                              replayed=0, reattached=False)  # fmt: skip
+        await websocket.send_bytes(hello)
+        await websocket.send_bytes(proto.data(proto.STDOUT, b"$ "))
+        try:
+            while True:
+                frames.append(await websocket.receive_bytes())
+        except WebSocketDisconnect:
+            return
+
+    return Starlette(routes=[Route(r.OPS_SESSIONS, start, methods=["POST"]), WebSocketRoute(r.OPS_ATTACH, attach)])
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[Served, Path, list[bytes]]]:
+    ca, cert, key = issue_pki(tmp_path / "pki", "recorder")
+    frames: list[bytes] = []
+    served = serve(uvicorn.Config(recording_node(frames), ssl_certfile=str(cert), ssl_keyfile=str(key),
+                                  log_level="critical", lifespan="off", ws="websockets-sansio"))  # fmt: skip
+    yield served, ca, frames
+    served.stop()
+
+
+async def test_a_paste_that_looks_like_a_resize_is_sent_as_typed(
+    node: tuple[Served, Path, list[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resizes once went through the input stream with a "\\x00resize:" prefix: a paste starting with it
+    was taken as a resize, and a malformed one stopped all input for good."""
+    monkeypatch.setenv("LIFSEA_TUI_STATE_DIR", str(tmp_path / "state"))
+    served, ca, frames = node
+    fleet = Fleet([NodeTarget(name="n", url=served.url, token="t", ca_file=ca)])
+    app = LifseaApp(fleet, refresh_interval=3600)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = ShellScreen("n", fleet.client("n"), OpsRequest("INC-12", None, 600))
+        await app.push_screen(screen)
+        deadline = time.monotonic() + 10
+        while screen.state != "attached":
+            assert time.monotonic() < deadline, screen.state
+            await pilot.pause(0.05)
+        for text in ("\x00resize:12x34", "\x00resize:bogus"):
+            screen.terminal.post_message(events.Paste(text))
+            await pilot.press("a")
+        await pilot.resize_terminal(90, 28)
+        await pilot.press("b")
+        deadline = time.monotonic() + 10
+        while not any(frame.endswith(b"b") for frame in frames):
+            assert time.monotonic() < deadline, frames
+            await asyncio.sleep(0.05)
+    stdin = b"".join(frame[1:] for frame in frames if frame[0] == proto.STDIN)
+    assert b"\x00resize:12x34" in stdin and b"\x00resize:bogus" in stdin and stdin.endswith(b"ab")
+    controls = [frame[1:] for frame in frames if frame[0] == proto.CONTROL]
+    assert not any(b"12" in c and b"34" in c for c in controls)  # never taken as a size
+    assert any(b'"resize"' in c for c in controls)  # a real resize still goes as a control message
