@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from lifsea_tui.api import Deployment, UpdateStatus
 from lifsea_tui.client.heads import AuditHeads
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
+
+T = TypeVar("T")
 
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
@@ -156,6 +159,19 @@ class Fleet:
                 await asyncio.sleep(min(BACKOFF_MAX, BACKOFF_START * 2 ** min(failures, 6)))
 
         await asyncio.gather(*(one(name) for name in self.clients))
+
+    async def each(
+        self, names: Iterable[str], work: Callable[[NodeClient], Awaitable[T]]
+    ) -> AsyncIterator[tuple[str, T]]:
+        """`work` on every named node, at most the fleet's concurrency at once; (name, result) as each
+        finishes. What is asked of a thousand nodes goes through the same bound as the refresh."""
+
+        async def one(name: str) -> tuple[str, T]:
+            async with self._semaphore:
+                return name, await work(self.clients[name])
+
+        for done in asyncio.as_completed([one(name) for name in names]):
+            yield await done
 
     async def aclose(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self.clients.values()))

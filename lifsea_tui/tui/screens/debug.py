@@ -411,13 +411,21 @@ class FleetDebugScreen(ConsoleScreen):
         self.query_one("#fleet-debug-status", Static).update(
             f"running the first checks of {len(found)} runbooks on {len(self.nodes)} nodes…"
         )
-        for node in self.nodes:
-            self.check_node(node)
+        self.check_nodes()
 
-    @work(group="fleet-debug", exit_on_error=False)
-    async def check_node(self, node: str) -> None:
-        client = self.lifsea.fleet.client(node)
-        proposals = await self.lifsea.net.run(triage(client, self.books))
+    @work(group="fleet-debug", exclusive=True, exit_on_error=False)
+    async def check_nodes(self) -> None:
+        """The first checks on every node, at most the fleet's concurrency of nodes at once; each node's
+        findings shown as it answers."""
+        ui_loop = asyncio.get_running_loop()
+
+        async def every() -> None:  # runs on the network loop
+            async for node, proposals in self.lifsea.fleet.each(self.nodes, lambda client: triage(client, self.books)):
+                ui_loop.call_soon_threadsafe(self._show_node, node, proposals)
+
+        await self.lifsea.net.run(every())
+
+    def _show_node(self, node: str, proposals: list[Proposal]) -> None:
         table = self.query_one("#fleet-debug", DataTable)
         shown = [p for p in proposals if p.status != Status.ok]
         for proposal in shown:
