@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks.results import pct, recorder
+from lifsea_tui.api import EndRequest, OpsSessionRequest
 from lifsea_tui.client import inventory
 from lifsea_tui.client.node import NodeClient, NodeTarget
 from lifsea_tui.client.ops import OpsShell, Output
@@ -172,7 +173,7 @@ async def api_first_prompt(target: NodeTarget) -> tuple[float, float]:
     """Seconds from the POST to the first prompt, and from the POST to the session's answer."""
     client = NodeClient(target)
     started = time.perf_counter()
-    session = await client.ops_start("benchmark: request to first prompt", ttl_seconds=60)
+    session = await client.ops_start(OpsSessionRequest(reason="benchmark: request to first prompt", ttl_seconds=60))
     created = time.perf_counter()
     shell = OpsShell(target, session.id)
     seen = b""
@@ -182,7 +183,7 @@ async def api_first_prompt(target: NodeTarget) -> tuple[float, float]:
             if b" OPS " in seen:
                 break
     prompt = time.perf_counter()
-    await client.ops_end(session.id, "benchmark done")
+    await client.ops_end(session.id, EndRequest(reason="benchmark done"))
     await shell.close()
     await client.aclose()
     return prompt - started, created - started
@@ -213,7 +214,10 @@ async def agent_memory(target: NodeTarget, agent_pid: int, count: int) -> tuple[
     await asyncio.sleep(1)
     before = rss_kib(agent_pid)
     shells, tasks = [], []
-    sessions = [await client.ops_start(f"benchmark: memory {n}", ttl_seconds=300) for n in range(count)]
+    sessions = [
+        await client.ops_start(OpsSessionRequest(reason=f"benchmark: memory {n}", ttl_seconds=300))
+        for n in range(count)
+    ]
 
     async def drain(shell: OpsShell) -> None:
         async for _ in shell.events():
@@ -229,7 +233,7 @@ async def agent_memory(target: NodeTarget, agent_pid: int, count: int) -> tuple[
     await asyncio.sleep(3)
     during = rss_kib(agent_pid)
     for session in sessions:
-        await client.ops_end(session.id, "benchmark done")
+        await client.ops_end(session.id, EndRequest(reason="benchmark done"))
     for task in tasks:
         task.cancel()
     await client.aclose()

@@ -28,7 +28,7 @@ import websockets
 
 from lifsea_tui.agent.audit import verify
 from lifsea_tui.agent.config import OpsConfig
-from lifsea_tui.api import OpsAccess, routes
+from lifsea_tui.api import EndRequest, OpsAccess, OpsSessionRequest, routes
 from lifsea_tui.api import ops as proto
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output
@@ -124,7 +124,9 @@ async def test_session_on_a_real_node(node1: tuple[dict, Layout, httpx.Client]) 
     the recording replays what was typed and printed, and its hash is in the audit log."""
     node, layout, http = node1
     client = NodeClient(target(node))
-    session = await client.ops_start("INC-1 look at the node", ticket="INC-1", ttl_seconds=300)
+    session = await client.ops_start(
+        OpsSessionRequest(reason="INC-1 look at the node", ticket="INC-1", ttl_seconds=300)
+    )
     assert session.state == "detached" and session.actor == "lab-admin" and session.ticket == "INC-1"
     listed = (await client.ops_sessions()).sessions
     assert [s.id for s in listed] == [session.id]
@@ -194,7 +196,7 @@ async def test_session_on_a_real_node(node1: tuple[dict, Layout, httpx.Client]) 
 async def test_reattach_replays_the_screen_and_the_session_goes_on(node1: tuple[dict, Layout, httpx.Client]) -> None:
     node, _, http = node1
     client = NodeClient(target(node))
-    session = await client.ops_start("INC-2 re-attach", ttl_seconds=300)
+    session = await client.ops_start(OpsSessionRequest(reason="INC-2 re-attach", ttl_seconds=300))
     first = Driver(OpsShell(target(node), session.id))
     await first.expect(PROMPT)
     await first.run("echo before-the-drop", "DONE-1")
@@ -228,7 +230,7 @@ async def test_reattach_replays_the_screen_and_the_session_goes_on(node1: tuple[
 async def test_ttl_warns_then_kills(node1: tuple[dict, Layout, httpx.Client]) -> None:
     node, layout, _ = node1
     client = NodeClient(target(node))
-    session = await client.ops_start("INC-3 short", ttl_seconds=10)
+    session = await client.ops_start(OpsSessionRequest(reason="INC-3 short", ttl_seconds=10))
     driver = Driver(OpsShell(target(node), session.id))
     await driver.expect(PROMPT)
     await driver.shell.send(b"sleep 600\r")
@@ -244,15 +246,15 @@ async def test_ttl_warns_then_kills(node1: tuple[dict, Layout, httpx.Client]) ->
 async def test_end_by_delete_and_limits(node1: tuple[dict, Layout, httpx.Client]) -> None:
     node, _, http = node1
     client = NodeClient(target(node))
-    sessions = [await client.ops_start(f"INC-4 limit {i}") for i in range(2)]
+    sessions = [await client.ops_start(OpsSessionRequest(reason=f"INC-4 limit {i}")) for i in range(2)]
     with pytest.raises(NodeError) as refused:
-        await client.ops_start("INC-4 one too many")
+        await client.ops_start(OpsSessionRequest(reason="INC-4 one too many"))
     assert refused.value.status == 429 and "at most 2" in refused.value.detail
     for session in sessions:
-        ended = await client.ops_end(session.id, "INC-4 done")
+        ended = await client.ops_end(session.id, EndRequest(reason="INC-4 done"))
         assert ended.state == "ended" and ended.end_reason == "ended by lab-admin"
     with pytest.raises(NodeError) as gone:
-        await client.ops_end(sessions[0].id, "again")
+        await client.ops_end(sessions[0].id, EndRequest(reason="again"))
     assert gone.value.status == 404
     records = audit_records(http)
     limited = [r for r in records if r["action"] == "ops.session.start" and r["outcome"].startswith("refused")]
@@ -297,7 +299,7 @@ def test_roles_and_bad_requests(node1: tuple[dict, Layout, httpx.Client]) -> Non
 async def test_protocol_violations_close_with_clear_codes(node1: tuple[dict, Layout, httpx.Client]) -> None:
     node, _, http = node1
     client = NodeClient(target(node))
-    session = await client.ops_start("INC-5 protocol", ttl_seconds=120)
+    session = await client.ops_start(OpsSessionRequest(reason="INC-5 protocol", ttl_seconds=120))
     url = node["url"].replace("https://", "wss://") + routes.OPS_ATTACH.format(session_id=session.id)
     context = ssl.create_default_context(cafile=node["ca_file"])
 
@@ -355,7 +357,7 @@ async def test_client_killed_then_grace_ends_the_session(
     agent = second_agent(tmp_path / "agent", layout, grace=2, warn_before=5)
     try:
         client = NodeClient(agent_target(agent))
-        session = await client.ops_start("INC-6 client dies", ttl_seconds=300)
+        session = await client.ops_start(OpsSessionRequest(reason="INC-6 client dies", ttl_seconds=300))
         # A client process that attaches, starts a command, and is SIGKILLed.
         script = (
             "import asyncio,sys\n"
@@ -406,7 +408,7 @@ async def test_recording_disk_full_refuses_and_ends(fleet: tuple[dict, dict[str,
         agent = second_agent(tmp_path / "a1", layout, recordings=disk, min_free_bytes=1024 * 1024)
         client = NodeClient(agent_target(agent))
         with pytest.raises(NodeError) as refused:
-            await client.ops_start("INC-7 no room")
+            await client.ops_start(OpsSessionRequest(reason="INC-7 no room"))
         assert refused.value.status == 503 and "cannot be recorded" in refused.value.detail
         assert runc_containers(agent.config.ops.dir) == [] and not any(disk.iterdir())
         await client.aclose()
@@ -419,14 +421,14 @@ async def test_recording_disk_full_refuses_and_ends(fleet: tuple[dict, dict[str,
         agent = second_agent(tmp_path / "a2", layout, recordings=disk, min_free_bytes=0)
         client = NodeClient(agent_target(agent))
         with pytest.raises(NodeError) as full:
-            await client.ops_start("INC-7 disk full")
+            await client.ops_start(OpsSessionRequest(reason="INC-7 disk full"))
         assert full.value.status == 503 and "No space left" in full.value.detail
         assert runc_containers(agent.config.ops.dir) == []
         assert not any((agent.config.ops.dir / "sessions").glob("*"))
 
         # 3: room for the start only: output fills the disk and the session ends, recording sealed as it is.
         filler.write_bytes(b"x" * (400 * 1024))
-        session = await client.ops_start("INC-7 fills up", ttl_seconds=120)
+        session = await client.ops_start(OpsSessionRequest(reason="INC-7 fills up", ttl_seconds=120))
         driver = Driver(OpsShell(agent_target(agent), session.id))
         await driver.expect(PROMPT)
         await driver.shell.send(b"head -c 3000000 /dev/zero | od -v | head -c 2000000\r")
@@ -468,10 +470,10 @@ async def test_reserve_makes_room_for_a_shell_on_a_full_disk(
 
         client = NodeClient(agent_target(agent))
         with pytest.raises(NodeError) as refused:  # this agent's config does not allow a writable /host
-            await client.ops_start("INC-9 /var full", access=OpsAccess.writable)
+            await client.ops_start(OpsSessionRequest(reason="INC-9 /var full", access=OpsAccess.writable))
         assert refused.value.status == 403 and "does not allow writable shells" in refused.value.detail
         assert reserve.exists()  # a refusal for another reason keeps the reserve
-        session = await client.ops_start("INC-9 /var full", ttl_seconds=120)
+        session = await client.ops_start(OpsSessionRequest(reason="INC-9 /var full", ttl_seconds=120))
         assert not reserve.exists()
         driver = Driver(OpsShell(agent_target(agent), session.id))
         await driver.expect(PROMPT)
@@ -534,7 +536,7 @@ async def test_agent_shutdown_ends_sessions_and_input_can_be_recorded(
     stopped = False
     try:
         client = NodeClient(agent_target(agent))
-        session = await client.ops_start("INC-9 shutdown", ttl_seconds=300)
+        session = await client.ops_start(OpsSessionRequest(reason="INC-9 shutdown", ttl_seconds=300))
         driver = Driver(OpsShell(agent_target(agent), session.id))
         await driver.expect(PROMPT)
         await driver.run("echo typed-keys", "DONE-K")
@@ -617,7 +619,9 @@ async def test_each_access_level_is_the_boundary_it_names(
     log_before = log.read_bytes()
     client = NodeClient(target(node))
     try:
-        session = await client.ops_start(f"INC-11 probe {access.value}", ttl_seconds=300, access=access)
+        session = await client.ops_start(
+            OpsSessionRequest(reason=f"INC-11 probe {access.value}", ttl_seconds=300, access=access)
+        )
         assert session.access == access
         driver = Driver(OpsShell(target(node), session.id, cols=200, rows=50))
         await driver.expect(PROMPT)

@@ -18,13 +18,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from textual import events
 
-from lifsea_tui.api import OpsAccess, OpsSession, OpsSessionState
+from lifsea_tui.api import OpsAccess, OpsSession, OpsSessionRequest, OpsSessionState
 from lifsea_tui.api import ops as proto
 from lifsea_tui.api import routes as r
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.tui.app import LifseaApp
-from lifsea_tui.tui.screens.shell import OpsRequest, ShellScreen
+from lifsea_tui.tui.screens.shell import ShellScreen
 from tests.helpers import Served, issue_pki, serve
 
 SESSION = "5" * 16
@@ -79,7 +79,7 @@ async def test_a_paste_that_looks_like_a_resize_is_sent_as_typed(
     fleet = Fleet([NodeTarget(name="n", url=served.url, token="t", ca_file=ca)])
     app = LifseaApp(fleet, refresh_interval=3600)
     async with app.run_test(size=(100, 30)) as pilot:
-        screen = ShellScreen("n", fleet.client("n"), OpsRequest("INC-12", None, 600))
+        screen = ShellScreen("n", fleet.client("n"), OpsSessionRequest(reason="INC-12", ttl_seconds=600))
         await app.push_screen(screen)
         deadline = time.monotonic() + 10
         while screen.state != "attached":

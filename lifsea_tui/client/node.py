@@ -19,6 +19,7 @@ import pydantic
 import websockets
 
 from lifsea_tui.api import (
+    ActionRequest,
     AuditPage,
     AuditVerify,
     ClockStatus,
@@ -27,6 +28,7 @@ from lifsea_tui.api import (
     DeploymentList,
     DiskUsage,
     DnsStatus,
+    EndRequest,
     EtcChanges,
     Event,
     HistoryList,
@@ -35,9 +37,9 @@ from lifsea_tui.api import (
     NodeInfo,
     NodeSummary,
     OperationResult,
-    OpsAccess,
     OpsSession,
     OpsSessionList,
+    OpsSessionRequest,
     RecordingList,
     UnitActionResult,
     UnitInfo,
@@ -123,7 +125,7 @@ class NodeClient:
         path: str,
         model: type[ModelT],
         *,
-        body: dict[str, Any] | None = None,
+        body: pydantic.BaseModel | None = None,
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> ModelT:
@@ -137,7 +139,7 @@ class NodeClient:
             response = await self._http.request(
                 method,
                 self.target.url + path,
-                json=body,
+                json=body.model_dump(mode="json", exclude_none=True) if body is not None else None,
                 params=params,
                 headers=self._headers,
                 timeout=timeout or self.target.timeout,
@@ -205,7 +207,8 @@ class NodeClient:
 
     # -- actions (each needs a reason, which the node audits) ----------------------------------------------
 
-    async def action(self, name: str, reason: str, **extra: Any) -> OperationResult:
+    async def action(self, name: str, request: ActionRequest) -> OperationResult:
+        """check, stage (a StageRequest may name the target), cancel, rollback or reboot."""
         paths = {
             "check": r.UPGRADES_CHECK,
             "stage": r.UPGRADES_STAGE,
@@ -215,9 +218,7 @@ class NodeClient:
         }
         # A check pulls from the update server and may take a while; the rest answer at once.
         timeout = 300.0 if name == "check" else None
-        return await self._request(
-            "POST", paths[name], OperationResult, body={"reason": reason, **extra}, timeout=timeout
-        )
+        return await self._request("POST", paths[name], OperationResult, body=request, timeout=timeout)
 
     # -- services ------------------------------------------------------------------------------------------
 
@@ -228,9 +229,9 @@ class NodeClient:
     async def service(self, unit: str) -> UnitInfo:
         return await self._request("GET", r.SERVICE.format(unit=unit), UnitInfo)
 
-    async def service_action(self, unit: str, action: str, reason: str) -> UnitActionResult:
+    async def service_action(self, unit: str, action: str, request: ActionRequest) -> UnitActionResult:
         path = r.SERVICE_ACTION.format(unit=unit, action=action)
-        return await self._request("POST", path, UnitActionResult, body={"reason": reason}, timeout=30)
+        return await self._request("POST", path, UnitActionResult, body=request, timeout=30)
 
     # -- logs ------------------------------------------------------------------------------------------
 
@@ -289,20 +290,8 @@ class NodeClient:
 
     # -- break-glass ops sessions -------------------------------------------------------------------------
 
-    async def ops_start(
-        self,
-        reason: str,
-        *,
-        ticket: str | None = None,
-        ttl_seconds: int | None = None,
-        access: OpsAccess = OpsAccess.read_only,
-    ) -> OpsSession:
-        body: dict[str, Any] = {"reason": reason, "access": access.value}
-        if ticket:
-            body["ticket"] = ticket
-        if ttl_seconds:
-            body["ttl_seconds"] = ttl_seconds
-        return await self._request("POST", r.OPS_SESSIONS, OpsSession, body=body, timeout=60)
+    async def ops_start(self, request: OpsSessionRequest) -> OpsSession:
+        return await self._request("POST", r.OPS_SESSIONS, OpsSession, body=request, timeout=60)
 
     async def ops_sessions(self) -> OpsSessionList:
         return await self._request("GET", r.OPS_SESSIONS, OpsSessionList)
@@ -310,9 +299,9 @@ class NodeClient:
     async def ops_session(self, session_id: str) -> OpsSession:
         return await self._request("GET", r.OPS_SESSION.format(session_id=session_id), OpsSession)
 
-    async def ops_end(self, session_id: str, reason: str) -> OpsSession:
+    async def ops_end(self, session_id: str, request: EndRequest) -> OpsSession:
         path = r.OPS_SESSION.format(session_id=session_id)
-        return await self._request("DELETE", path, OpsSession, body={"reason": reason}, timeout=30)
+        return await self._request("DELETE", path, OpsSession, body=request, timeout=30)
 
     # -- read-only diagnostics and debugging walks --------------------------------------------------
 
@@ -330,8 +319,7 @@ class NodeClient:
         return await self._request("GET", r.DIAGNOSTICS_ETC, EtcChanges, params=params)
 
     async def debug_record(self, record: DebugRecord) -> DebugRecorded:
-        body = record.model_dump(mode="json", exclude_none=True)
-        return await self._request("POST", r.DEBUG_RECORDS, DebugRecorded, body=body)
+        return await self._request("POST", r.DEBUG_RECORDS, DebugRecorded, body=record)
 
     async def recordings(self) -> RecordingList:
         return await self._request("GET", r.RECORDINGS, RecordingList)

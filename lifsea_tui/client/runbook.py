@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lifsea_tui.api import DebugEvent, DebugRecord, Deployment, LogEntry, OpsAccess
+from lifsea_tui.api import ActionRequest, DebugEvent, DebugRecord, Deployment, LogEntry, OpsAccess
 from lifsea_tui.api.models import REASON_MAX
 from lifsea_tui.client.node import NodeClient, NodeError
 
@@ -699,10 +699,10 @@ class Walk:
         try:
             if step.what in UNIT_ACTIONS:
                 unit = self.text(str(step.params["unit"]))
-                result = await self.client.service_action(unit, step.what, reason)
+                result = await self.client.service_action(unit, step.what, ActionRequest(reason=reason))
                 outcome = f"{what}: {await self._settled(unit, step.what)} (job {result.job})"
             else:
-                operation = await self.client.action(step.what, reason)
+                operation = await self.client.action(step.what, ActionRequest(reason=reason))
                 outcome = f"{what}: done, audit record {operation.audit_seq}"
         except NodeError as error:
             await self.record(step.name, DebugEvent.action, f"{what} failed: {error}", [f"reason: {reason}"])

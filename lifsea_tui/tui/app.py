@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from textual.app import App
 from textual.binding import Binding
 from textual.content import Content
 from textual.notifications import SeverityLevel
 from textual.theme import Theme
 
+from lifsea_tui.api import OpsSession, OpsSessionRequest
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.netloop import NetworkLoop
 from lifsea_tui.tui import locations
+from lifsea_tui.tui.cast import Cast
 from lifsea_tui.tui.plain import visible
+from lifsea_tui.tui.player import PlayerScreen
+from lifsea_tui.tui.screens.base import ShellClosed
+from lifsea_tui.tui.screens.debug import DebugScreen, FleetDebugScreen
+from lifsea_tui.tui.screens.failed import FailedUnitsScreen
 from lifsea_tui.tui.screens.fleet import FleetScreen
+from lifsea_tui.tui.screens.logs import LogsScreen
+from lifsea_tui.tui.screens.node import NodeScreen
+from lifsea_tui.tui.screens.shell import ShellScreen
 from lifsea_tui.tui.themes import CONSOLE_VARIABLES, load_themes
 
 DEFAULT_THEME = "lifsea-dark"
@@ -88,6 +99,38 @@ class LifseaApp(App[None]):
                 locations.save_settings(self.settings)
             except OSError as error:
                 self.notify(f"cannot save settings: {error}", severity="warning")
+
+    # -- where a screen may send the person: the app knows every screen, screens know none ---------------
+
+    def open_node(self, name: str, tab: str | None = None) -> None:
+        self.push_screen(NodeScreen(name, tab))
+
+    def open_failed_units(self) -> None:
+        self.push_screen(FailedUnitsScreen())
+
+    def open_fleet_debug(self, nodes: list[str]) -> None:
+        self.push_screen(FleetDebugScreen(nodes))
+
+    def open_debug(self, node: str, start: str | None = None) -> None:
+        self.push_screen(DebugScreen(node, start))
+
+    def open_logs(self, node: str, unit: str | None = None) -> None:
+        self.push_screen(LogsScreen(node, unit))
+
+    def open_shell(
+        self,
+        node: str,
+        session: OpsSession | OpsSessionRequest,
+        *,
+        hints: list[str] | None = None,
+        hint_title: str = "",
+        then: Callable[[ShellClosed | None], None] | None = None,
+    ) -> None:
+        screen = ShellScreen(node, self.fleet.client(node), session, hints=hints, hint_title=hint_title)
+        self.push_screen(screen, then)
+
+    def open_player(self, recording: Cast, name: str) -> None:
+        self.push_screen(PlayerScreen(recording, name))
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):

@@ -17,7 +17,7 @@ import termios
 import tty
 from dataclasses import dataclass
 
-from lifsea_tui.api import ACCESS_TEXT, OpsAccess
+from lifsea_tui.api import ACCESS_TEXT, EndRequest, OpsAccess, OpsSessionRequest
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output, Reconnecting
 from lifsea_tui.tui.plain import visible
@@ -80,7 +80,9 @@ async def run(target: NodeTarget, options: Options) -> int:
     try:
         if options.session is None:
             session = await client.ops_start(
-                options.reason, ticket=options.ticket, ttl_seconds=options.ttl_seconds, access=options.access
+                OpsSessionRequest(
+                    reason=options.reason, ticket=options.ticket, ttl_seconds=options.ttl_seconds, access=options.access
+                )
             )
         else:
             session = await client.ops_session(options.session)
@@ -133,7 +135,9 @@ async def run(target: NodeTarget, options: Options) -> int:
         async def watch_escape() -> None:
             await ended_by_user.wait()
             with contextlib.suppress(NodeError):
-                await client.ops_end(session.id, f"ended with ~. from lifsea-tui shell ({options.reason})"[:480])
+                await client.ops_end(
+                    session.id, EndRequest(reason=f"ended with ~. from lifsea-tui shell ({options.reason})"[:480])
+                )
 
         watcher = asyncio.create_task(watch_escape())
         async for event in shell.events():

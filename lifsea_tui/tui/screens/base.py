@@ -1,22 +1,73 @@
-"""What every console screen shares: the app it belongs to, read-only mode, and the one place where a
-worker's failure is shown."""
+"""What every console screen shares: the console it belongs to, read-only mode, and the one place where
+a worker's failure is shown.
+
+A screen sees the console through `Console`, a protocol: what it reads (the fleet, the network loop,
+the mode, the theme's colours) and where it may send the person (`open_...`). Screens never import the
+app or each other; the app, which knows every screen, does the navigating.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, cast
 
 from textual import on
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-if TYPE_CHECKING:
-    from lifsea_tui.tui.app import LifseaApp
+from lifsea_tui.api import OpsSession, OpsSessionRequest
+from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.netloop import NetworkLoop
+from lifsea_tui.tui.cast import Cast
+
+ResultT = TypeVar("ResultT")
 
 
-class ConsoleScreen(Screen[None]):
+@dataclass(frozen=True)
+class ShellClosed:
+    """What a shell screen leaves with: the session it had (None when none started) and how it ended."""
+
+    session: str | None
+    state: str
+
+
+class Console(Protocol):
+    fleet: Fleet
+    net: NetworkLoop
+    read_only: bool
+    refresh_interval: float
+    events_limit: int
+
+    def colour(self, variable: str) -> str: ...
+
+    def open_node(self, name: str, tab: str | None = None) -> None: ...
+
+    def open_failed_units(self) -> None: ...
+
+    def open_fleet_debug(self, nodes: list[str]) -> None: ...
+
+    def open_debug(self, node: str, start: str | None = None) -> None: ...
+
+    def open_logs(self, node: str, unit: str | None = None) -> None: ...
+
+    def open_shell(
+        self,
+        node: str,
+        session: OpsSession | OpsSessionRequest,
+        *,
+        hints: list[str] | None = None,
+        hint_title: str = "",
+        then: Callable[[ShellClosed | None], None] | None = None,
+    ) -> None: ...
+
+    def open_player(self, recording: Cast, name: str) -> None: ...
+
+
+class ConsoleScreen(Screen[ResultT]):
     @property
-    def lifsea(self) -> LifseaApp:
-        return self.app  # type: ignore[return-value]
+    def lifsea(self) -> Console:
+        return cast(Console, self.app)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Every action that changes a node is `act`; read-only mode hides it (and its keys) everywhere."""

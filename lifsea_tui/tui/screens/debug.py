@@ -25,7 +25,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, RichLog, Static
 
-from lifsea_tui.api import ACCESS_TEXT
+from lifsea_tui.api import ACCESS_TEXT, OpsSessionRequest
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.runbook import (
     SHIPPED,
@@ -40,9 +40,8 @@ from lifsea_tui.client.runbook import (
 )
 from lifsea_tui.tui.locations import config_dir
 from lifsea_tui.tui.plain import file_part, plain, visible
-from lifsea_tui.tui.screens.base import ConsoleScreen
-from lifsea_tui.tui.screens.modals import OpsAnswer, OpsModal, ReasonModal
-from lifsea_tui.tui.screens.shell import OpsRequest, ShellScreen
+from lifsea_tui.tui.screens.base import ConsoleScreen, ShellClosed
+from lifsea_tui.tui.screens.modals import OpsModal, ReasonModal
 from lifsea_tui.tui.tables import PlainTable
 
 MARK = {Status.problem: ("●", "error"), Status.unknown: ("?", "warning"), Status.ok: ("○", "success")}
@@ -57,7 +56,7 @@ def runbooks() -> tuple[list[Runbook], list[LoadError]]:
     return load([SHIPPED, user_runbooks()])
 
 
-class DebugScreen(ConsoleScreen):
+class DebugScreen(ConsoleScreen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="debug-back"),
         Binding("enter", "go", "Walk / take step", id="debug-go", priority=True),
@@ -85,7 +84,6 @@ class DebugScreen(ConsoleScreen):
         self.proposals: list[Proposal] = []
         self.walk: Walk | None = None
         self.busy = False
-        self._shell: ShellScreen | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -264,26 +262,26 @@ class DebugScreen(ConsoleScreen):
                 await asyncio.sleep(5.0)  # let its services start before the next check looks at them
                 return
 
-    def _open_shell(self, answer: OpsAnswer | None) -> None:
+    def _open_shell(self, request: OpsSessionRequest | None) -> None:
         walk = self.walk
-        if answer is None or walk is None or walk.step is None:
+        if request is None or walk is None or walk.step is None:
             return
         step = walk.step
-        request = OpsRequest(walk.reason(answer.reason), answer.ticket, answer.ttl_seconds, answer.access)
         hints = [walk.text(command) for command in step.params.get("commands", [])]
-        self._shell = ShellScreen(self.node_name, self.client, request, hints=hints, hint_title=walk.text(step.what))
-        self.app.push_screen(self._shell)
+        self.lifsea.open_shell(
+            self.node_name,
+            request.model_copy(update={"reason": walk.reason(request.reason)}),
+            hints=hints,
+            hint_title=walk.text(step.what),
+            then=self._shell_closed,
+        )
 
-    def on_screen_resume(self) -> None:
-        shell = self._shell
-        if shell is None or shell in self.app.screen_stack:
-            return  # not back from a shell (a modal closed, or the shell is not open yet)
-        self._shell = None
+    def _shell_closed(self, closed: ShellClosed | None) -> None:
         walk = self.walk
         if walk is None or walk.step is None or walk.step.kind != "shell":
             return
-        session = shell.session.id if shell.session else None
-        note = f"break-glass shell {session} closed" if session else f"no shell: {shell.state}"
+        session = closed.session if closed else None
+        note = f"break-glass shell {session} closed" if session else f"no shell: {closed.state if closed else 'closed'}"
         self.log_view.write(plain(f"▸ {note}", "bold"))
         self.after_shell(session, note)
 
@@ -375,7 +373,7 @@ class DebugScreen(ConsoleScreen):
             )
 
 
-class FleetDebugScreen(ConsoleScreen):
+class FleetDebugScreen(ConsoleScreen[None]):
     """The first checks of every runbook on many nodes: what fires where."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="fleet-debug-back")]
@@ -446,4 +444,4 @@ class FleetDebugScreen(ConsoleScreen):
     @on(DataTable.RowSelected, "#fleet-debug")
     def _open(self, event: DataTable.RowSelected) -> None:
         node, _, runbook = (event.row_key.value or "").partition("/")
-        self.app.push_screen(DebugScreen(node, start=runbook))
+        self.lifsea.open_debug(node, start=runbook)

@@ -13,7 +13,7 @@ from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.tables import PlainTable
 
 
-class FailedUnitsScreen(ConsoleScreen):
+class FailedUnitsScreen(ConsoleScreen[None]):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="failed-back")]
     DEFAULT_CSS = """
     FailedUnitsScreen {
@@ -60,6 +60,4 @@ class FailedUnitsScreen(ConsoleScreen):
     def _open(self, event: DataTable.RowSelected) -> None:
         node = (event.row_key.value or "").split("/", 1)[0]
         if node in self.lifsea.fleet.snapshots:
-            from lifsea_tui.tui.screens.node import NodeScreen
-
-            self.app.push_screen(NodeScreen(node, tab="tab-services"))
+            self.lifsea.open_node(node, tab="tab-services")

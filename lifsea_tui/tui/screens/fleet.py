@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from lifsea_tui.api import ActionRequest
 from lifsea_tui.client.fleet import NodeSnapshot, version_drift
 from lifsea_tui.client.node import NodeError
 from lifsea_tui.tui.plain import plain
@@ -54,7 +55,7 @@ class NodeTable(PlainTable):
     BINDINGS = [Binding("enter", "select_cursor", "Open", id="fleet-open")]
 
 
-class FleetScreen(ConsoleScreen):
+class FleetScreen(ConsoleScreen[None]):
     BINDINGS = [
         Binding("space", "toggle_select", "Select", id="fleet-select"),
         Binding("a", "select_all", "Select all", id="fleet-select-all", show=False),
@@ -273,14 +274,10 @@ class FleetScreen(ConsoleScreen):
     def action_open(self) -> None:
         name = self._cursor_name()
         if name is not None:
-            from lifsea_tui.tui.screens.node import NodeScreen
-
-            self.app.push_screen(NodeScreen(name))
+            self.lifsea.open_node(name)
 
     def action_failed(self) -> None:
-        from lifsea_tui.tui.screens.failed import FailedUnitsScreen
-
-        self.app.push_screen(FailedUnitsScreen())
+        self.lifsea.open_failed_units()
 
     def action_toggle_select(self) -> None:
         name = self._cursor_name()
@@ -331,10 +328,7 @@ class FleetScreen(ConsoleScreen):
 
     def action_debug(self) -> None:
         """The runbooks' first checks on the selected nodes, or on every node when none is selected."""
-        from lifsea_tui.tui.screens.debug import FleetDebugScreen
-
-        nodes = sorted(self.selected) or sorted(self.lifsea.fleet.snapshots)
-        self.app.push_screen(FleetDebugScreen(nodes))
+        self.lifsea.open_fleet_debug(sorted(self.selected) or sorted(self.lifsea.fleet.snapshots))
 
     def targets(self) -> list[str]:
         if self.selected:
@@ -360,7 +354,7 @@ class FleetScreen(ConsoleScreen):
 
         async def one(name: str) -> tuple[str, str | None]:
             try:
-                result = await fleet.client(name).action(action, reason)
+                result = await fleet.client(name).action(action, ActionRequest(reason=reason))
             except NodeError as error:
                 return name, str(error)
             finally:

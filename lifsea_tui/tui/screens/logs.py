@@ -33,7 +33,7 @@ RETRY_SECONDS = 2.0
 BATCH_SECONDS = 0.1
 
 
-class LogsScreen(ConsoleScreen):
+class LogsScreen(ConsoleScreen[None]):
     BINDINGS = [
         Binding("escape", "back", "Back", id="logs-back"),
         Binding("f", "toggle_follow", "Follow", id="logs-follow"),

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from pydantic import ValidationError
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,7 +10,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Select, Static
 
-from lifsea_tui.api import ACCESS_TEXT, OpsAccess
+from lifsea_tui.api import ACCESS_TEXT, OpsAccess, OpsSessionRequest
 from lifsea_tui.tui.plain import plain
 
 # What each action does, in the words of the confirmation.
@@ -69,16 +68,9 @@ class ReasonModal(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-@dataclass(frozen=True)
-class OpsAnswer:
-    reason: str
-    ticket: str | None
-    ttl_seconds: int
-    access: OpsAccess
-
-
-class OpsModal(ModalScreen[OpsAnswer | None]):
-    """Ask for what a break-glass shell needs: reason, ticket, access level, TTL. Dismisses with them, or None.
+class OpsModal(ModalScreen[OpsSessionRequest | None]):
+    """Ask for what a break-glass shell needs: reason, ticket, access level, TTL. Dismisses with the request
+    the node is sent, or None.
 
     With `access` (a runbook's step names one) the level is fixed and said; otherwise the person picks,
     read-only first."""
@@ -153,7 +145,12 @@ class OpsModal(ModalScreen[OpsAnswer | None]):
             self.query_one("#ttl", Input).focus()
             return
         access = self.fixed if self.fixed is not None else OpsAccess(self.query_one("#access", Select).value)
-        self.dismiss(OpsAnswer(reason, ticket, ttl, access))
+        try:
+            request = OpsSessionRequest(reason=reason, ticket=ticket, ttl_seconds=ttl, access=access)
+        except ValidationError as error:  # what the API takes: a day at most, a ticket without blanks
+            problem.update(plain("; ".join(str(item["msg"]) for item in error.errors()[:2])))
+            return
+        self.dismiss(request)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

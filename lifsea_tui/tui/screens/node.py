@@ -14,6 +14,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from lifsea_tui.api import (
+    ActionRequest,
     AuditPage,
     Deployment,
     EventKind,
@@ -21,6 +22,7 @@ from lifsea_tui.api import (
     NodeInfo,
     OpsSession,
     OpsSessionList,
+    OpsSessionRequest,
     RecordingList,
     UnitInfo,
     UpdateStatus,
@@ -28,12 +30,8 @@ from lifsea_tui.api import (
 from lifsea_tui.client.node import NodeError
 from lifsea_tui.tui.cast import parse
 from lifsea_tui.tui.plain import plain
-from lifsea_tui.tui.player import PlayerScreen
 from lifsea_tui.tui.screens.base import ConsoleScreen
-from lifsea_tui.tui.screens.debug import DebugScreen
-from lifsea_tui.tui.screens.logs import LogsScreen
-from lifsea_tui.tui.screens.modals import OpsAnswer, OpsModal, ReasonModal
-from lifsea_tui.tui.screens.shell import OpsRequest, ShellScreen
+from lifsea_tui.tui.screens.modals import OpsModal, ReasonModal
 from lifsea_tui.tui.tables import PlainTable
 
 POLL_SECONDS = 3.0
@@ -66,7 +64,7 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "?"
 
 
-class NodeScreen(ConsoleScreen):
+class NodeScreen(ConsoleScreen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="node-back"),
         Binding("c", "act('check')", "Check", id="node-check"),
@@ -483,7 +481,7 @@ class NodeScreen(ConsoleScreen):
         except NodeError as error:
             self.notify(f"Recording {recording_id}: {error}", severity="error", timeout=10)
             return
-        self.app.push_screen(PlayerScreen(parse(data), f"{self.node_name}/{recording_id}"))
+        self.lifsea.open_player(parse(data), f"{self.node_name}/{recording_id}")
 
     @on(DataTable.RowSelected, "#ops-sessions")
     def _reattach(self, event: DataTable.RowSelected) -> None:
@@ -493,7 +491,7 @@ class NodeScreen(ConsoleScreen):
         if self.lifsea.read_only:
             self.notify("read-only console: no ops shells, not even re-attaching", severity="warning")
             return
-        self.app.push_screen(ShellScreen(self.node_name, self.lifsea.fleet.client(self.node_name), session))
+        self.lifsea.open_shell(self.node_name, session)
 
     # -- actions ---------------------------------------------------------------------------------------
 
@@ -550,14 +548,14 @@ class NodeScreen(ConsoleScreen):
         self.refresh_bindings()
 
     def action_debug(self) -> None:
-        self.app.push_screen(DebugScreen(self.node_name))
+        self.lifsea.open_debug(self.node_name)
 
     def action_logs(self) -> None:
         """The selected unit's logs on the Services tab; the whole journal elsewhere."""
         unit = None
         if self.query_one("#tabs", TabbedContent).active == "tab-services":
             unit = self._cursor_key(self.query_one("#services", DataTable))
-        self.app.push_screen(LogsScreen(self.node_name, unit))
+        self.lifsea.open_logs(self.node_name, unit)
 
     def action_unit(self, action: str) -> None:
         unit = self._cursor_key(self.query_one("#services", DataTable))
@@ -574,7 +572,7 @@ class NodeScreen(ConsoleScreen):
     async def run_unit_action(self, unit: str, action: str, reason: str) -> None:
         client = self.lifsea.fleet.client(self.node_name)
         try:
-            result = await self.lifsea.net.run(client.service_action(unit, action, reason))
+            result = await self.lifsea.net.run(client.service_action(unit, action, ActionRequest(reason=reason)))
         except NodeError as error:
             self.notify(f"{action} {unit} on {self.node_name}: {error}", severity="error", timeout=10)
             return
@@ -591,16 +589,17 @@ class NodeScreen(ConsoleScreen):
 
         self.app.push_screen(ReasonModal(action, [self.node_name]), chosen)
 
-    def _open_shell(self, answer: OpsAnswer | None) -> None:
-        if answer is not None:
-            request = OpsRequest(answer.reason, answer.ticket, answer.ttl_seconds, answer.access)
-            self.app.push_screen(ShellScreen(self.node_name, self.lifsea.fleet.client(self.node_name), request))
+    def _open_shell(self, request: OpsSessionRequest | None) -> None:
+        if request is not None:
+            self.lifsea.open_shell(self.node_name, request)
 
     @work(group="node-actions", exit_on_error=False)
     async def run_action(self, action: str, reason: str) -> None:
         self._set_live(f"{action}: sent…")
         try:
-            result = await self.lifsea.net.run(self.lifsea.fleet.client(self.node_name).action(action, reason))
+            result = await self.lifsea.net.run(
+                self.lifsea.fleet.client(self.node_name).action(action, ActionRequest(reason=reason))
+            )
         except NodeError as error:
             self.notify(f"{action} on {self.node_name}: {error}", severity="error", timeout=10)
             self._set_live(f"{action} failed: {error}")

@@ -22,11 +22,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from lifsea_tui.api import OpsAccess, OpsSession
+from lifsea_tui.api import EndRequest, OpsAccess, OpsSession, OpsSessionRequest
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output, Reconnecting, ShellEvent
 from lifsea_tui.tui.plain import plain
-from lifsea_tui.tui.screens.base import ConsoleScreen
+from lifsea_tui.tui.screens.base import ConsoleScreen, ShellClosed
 from lifsea_tui.tui.terminal import TerminalView, key_bytes
 
 LEAVE_KEY = "ctrl+right_square_bracket"
@@ -38,14 +38,6 @@ class Resize:
 
     cols: int
     rows: int
-
-
-@dataclass(frozen=True)
-class OpsRequest:
-    reason: str
-    ticket: str | None
-    ttl_seconds: int
-    access: OpsAccess = OpsAccess.read_only
 
 
 def access_label(access: OpsAccess) -> str:
@@ -98,7 +90,7 @@ class ShellTerminal(TerminalView):
         self.shell_screen.resized(cols, rows)
 
 
-class ShellScreen(ConsoleScreen):
+class ShellScreen(ConsoleScreen[ShellClosed]):
     BINDINGS = [
         Binding(LEAVE_KEY, "leave", "Leave (ends the session)", key_display="ctrl+]", priority=True, id="shell-leave"),
         Binding("escape", "back", "Back", show=False, id="shell-back"),
@@ -119,7 +111,7 @@ class ShellScreen(ConsoleScreen):
         self,
         node: str,
         client: NodeClient,
-        session: OpsSession | OpsRequest,
+        session: OpsSession | OpsSessionRequest,
         *,
         hints: list[str] | None = None,
         hint_title: str = "",
@@ -132,7 +124,7 @@ class ShellScreen(ConsoleScreen):
         self.hint_title = hint_title
         self.node_name = node
         self.client = client
-        self.request = session if isinstance(session, OpsRequest) else None
+        self.request = session if isinstance(session, OpsSessionRequest) else None
         self.session: OpsSession | None = session if isinstance(session, OpsSession) else None
         self.state = "starting the ops container" if self.session is None else "connecting"
         self._leaving = False
@@ -190,18 +182,13 @@ class ShellScreen(ConsoleScreen):
             assert self.request is not None
             request = self.request
             try:
-                session = await self.client.ops_start(
-                    request.reason,
-                    ticket=request.ticket,
-                    ttl_seconds=request.ttl_seconds,
-                    access=request.access,
-                )
+                session = await self.client.ops_start(request)
             except NodeError as error:
                 self._post(Closed(error.status, f"the node refused the ops shell: {error}"))
                 return
             self._post_session(session)
             if self._leaving:  # left while it was being started: end it now
-                await self.client.ops_end(session.id, f"left the shell: {request.reason}"[:480])
+                await self.client.ops_end(session.id, EndRequest(reason=f"left the shell: {request.reason}"[:480]))
                 return
         else:
             session = self.session
@@ -358,20 +345,25 @@ class ShellScreen(ConsoleScreen):
                 text.append_text(plain(f" · {self.state.upper()}", "bold"))
         banner.update(text)
 
+    def outcome(self) -> ShellClosed:
+        return ShellClosed(self.session.id if self.session else None, self.state)
+
     def action_back(self) -> None:
         if self.exit is not None:  # while the shell lives, escape is the shell's key
-            self.app.pop_screen()
+            self.dismiss(self.outcome())
 
     async def action_leave(self) -> None:
         self._leaving = True
         session = self.session
         if self.exit is None and session is not None:
             try:
-                await self.lifsea.net.run(self.client.ops_end(session.id, f"left the shell: {session.reason}"[:480]))
+                await self.lifsea.net.run(
+                    self.client.ops_end(session.id, EndRequest(reason=f"left the shell: {session.reason}"[:480]))
+                )
             except NodeError as error:
                 if error.status != 404:
                     self.notify(f"Could not end the session: {error}", severity="error", timeout=10)
         if self._shell is not None:
             shell = self._shell
             await self.lifsea.net.run(shell.close())
-        self.app.pop_screen()
+        self.dismiss(self.outcome())
