@@ -240,7 +240,7 @@ def make_app() -> Starlette:
     async def events(websocket: WebSocket) -> None:
         await websocket.accept()
         hello = {"node": _evil("node"), "audit_head": {"seq": 3, "hash": "1" * 64}, "error": EVIL}
-        await websocket.send_json({"kind": "hello", "data": hello})
+        await websocket.send_json({"kind": "hello", "time": NOW.isoformat(), "data": hello})
         await websocket.send_json({"kind": "services", "time": NOW.isoformat(), "data": {"unit": EVIL}})
         try:
             while True:

@@ -38,7 +38,7 @@ def make_app(mode: str, slow_seconds: float) -> Starlette:
 
     async def events(websocket: WebSocket) -> None:
         await websocket.accept()
-        await websocket.send_json({"kind": "hello", "data": {"node": "dropper"}})
+        await websocket.send_json({"kind": "hello", "time": "2026-12-02T03:00:00Z", "data": {"node": "dropper"}})
         await asyncio.sleep(0.2)
         raise RuntimeError("the node's event stream breaks mid-stream")  # the server closes with 1011
 

@@ -96,7 +96,7 @@ async def test_event_stream_dropped_mid_stream(bad_nodes: dict[str, NodeTarget])
         async for event in client.events():
             received.append(event)
     await client.aclose()
-    assert received and received[0]["kind"] == "hello"
+    assert received and received[0].kind == "hello"
     assert raised.value.problem == Problem.unreachable and "closed" in raised.value.detail
 
 

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any
 
 from lifsea_tui import __version__
 from lifsea_tui.agent import audited
@@ -24,7 +23,7 @@ from lifsea_tui.agent.ostree import OstreeBackend
 from lifsea_tui.agent.services import Services, UnitPolicy
 from lifsea_tui.agent.systemd import SystemdBackend
 from lifsea_tui.agent.updates import UpdateManager
-from lifsea_tui.api import Deployment, EventKind
+from lifsea_tui.api import Deployment, DeploymentsChanged
 
 log = logging.getLogger("lifsea.agent")
 
@@ -50,7 +49,7 @@ class Agent:
         )
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.started = time.monotonic()
-        self._last_deployments: Any = None
+        self._last_deployments: list[Deployment] | None = None
         self._last_booted: str | None = None
 
     async def start(self) -> None:
@@ -76,11 +75,10 @@ class Agent:
             return
         deployments, _ = await self.ostree.deployments()
         self.note_boot(deployments)
-        snapshot = [d.model_dump(mode="json") for d in deployments]
-        if snapshot == self._last_deployments:
+        if deployments == self._last_deployments:
             return
-        self._last_deployments = snapshot
-        self.events.publish(EventKind.deployments, {"deployments": snapshot})
+        self._last_deployments = deployments
+        self.events.publish(DeploymentsChanged(deployments=deployments))
         await self.updates.publish()
 
     def note_boot(self, deployments: list[Deployment]) -> None:

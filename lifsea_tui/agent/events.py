@@ -10,11 +10,35 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
-from lifsea_tui.api import Event, EventKind
+from lifsea_tui.api import (
+    DeploymentsChanged,
+    DeploymentsEvent,
+    Event,
+    Lagged,
+    LaggedEvent,
+    OpsChanged,
+    OpsEvent,
+    ServicesEvent,
+    UnitChanged,
+    UpdateEvent,
+    UpdateStatus,
+)
 
 QUEUE_SIZE = 256
+Change = DeploymentsChanged | UpdateStatus | OpsChanged | UnitChanged
+
+
+def event_of(change: Change) -> Event:
+    """The event that carries `change`, stamped now."""
+    now = datetime.now(UTC)
+    if isinstance(change, DeploymentsChanged):
+        return DeploymentsEvent(time=now, data=change)
+    if isinstance(change, UpdateStatus):
+        return UpdateEvent(time=now, data=change)
+    if isinstance(change, OpsChanged):
+        return OpsEvent(time=now, data=change)
+    return ServicesEvent(time=now, data=change)
 
 
 class EventHub:
@@ -25,15 +49,15 @@ class EventHub:
     def subscribers(self) -> int:
         return len(self._queues)
 
-    def publish(self, kind: EventKind, data: dict[str, Any]) -> None:
-        event = Event(kind=kind, time=datetime.now(UTC), data=data)
+    def publish(self, change: Change) -> None:
+        event = event_of(change)
         for queue in self._queues:
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
                 while not queue.empty():
                     queue.get_nowait()
-                queue.put_nowait(Event(kind=EventKind.lagged, time=event.time, data={"dropped": QUEUE_SIZE}))
+                queue.put_nowait(LaggedEvent(time=event.time, data=Lagged(dropped=QUEUE_SIZE)))
 
     @contextmanager
     def subscribe(self) -> Iterator[asyncio.Queue[Event]]:

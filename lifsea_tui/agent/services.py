@@ -15,7 +15,7 @@ from lifsea_tui.agent.config import ServicesConfig
 from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
 from lifsea_tui.agent.systemd import SystemdBackend
-from lifsea_tui.api import EventKind, UnitActionResult
+from lifsea_tui.api import UnitActionResult, UnitChanged
 
 # What a unit name may be: systemd's own characters (escapes like \x2d included), a known type suffix.
 # No slash, no space, no shell punctuation: a name is never a path and never reaches a shell anyway.
@@ -115,10 +115,13 @@ class Services:
                     self.failed.add(unit)
                 else:
                     self.failed.discard(unit)
-            data = {"unit": unit}
-            for key, field in (("ActiveState", "active_state"), ("SubState", "sub_state"), ("Result", "result")):
-                if key in values:
-                    data[field] = values[key]
-            self.events.publish(EventKind.services, data)
+            self.events.publish(
+                UnitChanged(
+                    unit=unit,
+                    active_state=values.get("ActiveState"),
+                    sub_state=values.get("SubState"),
+                    result=values.get("Result"),
+                )
+            )
 
         await self.systemd.watch_units(changed, subscribed)

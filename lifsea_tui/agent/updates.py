@@ -19,7 +19,7 @@ from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
 from lifsea_tui.agent.ostree import HISTORY_DEPTH, OstreeBackend
 from lifsea_tui.agent.systemd import SystemdBackend
-from lifsea_tui.api import Deployment, EventKind, UpdateState, UpdateStatus, UpdateTarget
+from lifsea_tui.api import Deployment, UpdateState, UpdateStatus, UpdateTarget
 
 INTERRUPTED = "interrupted: the agent stopped before the operation finished"
 
@@ -95,7 +95,7 @@ class UpdateManager:
 
     async def publish(self) -> UpdateStatus:
         status = await self.status()
-        self.events.publish(EventKind.update, status.model_dump(mode="json"))
+        self.events.publish(status)
         return status
 
     # -- operations -------------------------------------------------------------------------------------

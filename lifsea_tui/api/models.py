@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 # A reason is what an auditor reads months later: short enough for one line, never empty.
 REASON_MAX = 500
@@ -236,16 +236,9 @@ class EventKind(enum.StrEnum):
     hello = "hello"
     deployments = "deployments"
     update = "update"
-    audit = "audit"
     ops = "ops"
     services = "services"
     lagged = "lagged"
-
-
-class Event(BaseModel):
-    kind: EventKind
-    time: datetime
-    data: dict[str, Any]
 
 
 # -- break-glass ops sessions ---------------------------------------------------------------------------
@@ -299,6 +292,85 @@ class OpsSession(BaseModel):
 
 class OpsSessionList(BaseModel):
     sessions: list[OpsSession]
+
+
+class AuditHead(BaseModel):
+    seq: int
+    hash: str
+
+
+class EventsHello(BaseModel):
+    """The first message of /v1/events: the node's state now (or why it cannot be read)."""
+
+    node: str
+    audit_head: AuditHead | None = None
+    deployments: list[Deployment] = Field(default_factory=list)
+    booted_known: bool = False
+    update: UpdateStatus | None = None
+    error: str | None = Field(default=None, description="why the state could not be read")
+
+
+class DeploymentsChanged(BaseModel):
+    deployments: list[Deployment]
+
+
+class UnitChanged(BaseModel):
+    unit: str
+    active_state: str | None = None
+    sub_state: str | None = None
+    result: str | None = None
+
+
+class OpsChanged(BaseModel):
+    session: OpsSession
+
+
+class Lagged(BaseModel):
+    dropped: int = Field(description="events not delivered: read the state again over GETs")
+
+
+class HelloEvent(BaseModel):
+    kind: Literal[EventKind.hello] = EventKind.hello
+    time: datetime
+    data: EventsHello
+
+
+class DeploymentsEvent(BaseModel):
+    kind: Literal[EventKind.deployments] = EventKind.deployments
+    time: datetime
+    data: DeploymentsChanged
+
+
+class UpdateEvent(BaseModel):
+    kind: Literal[EventKind.update] = EventKind.update
+    time: datetime
+    data: UpdateStatus
+
+
+class OpsEvent(BaseModel):
+    kind: Literal[EventKind.ops] = EventKind.ops
+    time: datetime
+    data: OpsChanged
+
+
+class ServicesEvent(BaseModel):
+    kind: Literal[EventKind.services] = EventKind.services
+    time: datetime
+    data: UnitChanged
+
+
+class LaggedEvent(BaseModel):
+    kind: Literal[EventKind.lagged] = EventKind.lagged
+    time: datetime
+    data: Lagged
+
+
+# What /v1/events sends, each kind with its own payload.
+Event = Annotated[
+    HelloEvent | DeploymentsEvent | UpdateEvent | OpsEvent | ServicesEvent | LaggedEvent,
+    Field(discriminator="kind"),
+]
+EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 class EndRequest(ActionRequest):

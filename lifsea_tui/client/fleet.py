@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from lifsea_tui.api import Deployment, UpdateStatus
+from lifsea_tui.api import Deployment, EventKind, UpdateStatus
 from lifsea_tui.client.heads import AuditHeads
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 
@@ -151,7 +151,7 @@ class Fleet:
                 try:
                     async for event in self.clients[name].events():
                         failures = 0
-                        if not isinstance(event, dict):  # the hello is a dict; changes are Events
+                        if event.kind != EventKind.hello:
                             on_change(await self.refresh_node(name))
                             self.heads.save()
                 except NodeError:

@@ -19,6 +19,7 @@ import pydantic
 import websockets
 
 from lifsea_tui.api import (
+    EVENT,
     ActionRequest,
     AuditPage,
     AuditVerify,
@@ -341,17 +342,11 @@ class NodeClient:
 
     # -- events --------------------------------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[Event | dict[str, Any]]:
-        """The node's pushed events: first its hello (a dict), then Event objects, until the socket closes."""
+    async def events(self) -> AsyncIterator[Event]:
+        """The node's pushed events, each kind with its own payload: first its hello, then its changes,
+        until the socket closes."""
         async for message in self._stream(r.EVENTS, "event stream", max_size=8 * 1024 * 1024):
             try:
-                data = json.loads(message)
-            except ValueError as error:
-                raise NodeError(Problem.bad_response, "event is not JSON") from error
-            if isinstance(data, dict) and data.get("kind") == "hello":
-                yield data
-                continue
-            try:
-                yield Event.model_validate(data)
+                yield EVENT.validate_json(message)
             except pydantic.ValidationError as error:
                 raise NodeError(Problem.bad_response, "event does not match the API") from error

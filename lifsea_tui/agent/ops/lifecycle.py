@@ -40,7 +40,7 @@ from lifsea_tui.agent.ops.runtime import CONTAINER_PREFIX, Runtime, become_subre
 from lifsea_tui.agent.ops.session import Attachment, Session
 from lifsea_tui.agent.ostree import OstreeBackend
 from lifsea_tui.agent.recording import Recorder, RecordingError, Seal, seal_interrupted
-from lifsea_tui.api import EventKind, OpsSession, OpsSessionRequest, OpsSessionState
+from lifsea_tui.api import OpsChanged, OpsSession, OpsSessionRequest, OpsSessionState
 from lifsea_tui.api import ops as proto
 
 log = logging.getLogger("lifsea.agent.ops")
@@ -489,7 +489,7 @@ class OpsManager:
         session.ended.set()
 
     def _publish(self, session: Session) -> None:
-        self.events.publish(EventKind.ops, {"session": session.model().model_dump(mode="json")})
+        self.events.publish(OpsChanged(session=session.model()))
 
     # -- reading ------------------------------------------------------------------------------------
 

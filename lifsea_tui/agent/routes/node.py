@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse
@@ -12,7 +12,16 @@ from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.node import history, node_info
 from lifsea_tui.agent.routes.deps import ERRORS, AgentDep
 from lifsea_tui.agent.routes.streams import drain, limited
-from lifsea_tui.api import Capability, DeploymentList, HistoryList, NodeInfo, NodeSummary
+from lifsea_tui.api import (
+    AuditHead,
+    Capability,
+    DeploymentList,
+    EventsHello,
+    HelloEvent,
+    HistoryList,
+    NodeInfo,
+    NodeSummary,
+)
 from lifsea_tui.api import routes as r
 
 router = APIRouter(responses=ERRORS)
@@ -77,16 +86,16 @@ async def events(websocket: WebSocket, agent: AgentDep) -> None:
         with agent.events.subscribe() as queue:
             try:
                 deployments, booted_known = await agent.ostree.deployments()
-                hello: dict[str, Any] = {
-                    "node": agent.config.node_name,
-                    "audit_head": {"seq": agent.audit.head.seq, "hash": agent.audit.head.hash},
-                    "deployments": [d.model_dump(mode="json") for d in deployments],
-                    "booted_known": booted_known,
-                    "update": (await agent.updates.status()).model_dump(mode="json"),
-                }
+                hello = EventsHello(
+                    node=agent.config.node_name,
+                    audit_head=AuditHead(seq=agent.audit.head.seq, hash=agent.audit.head.hash),
+                    deployments=deployments,
+                    booted_known=booted_known,
+                    update=await agent.updates.status(),
+                )
             except ApiError as error:
-                hello = {"node": agent.config.node_name, "error": error.detail}
-            await websocket.send_json({"kind": "hello", "data": hello})
+                hello = EventsHello(node=agent.config.node_name, error=error.detail)
+            await websocket.send_text(HelloEvent(time=datetime.now(UTC), data=hello).model_dump_json())
             receiver = asyncio.create_task(drain(websocket))
             try:
                 while not receiver.done():

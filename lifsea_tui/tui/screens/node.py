@@ -193,7 +193,7 @@ class NodeScreen(ConsoleScreen[None]):
 
         def arrived(event: Any) -> None:
             self._set_live("live: following the node's events")
-            if isinstance(event, dict):  # the hello is a dict; changes are Events
+            if event.kind == EventKind.hello:
                 return
             if event.kind == EventKind.services:
                 self.load_services()  # units change often (a crash loop): reload only them
