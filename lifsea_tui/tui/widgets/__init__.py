@@ -1,0 +1,1 @@
+"""Widgets of the console that own their data: each loads what it shows, through its own worker."""
