@@ -7,6 +7,7 @@ nodes elsewhere; this stands in for the network so that the pictures are stable.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,13 +17,24 @@ from lifsea_tui.api import (
     AuditRecord,
     AuditVerify,
     Capability,
+    ClockStatus,
+    DebugRecorded,
     Deployment,
     DeploymentList,
     DiffSummary,
+    DiskUsage,
+    DnsProbe,
+    DnsStatus,
+    EtcChange,
+    EtcChanges,
+    Event,
     HistoryEntry,
     HistoryList,
+    LogEntry,
+    LogPage,
     NodeInfo,
     OpsSessionList,
+    PathSize,
     RecordingInfo,
     RecordingList,
     UnitInfo,
@@ -83,6 +95,16 @@ UPDATE = UpdateStatus(
     last_checked=T0,
     changed_at=T0,
 )
+
+
+LOG_ENTRIES = [
+    LogEntry(cursor=f"c{i}", time=T0 + timedelta(seconds=i), unit="kubelet.service", identifier="kubelet", priority=p,
+             pid=31, message=m)
+    for i, (p, m) in enumerate([
+        (6, "Starting kubelet"), (4, "node lease renew took 2.1 s"),
+        (3, "failed to read /etc/kubelet.conf: no such key"), (6, "Stopped kubelet"),
+    ])
+]  # fmt: skip
 
 
 class FrozenClient:
@@ -194,9 +216,40 @@ class FrozenClient:
     async def audit_verify(self) -> AuditVerify:
         return AuditVerify(ok=True, records=4, head_seq=3, head_hash=f"{3:064x}", first_bad_seq=None, problem=None)
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    async def events(self) -> AsyncIterator[Event]:
         raise NodeError(Problem.unreachable, "frozen fleet has no event stream")
-        yield {}
+        yield  # an async generator that ends at once
+
+    # What guided debugging's checks read (the clock is now's: a check compares it with this console).
+
+    async def service(self, unit: str) -> UnitInfo:
+        return next(u for u in (await self.services()).units if u.name == unit)
+
+    async def logs(self, **_: Any) -> LogPage:
+        return LogPage(entries=LOG_ENTRIES[:3], cursor="c3")
+
+    async def follow_logs(self, **_: Any) -> AsyncIterator[list[LogEntry]]:
+        yield LOG_ENTRIES
+        await asyncio.Event().wait()  # then nothing new, for ever
+
+    async def disk(self, path: str = "var") -> DiskUsage:
+        return DiskUsage(
+            path=f"/{path}", total_bytes=2 << 30, free_bytes=200 << 20, used_bytes=(2 << 30) - (200 << 20),
+            used_percent=90.2, largest=[PathSize(path="/var/log/journal", bytes=600 << 20)], complete=True,
+        )  # fmt: skip
+
+    async def clock(self) -> ClockStatus:
+        return ClockStatus(node_time=datetime.now(UTC), ntp_synchronized=True, timezone="Etc/UTC")
+
+    async def dns(self, name: str | None = None) -> DnsStatus:
+        probe = DnsProbe(server="127.0.0.53", ok=True, rcode=0, answers=1, millis=0.4, error=None)
+        return DnsStatus(resolv_conf="nameserver 127.0.0.53\n", nameservers=["127.0.0.53"], name="edge", probes=[probe])
+
+    async def etc_changes(self, since: Any = None) -> EtcChanges:
+        return EtcChanges(changes=[EtcChange(path="/etc/kubelet.conf", change="modified", mtime=T0)], complete=True)
+
+    async def debug_record(self, record: Any) -> DebugRecorded:
+        return DebugRecorded(audit_seq=9)
 
     async def aclose(self) -> None:
         pass

@@ -6,11 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import uvicorn
 from textual.pilot import Pilot
 
+from lifsea_tui.api import OpsSessionRequest
+from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.tui.app import LifseaApp
+from lifsea_tui.tui.cast import parse
 from lifsea_tui.tui.locations import SHIPPED_THEMES
+from tests.attach import attach_node
 from tests.frozen import FrozenFleet
+from tests.helpers import issue_pki, serve
 
 SIZE = (120, 32)
 
@@ -67,3 +74,78 @@ def test_reason_modal(snap_compare) -> None:
         await settle(pilot)
 
     assert snap_compare(app(), terminal_size=SIZE, run_before=open_modal)
+
+
+def test_ops_modal(snap_compare) -> None:
+    async def open_modal(pilot: Pilot) -> None:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("o", *"INC-7 disk full")
+        await settle(pilot)
+
+    assert snap_compare(app(), terminal_size=SIZE, run_before=open_modal)
+
+
+def test_logs_screen(snap_compare) -> None:
+    async def open_logs(pilot: Pilot) -> None:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("l")
+        await settle(pilot)
+
+    assert snap_compare(app(), terminal_size=SIZE, run_before=open_logs)
+
+
+def test_debug_screen(snap_compare) -> None:
+    async def open_debug(pilot: Pilot) -> None:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("d")
+        await pilot.pause(1.0)
+
+    assert snap_compare(app(), terminal_size=SIZE, run_before=open_debug)
+
+
+def test_player(snap_compare) -> None:
+    recording = b"\n".join(
+        [
+            b'{"version": 2, "width": 60, "height": 10, "title": "edge-1: INC-7 disk full"}',
+            b'[0.1, "m", "session start"]',
+            b'[0.2, "o", "$ df -h /host/var\\r\\nFilesystem  Size  Used Avail Use%\\r\\n"]',
+            b'[0.25, "o", "/dev/loop0  2.0G  1.8G  200M  90%\\r\\n"]',
+            b'[0.3, "o", "\\u001b]0;title\\u0007$ exit\\r\\n"]',
+            b'[0.4, "m", "session end: exited"]',
+        ]
+    )
+
+    async def play(pilot: Pilot) -> None:
+        await settle(pilot)
+        pilot.app.open_player(parse(recording), "edge-1/0123456789abcdef")  # type: ignore[attr-defined]
+        await pilot.pause(1.0)
+
+    assert snap_compare(app(), terminal_size=SIZE, run_before=play)
+
+
+def test_shell_screen_after_the_session_ended(snap_compare, tmp_path: Path) -> None:
+    """The one screen that needs a live websocket: a real one on loopback, that prints and ends at once."""
+    ca, cert, key = issue_pki(tmp_path / "pki", "shell")
+    screen = b"$ df -h /host/var\r\n/dev/loop0  2.0G  1.8G  200M  90%\r\n$ exit 3\r\n"
+    served = serve(
+        uvicorn.Config(
+            attach_node([], screen=screen, exit_code=3),
+            ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="critical", lifespan="off", ws="websockets-sansio",
+        )
+    )  # fmt: skip
+    fleet = Fleet([NodeTarget(name="edge-1", url=served.url, token="t", ca_file=ca)])
+
+    async def shell(pilot: Pilot) -> None:
+        pilot.app.open_shell("edge-1", OpsSessionRequest(reason="INC-7 disk full"))  # type: ignore[attr-defined]
+        await pilot.pause(1.5)
+
+    try:
+        assert snap_compare(LifseaApp(fleet, refresh_interval=3600), terminal_size=SIZE, run_before=shell)
+    finally:
+        served.stop()

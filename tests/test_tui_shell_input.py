@@ -6,64 +6,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
 from textual import events
 
-from lifsea_tui.api import OpsAccess, OpsSession, OpsSessionRequest, OpsSessionState
+from lifsea_tui.api import OpsSessionRequest
 from lifsea_tui.api import ops as proto
-from lifsea_tui.api import routes as r
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.tui.app import LifseaApp
 from lifsea_tui.tui.screens.shell import ShellScreen
+from tests.attach import attach_node
 from tests.helpers import Served, issue_pki, serve
-
-SESSION = "5" * 16
-
-
-def session() -> OpsSession:
-    now = datetime.now(UTC)
-    return OpsSession(
-        id=SESSION, node="n", actor="me", reason="INC-12", ticket=None, access=OpsAccess.read_only,
-        state=OpsSessionState.detached, created=now, expires_at=now + timedelta(hours=1), recording=SESSION,
-        audit_seq=1,
-    )  # fmt: skip
-
-
-def recording_node(frames: list[bytes]) -> Starlette:
-    async def start(request: Request) -> JSONResponse:
-        return JSONResponse(session().model_dump(mode="json"), status_code=201)
-
-    async def attach(websocket: WebSocket) -> None:
-        await websocket.accept(subprotocol=proto.SUBPROTOCOL)
-        frames.append(await websocket.receive_bytes())
-        hello = proto.control("hello", session=SESSION, recording=SESSION, expires_at="2099-01-01T00:00:00Z",
-                              replayed=0, reattached=False)  # fmt: skip
-        await websocket.send_bytes(hello)
-        await websocket.send_bytes(proto.data(proto.STDOUT, b"$ "))
-        try:
-            while True:
-                frames.append(await websocket.receive_bytes())
-        except WebSocketDisconnect:
-            return
-
-    return Starlette(routes=[Route(r.OPS_SESSIONS, start, methods=["POST"]), WebSocketRoute(r.OPS_ATTACH, attach)])
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[Served, Path, list[bytes]]]:
     ca, cert, key = issue_pki(tmp_path / "pki", "recorder")
     frames: list[bytes] = []
-    served = serve(uvicorn.Config(recording_node(frames), ssl_certfile=str(cert), ssl_keyfile=str(key),
+    served = serve(uvicorn.Config(attach_node(frames), ssl_certfile=str(cert), ssl_keyfile=str(key),
                                   log_level="critical", lifespan="off", ws="websockets-sansio"))  # fmt: skip
     yield served, ca, frames
     served.stop()

@@ -38,13 +38,15 @@ from lifsea_tui.client.runbook import (
     load,
     triage,
 )
+from lifsea_tui.tui.keys import key_of
 from lifsea_tui.tui.locations import config_dir
 from lifsea_tui.tui.plain import file_part, plain, visible
-from lifsea_tui.tui.screens.base import ConsoleScreen, ShellClosed
+from lifsea_tui.tui.screens.base import Console, ConsoleScreen, ShellClosed
 from lifsea_tui.tui.screens.modals import OpsModal, ReasonModal
 from lifsea_tui.tui.tables import PlainTable
 
-MARK = {Status.problem: ("●", "error"), Status.unknown: ("?", "warning"), Status.ok: ("○", "success")}
+# Each finding's mark, and the theme variable that colours it.
+MARK = {Status.problem: ("●", "node-down"), Status.unknown: ("?", "pending"), Status.ok: ("○", "node-ok")}
 
 
 def user_runbooks() -> Path:
@@ -56,7 +58,17 @@ def runbooks() -> tuple[list[Runbook], list[LoadError]]:
     return load([SHIPPED, user_runbooks()])
 
 
-class DebugScreen(ConsoleScreen[None]):
+class Marks:
+    """A finding's mark in the theme's colours."""
+
+    lifsea: Console
+
+    def mark(self, status: Status) -> tuple[str, str]:
+        mark, variable = MARK[status]
+        return mark, self.lifsea.colour(variable)
+
+
+class DebugScreen(Marks, ConsoleScreen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="debug-back"),
         Binding("enter", "go", "Walk / take step", id="debug-go", priority=True),
@@ -134,7 +146,7 @@ class DebugScreen(ConsoleScreen[None]):
         table = self.query_one("#debug-runbooks", DataTable)
         table.clear()
         for proposal in self.proposals:
-            mark, style = MARK[proposal.status]
+            mark, style = self.mark(proposal.status)
             table.add_row(Text(mark, style=style), proposal.runbook.title, key=proposal.runbook.id)
         firing = [p for p in self.proposals if p.status == Status.problem]
         status.update(
@@ -149,7 +161,7 @@ class DebugScreen(ConsoleScreen[None]):
             log.clear()
             self._write_errors()
             for proposal in self.proposals:
-                mark, style = MARK[proposal.status]
+                mark, style = self.mark(proposal.status)
                 line = plain(f"{mark} {proposal.runbook.title}: ", f"bold {style}")
                 line.append_text(plain(proposal.summary))
                 log.write(line)
@@ -237,12 +249,12 @@ class DebugScreen(ConsoleScreen[None]):
         try:
             outcome = await self.lifsea.net.run(walk.act(reason))
         except NodeError as error:
-            self.log_view.write(plain(f"✗ {error}", "bold red"))
+            self.log_view.write(plain(f"✗ {error}", f"bold {self.lifsea.colour('node-down')}"))
             self.notify(f"{self.node_name}: {error}", severity="error", timeout=10)
             self.busy = False
             self._show_next()
             return
-        self.log_view.write(plain(f"✓ {outcome}", "bold green"))
+        self.log_view.write(plain(f"✓ {outcome}", f"bold {self.lifsea.colour('node-ok')}"))
         if step.what == "reboot":
             self._show_next("waiting for the node to come back…")
             await self._wait_back(asked)
@@ -326,7 +338,9 @@ class DebugScreen(ConsoleScreen[None]):
 
     def _write_errors(self) -> None:
         for error in self.load_errors:
-            self.log_view.write(plain(f"runbook file not loaded: {error}", "bold red", multiline=True))
+            self.log_view.write(
+                plain(f"runbook file not loaded: {error}", f"bold {self.lifsea.colour('node-down')}", multiline=True)
+            )
 
     def _step_header(self, text: str) -> None:
         walk = self.walk
@@ -336,7 +350,7 @@ class DebugScreen(ConsoleScreen[None]):
         self.log_view.write(plain(f"▸ {walk.step.name}: {text}", "bold"))
 
     def _show_finding(self, finding: Finding) -> None:
-        mark, style = MARK[finding.status]
+        mark, style = self.mark(finding.status)
         self.log_view.write(plain(f"  {mark} {finding.summary}", f"bold {style}"))
         for line in finding.evidence:
             self.log_view.write(plain(f"      {line}", "dim"))
@@ -346,34 +360,45 @@ class DebugScreen(ConsoleScreen[None]):
         if walk is None or not walk.entries:
             return
         last = walk.entries[-1]
-        style = "bold green" if walk.resolved else "bold yellow"
+        style = f"bold {self.lifsea.colour('node-ok' if walk.resolved else 'pending')}"
         self.log_view.write(Text())
         self.log_view.write(plain(f"■ {last.summary}", style))
         if walk.unrecorded:
-            self.log_view.write(Text(f"  {walk.unrecorded} record(s) not yet on the node's audit log", style="red"))
+            self.log_view.write(
+                Text(
+                    f"  {walk.unrecorded} record(s) not yet on the node's audit log",
+                    style=self.lifsea.colour("node-down"),
+                )
+            )
+
+    def _key(self, binding_id: str) -> str:
+        return key_of(self, binding_id) or "?"
 
     def _show_next(self, busy: str | None = None) -> None:
         walk = self.walk
         bar = self.query_one("#debug-next", Static)
+        go, stop, again = self._key("debug-go"), self._key("debug-stop"), self._key("debug-triage")
         if busy:
-            bar.update(plain(busy))
+            text = busy
         elif walk is None:
-            bar.update("enter: walk the runbook under the cursor · t: check again")
+            text = f"{go}: walk the runbook under the cursor · {again}: check again"
         elif walk.step is None:
             outcome = "resolved" if walk.resolved else "not resolved"
-            bar.update(f"walk {outcome} · ctrl+s: export as Markdown · enter: walk another · t: check again")
+            export = self._key("debug-export")
+            text = f"walk {outcome} · {export}: export as Markdown · {go}: walk another · {again}: check again"
         elif walk.step.kind == "action":
-            bar.update(plain(f"enter: {walk.describe_action(walk.step)} (asks for a reason) · x: stop here"))
+            text = f"{go}: {walk.describe_action(walk.step)} (asks for a reason) · {stop}: stop here"
         elif walk.step.kind == "shell":
-            bar.update(
-                plain(
-                    f"enter: open a break-glass shell ({ACCESS_TEXT[walk.step.access]}), commands suggested beside "
-                    "it · x: stop here"
-                )
+            text = (
+                f"{go}: open a break-glass shell ({ACCESS_TEXT[walk.step.access]}), commands suggested beside it"
+                f" · {stop}: stop here"
             )
+        else:
+            return
+        bar.update(plain(text))
 
 
-class FleetDebugScreen(ConsoleScreen[None]):
+class FleetDebugScreen(Marks, ConsoleScreen[None]):
     """The first checks of every runbook on many nodes: what fires where."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="fleet-debug-back")]
@@ -427,7 +452,7 @@ class FleetDebugScreen(ConsoleScreen[None]):
         table = self.query_one("#fleet-debug", DataTable)
         shown = [p for p in proposals if p.status != Status.ok]
         for proposal in shown:
-            mark, style = MARK[proposal.status]
+            mark, style = self.mark(proposal.status)
             table.add_row(
                 Text(mark, style=style), node, proposal.runbook.title, proposal.summary,
                 key=f"{node}/{proposal.runbook.id}",

@@ -25,6 +25,7 @@ from textual.widgets import Static
 from lifsea_tui.api import EndRequest, OpsAccess, OpsSession, OpsSessionRequest
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output, Reconnecting, ShellEvent
+from lifsea_tui.tui.keys import key_of
 from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.screens.base import ConsoleScreen, ShellClosed
 from lifsea_tui.tui.terminal import TerminalView, key_bytes
@@ -155,16 +156,17 @@ class ShellScreen(ConsoleScreen[ShellClosed]):
                 yield Static(text, id="hints")
         else:
             yield ShellTerminal(self, id="terminal")
-        yield Static(
-            "every key goes to the shell · ctrl+] leaves and ends the session · the node records everything",
-            id="hint",
-        )
+        yield Static("", id="hint")
 
     @property
     def terminal(self) -> ShellTerminal:
         return self.query_one(ShellTerminal)
 
     def on_mount(self) -> None:
+        leave = key_of(self, "shell-leave") or "?"
+        self.query_one("#hint", Static).update(
+            plain(f"every key goes to the shell · {leave} leaves and ends the session · the node records everything")
+        )
         self._ui_loop = asyncio.get_running_loop()
         self.terminal.focus()
         self._update_banner()
