@@ -36,6 +36,7 @@ from lifsea_tui.client.runbook import (
     Status,
     Walk,
     load,
+    markdown,
     triage,
 )
 from lifsea_tui.tui.keys import key_of
@@ -328,7 +329,7 @@ class DebugScreen(Marks, ConsoleScreen[None]):
         stamp = walk.started.strftime("%Y%m%dT%H%M%SZ")
         path = Path.cwd() / f"lifsea-debug-{file_part(self.node_name)}-{file_part(walk.runbook.id)}-{stamp}.md"
         try:
-            path.write_text(visible(walk.markdown()))  # a file someone will cat: no escape sequences in it
+            path.write_text(visible(markdown(walk)))  # a file someone will cat: no escape sequences in it
         except OSError as error:
             self.notify(f"could not write {path}: {error.strerror}", severity="error", timeout=10)
             return
