@@ -149,3 +149,12 @@ def test_shell_screen_after_the_session_ended(snap_compare, tmp_path: Path) -> N
         assert snap_compare(LifseaApp(fleet, refresh_interval=3600), terminal_size=SIZE, run_before=shell)
     finally:
         served.stop()
+
+
+def test_failed_units(snap_compare) -> None:
+    async def open_failed(pilot: Pilot) -> None:
+        await settle(pilot)
+        await pilot.press("F")
+        await settle(pilot)
+
+    assert snap_compare(app(), terminal_size=SIZE, run_before=open_failed)
