@@ -137,7 +137,7 @@ def test_torn_tail_is_cut_at_start_kept_and_recorded(tmp_path: Path) -> None:
     assert reopened.repaired is not None and reopened.repaired["cut_bytes"] == len(torn)
     kept = tmp_path / reopened.repaired["kept_in"]
     assert kept.read_bytes() == torn
-    repaired = list(reopened.records())[-1]
+    (repaired,) = reopened.page(before=None, after=None, limit=1)
     assert repaired.seq == 3 and repaired.action == "audit.repaired" and str(len(torn)) in repaired.outcome
     reopened.append(actor="bob", role="operator", action="reboot", outcome="ok")
     result = verify(log.path)

@@ -25,7 +25,7 @@ import re
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,19 +298,6 @@ class AuditLog:
                 except ValueError:
                     continue  # changed under us since it was indexed
         return out
-
-    def records(self) -> Iterator[AuditRecord]:
-        """Every well-formed record, oldest first; use verify() to learn whether the chain holds."""
-        try:
-            handle = self.path.open("rb")
-        except FileNotFoundError:
-            return
-        with handle:
-            for line in handle:
-                try:
-                    yield AuditRecord.model_validate_json(line)
-                except ValueError:
-                    continue
 
     def page(self, *, before: int | None, after: int | None, limit: int) -> list[AuditRecord]:
         """Up to `limit` records: the first ones after `after`, or else the last ones before `before`."""
