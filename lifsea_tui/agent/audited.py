@@ -75,8 +75,8 @@ def note(
 ) -> bool:
     """A record of what happened anyway; false when the log could not take it."""
     try:
-        audit.append(actor=who.actor, role=who.role, action=action, reason=reason, params=params or {}, outcome=outcome)
-    except AuditUnavailable:
+        record(audit, who, action, outcome, reason=reason, params=params)
+    except ApiError:
         return False
     return True
 
