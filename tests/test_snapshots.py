@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from textual.pilot import Pilot
+from textual.widgets import Input
 
 from lifsea_tui.api import OpsSessionRequest
 from lifsea_tui.client.fleet import Fleet
@@ -33,7 +34,12 @@ def app() -> LifseaApp:
 
 
 async def settle(pilot: Pilot) -> None:
+    """Let the screen draw, then stop every input's cursor blinking (shown steadily): a slow machine
+    would otherwise catch the cursor in either phase and the picture would differ run to run."""
     await pilot.pause(0.4)
+    for field in pilot.app.screen.query(Input):
+        field.cursor_blink = False
+    await pilot.pause()
 
 
 @pytest.mark.parametrize("theme", sorted(path.stem for path in SHIPPED_THEMES.glob("*.toml")))
@@ -46,9 +52,12 @@ def test_fleet_in_each_theme(snap_compare, theme: str) -> None:
 
 
 def test_fleet_with_selection_and_filter(snap_compare) -> None:
-    assert snap_compare(
-        app(), terminal_size=SIZE, press=["space", "down", "space", "slash", "e", "d"], run_before=settle
-    )
+    async def select_and_filter(pilot: Pilot) -> None:
+        await settle(pilot)
+        await pilot.press("space", "down", "space", "slash", "e", "d")
+        await settle(pilot)
+
+    assert snap_compare(app(), terminal_size=SIZE, run_before=select_and_filter)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +90,9 @@ def test_ops_modal(snap_compare) -> None:
         await settle(pilot)
         await pilot.press("enter")
         await settle(pilot)
-        await pilot.press("o", *"INC-7 disk full")
+        await pilot.press("o")
+        await settle(pilot)
+        await pilot.press(*"INC-7 disk full")
         await settle(pilot)
 
     assert snap_compare(app(), terminal_size=SIZE, run_before=open_modal)
