@@ -7,18 +7,13 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   ostree gir1.2-ostree-1.0 python3-gi python3-venv   # ostree CLI and libostree for the agent
   systemd-container debootstrap runc                  # lab nodes (nspawn), their image, ops containers
+  etcd-server                                         # the fleet controller's store (the lab runs one)
   e2fsprogs procps iproute2 tmux                      # chattr for lab clean-up, pgrep, tmux for trying the console
 )
 
 # Only for `make bench`: OpenSSH is the peer the ops shell is measured against (nodes have no sshd).
 if [[ ${1:-} == --bench ]]; then
   APT_PACKAGES+=(openssh-server openssh-client)
-  # Installing openssh-server must not start a system sshd: the benchmark runs its own on loopback.
-  if [[ $(id -u) -eq 0 && ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-  fi
 fi
 
 missing=()
@@ -29,6 +24,13 @@ if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "setup: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # No package may start a system service (etcd, sshd): the lab, the tests and the benchmarks run
+    # their own, on ports of their own choosing.
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else

@@ -101,7 +101,8 @@ def from_file(path: Path) -> list[NodeTarget]:
 
 
 def from_lab(role: str = "operator", lab_dir: Path | None = None) -> list[NodeTarget]:
-    """The running lab's nodes, as `lifsea-lab status --json` describes them."""
+    """The running lab's nodes, as `lifsea-lab status --json` describes them; `role` "controller" takes
+    the fleet controller's own token."""
     command = [sys.executable, "-m", "lifsea_tui.lab.cli"]
     if lab_dir is not None:
         command += ["--dir", str(lab_dir)]
@@ -110,6 +111,11 @@ def from_lab(role: str = "operator", lab_dir: Path | None = None) -> list[NodeTa
         raise InventoryError("no running lab (start one with `lifsea-lab up`, or give --inventory FILE)")
     status = json.loads(result.stdout)
     return [
-        NodeTarget(name=node["name"], url=node["url"], token=node["tokens"][role], ca_file=Path(node["ca_file"]))
+        NodeTarget(
+            name=node["name"],
+            url=node["url"],
+            token=node["controller_token"] if role == "controller" else node["tokens"][role],
+            ca_file=Path(node["ca_file"]),
+        )
         for node in status["nodes"]
     ]

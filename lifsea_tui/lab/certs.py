@@ -64,15 +64,18 @@ def ensure_ca(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def issue(ca_dir: Path, out_dir: Path, name: str, *, client: bool = False) -> tuple[Path, Path]:
-    """A certificate for `name` (and localhost, 127.0.0.1) signed by the lab CA."""
+def issue(ca_dir: Path, out_dir: Path, name: str, *, client: bool = False, peer: bool = False) -> tuple[Path, Path]:
+    """A certificate for `name` (and localhost, 127.0.0.1) signed by the lab CA: a server's, a client's
+    (`client`), or both at once (`peer`: an etcd member is each to the others)."""
     ca_cert_path, ca_key_path = ensure_ca(ca_dir)
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [ExtendedKeyUsageOID.SERVER_AUTH]
+    if peer:
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -91,7 +94,7 @@ def issue(ca_dir: Path, out_dir: Path, name: str, *, client: bool = False) -> tu
             ),
             critical=False,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )

@@ -23,7 +23,7 @@ from lifsea_tui.agent.config import hash_token
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.api import Role
 from lifsea_tui.lab import certs, image, scenarios, sysroot, varfs
-from lifsea_tui.lab.layout import LabSpec, Layout, NodeSpec, cache_dir
+from lifsea_tui.lab.layout import LabSpec, Layout, NodeSpec, cache_dir, lab_etcd
 
 NEEDED_COMMANDS = {
     "ostree": "ostree",
@@ -31,6 +31,7 @@ NEEDED_COMMANDS = {
     "debootstrap": "debootstrap",
     "runc": "runc",
     "mkfs.ext4": "e2fsprogs",
+    "etcd": "etcd-server",
 }
 READY_TIMEOUT = 120.0
 
@@ -89,8 +90,11 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
     var = sysroot.stateroot_var(node.sysroot)
     audit_dir = var / "lib" / "lifsea-agent" / "audit"
     tokens = "".join(
-        f'\n[[tokens]]\nname = "lab-{role}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
-        for role, token in spec.tokens.items()
+        f'\n[[tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
+        for name, role, token in [
+            *((f"lab-{role}", role, token) for role, token in spec.tokens.items()),
+            ("lifsea-fleetd", "operator", spec.controller_token),
+        ]
     )
     node.agent_config.write_text(
         f'node_name = "{spec.name}"\n\n[paths]\nhost_root = "{node.host_root}"\nsysroot = "{node.sysroot}"\n'
@@ -105,15 +109,36 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
     node.agent_config.chmod(0o600)
 
 
+ETCD_USERS = ("lifsea-fleetd", "console")
+
+
 def status_json(layout: Layout, spec: LabSpec) -> dict[str, Any]:
+    store = lab_etcd(layout, spec)
+    users = {}
+    for user in ETCD_USERS:
+        cert, key = store.client_cert(user)
+        users[user] = {"cert": str(cert), "key": str(key)}
     return {
         "update_server": f"http://127.0.0.1:{spec.update_port}",
+        "etcd": {
+            "endpoints": [f"127.0.0.1:{member.client_port}" for member in store.members],
+            "ca_file": str(layout.ca_file),
+            "server_name": "localhost",
+            "users": users,
+            "log": str(layout.etcd_dir / "etcd.log"),
+        },
+        "controller": {
+            "id": "lab-fleetd",
+            "fleetlock": f"http://127.0.0.1:{spec.fleetlock_port}",
+            "log": str(layout.root / "fleetd.log"),
+        },
         "nodes": [
             {
                 "name": node.name,
                 "url": f"https://127.0.0.1:{node.port}",
                 "ca_file": str(layout.ca_file),
                 "tokens": node.tokens,
+                "controller_token": node.controller_token,
             }
             for node in spec.nodes
         ],
@@ -128,12 +153,23 @@ def _agent_ready(url: str, context: ssl.SSLContext) -> bool:
         return False
 
 
+def _etcd_ready(layout: Layout, spec: LabSpec) -> bool:
+    cert, key = lab_etcd(layout, spec).client_cert("console")
+    context = ssl.create_default_context(cafile=str(layout.ca_file))
+    context.load_cert_chain(cert, key)
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{spec.etcd_port}/health", context=context, timeout=2) as answer:
+            return bool(json.loads(answer.read()).get("health") == "true")
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def wait_ready(layout: Layout, spec: LabSpec, alive: Callable[[], bool], timeout: float = READY_TIMEOUT) -> list[str]:
-    """Wait until every node runs and every agent answers; return what is still not ready."""
+    """Wait until every node runs, every agent answers and etcd is healthy; return what is still not ready."""
     context = ssl.create_default_context(cafile=str(layout.ca_file))
     deadline = time.monotonic() + timeout
     while True:
-        waiting = []
+        waiting = [] if _etcd_ready(layout, spec) else ["etcd: not healthy"]
         for node in spec.nodes:
             state = layout.node(node.name).state().get("state")
             if state != "running":
@@ -164,13 +200,19 @@ def up(layout: Layout, count: int) -> int:
     ensure_image(layout)
     certs.ensure_ca(layout.pki / "ca")
     old = {node.name: node for node in spec.nodes} if spec else {}
-    spec = LabSpec(update_port=spec.update_port if spec else _free_port())
+    spec = LabSpec(
+        update_port=spec.update_port if spec else _free_port(),
+        etcd_port=(spec and spec.etcd_port) or _free_port(),
+        etcd_peer_port=(spec and spec.etcd_peer_port) or _free_port(),
+        fleetlock_port=(spec and spec.fleetlock_port) or _free_port(),
+    )
     for index in range(1, count + 1):
         name = f"node{index}"
-        spec.nodes.append(
-            old.get(name)
-            or NodeSpec(name=name, port=_free_port(), tokens={role.value: secrets.token_urlsafe(24) for role in Role})
+        node_spec = old.get(name) or NodeSpec(
+            name=name, port=_free_port(), tokens={role.value: secrets.token_urlsafe(24) for role in Role}
         )
+        node_spec.controller_token = node_spec.controller_token or secrets.token_urlsafe(24)
+        spec.nodes.append(node_spec)
     layout.write_spec(spec)
     url = f"http://127.0.0.1:{spec.update_port}"
     # The update server must answer while node sysroots are created: serve it from here for that time.
@@ -290,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     publish_cmd = commands.add_parser("publish", help="commit a new OS version to the update server")
     publish_cmd.add_argument("--version", required=True)
     publish_cmd.add_argument("--subject", help="the commit's subject line")
+    publish_cmd.add_argument(
+        "--bad",
+        action="store_true",
+        help=f"a bad release: its new {scenarios.BAD_UNIT} fails at every boot (for rollouts' health gates)",
+    )
     break_cmd = commands.add_parser("break", help="put real trouble on a running node (see `scenarios`)")
     break_cmd.add_argument("node")
     break_cmd.add_argument("--scenario", required=True, choices=sorted(scenarios.SCENARIOS))
@@ -313,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         return status(layout, args.json)
     if args.command == "publish":
         try:
-            checksum = image.publish(layout.repo, args.version, args.subject)
+            checksum = image.publish(
+                layout.repo, args.version, args.subject, extra=scenarios.BAD_UPGRADE if args.bad else None
+            )
         except image.ImageError as error:
             print(f"lifsea-lab: {error}", file=sys.stderr)
             return 1

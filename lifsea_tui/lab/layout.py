@@ -13,6 +13,8 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir, user_state_dir
 
+from lifsea_tui.lab.etcd import EtcdCluster, Member
+
 
 def lab_dir() -> Path:
     return Path(os.environ.get("LIFSEA_LAB_DIR") or user_state_dir("lifsea-lab"))
@@ -27,6 +29,7 @@ class NodeSpec:
     name: str
     port: int
     tokens: dict[str, str]
+    controller_token: str = ""  # the fleet controller's own operator token, so node audit logs name it
 
 
 @dataclass
@@ -35,6 +38,9 @@ class LabSpec:
 
     update_port: int
     nodes: list[NodeSpec] = field(default_factory=list)
+    etcd_port: int = 0
+    etcd_peer_port: int = 0
+    fleetlock_port: int = 0
 
 
 class Layout:
@@ -65,6 +71,10 @@ class Layout:
     def log_file(self) -> Path:
         return self.root / "supervisor.log"
 
+    @property
+    def etcd_dir(self) -> Path:
+        return self.root / "etcd"
+
     def node(self, name: str) -> NodeLayout:
         return NodeLayout(self.root / "nodes" / name, name)
 
@@ -73,7 +83,9 @@ class Layout:
             data = json.loads(self.spec_file.read_text())
         except (OSError, ValueError):
             return None
-        return LabSpec(update_port=data["update_port"], nodes=[NodeSpec(**node) for node in data["nodes"]])
+        nodes = [NodeSpec(**node) for node in data.pop("nodes")]
+        known = {"update_port", "etcd_port", "etcd_peer_port", "fleetlock_port"}
+        return LabSpec(nodes=nodes, **{key: value for key, value in data.items() if key in known})
 
     def write_spec(self, spec: LabSpec) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -93,6 +105,11 @@ class Layout:
         except OSError:
             return None
         return pid if b"lifsea_tui.lab.supervisor" in cmdline else None
+
+
+def lab_etcd(layout: Layout, spec: LabSpec) -> EtcdCluster:
+    """The lab's one etcd member, with the lab's CA."""
+    return EtcdCluster(layout.etcd_dir, layout.pki / "ca", [Member("etcd1", spec.etcd_port, spec.etcd_peer_port)])
 
 
 class NodeLayout:

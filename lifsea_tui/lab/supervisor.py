@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lifsea_tui.lab import sysroot
 from lifsea_tui.lab.image import ImageError
-from lifsea_tui.lab.layout import Layout, NodeLayout
+from lifsea_tui.lab.layout import LabSpec, Layout, NodeLayout, lab_etcd
 from lifsea_tui.lab.updateserver import UpdateServer
 
 log = logging.getLogger("lifsea.lab")
@@ -154,33 +154,31 @@ class Machine:
             await _terminate(self.proc, STOP_GRACE)
 
 
-class AgentProcess:
-    def __init__(self, node: NodeLayout) -> None:
-        self.node = node
+class Supervised:
+    """A process restarted when it dies, as systemd would restart a service: an agent, etcd, the controller."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, pid_path: Path | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.pid_path = pid_path
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
 
     async def run(self) -> None:
         while not self.stopping:
-            log_file = open(self.node.root / "agent.log", "ab")
+            log_file = open(self.log_path, "ab")
             try:
                 self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "lifsea_tui.agent.cli",
-                    "serve",
-                    "--config",
-                    str(self.node.agent_config),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT,
+                    *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT
                 )
             finally:
                 log_file.close()
-            (self.node.root / "agent.pid").write_text(str(self.proc.pid))
+            if self.pid_path is not None:
+                self.pid_path.write_text(str(self.proc.pid))
             status = await self.proc.wait()
             if not self.stopping:
-                log.warning("agent of %s exited %s; restarting", self.node.name, status)
+                log.warning("%s exited %s; restarting", self.name, status)
                 await asyncio.sleep(1)
 
     async def stop(self) -> None:
@@ -189,14 +187,40 @@ class AgentProcess:
             await _terminate(self.proc, 10)
 
 
+def agent(node: NodeLayout) -> Supervised:
+    argv = [sys.executable, "-m", "lifsea_tui.agent.cli", "serve", "--config", str(node.agent_config)]
+    return Supervised(f"agent of {node.name}", argv, node.root / "agent.log", node.root / "agent.pid")
+
+
+def etcd(layout: Layout, spec: LabSpec) -> Supervised:
+    member = lab_etcd(layout, spec).members[0]
+    return Supervised("etcd", lab_etcd(layout, spec).argv(member), layout.etcd_dir / "etcd.log")
+
+
+def controller(layout: Layout, spec: LabSpec) -> Supervised:
+    argv = [
+        sys.executable,
+        "-m",
+        "lifsea_tui.fleetd.cli",
+        "--lab-dir",
+        str(layout.root),
+        "--id",
+        "lab-fleetd",
+        "--fleetlock",
+        f"127.0.0.1:{spec.fleetlock_port}",
+    ]
+    return Supervised("lifsea-fleetd", argv, layout.root / "fleetd.log", layout.root / "fleetd.pid")
+
+
 async def supervise(layout: Layout) -> None:
     spec = layout.read_spec()
     if spec is None:
         raise SystemExit(f"no lab spec at {layout.spec_file}; run lifsea-lab up")
     server = UpdateServer(layout.repo, port=spec.update_port).start()
     machines = [Machine(layout.node(node.name)) for node in spec.nodes]
-    agents = [AgentProcess(layout.node(node.name)) for node in spec.nodes]
-    tasks = [asyncio.create_task(item.run()) for item in (*machines, *agents)]
+    agents = [agent(layout.node(node.name)) for node in spec.nodes]
+    store, fleetd = etcd(layout, spec), controller(layout, spec)
+    tasks = [asyncio.create_task(item.run()) for item in (*machines, *agents, store, fleetd)]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -204,8 +228,10 @@ async def supervise(layout: Layout) -> None:
     log.info("lab up: update server %s, nodes %s", server.url, ", ".join(n.name for n in spec.nodes))
     await stop.wait()
     log.info("stopping the lab")
-    await asyncio.gather(*(agent.stop() for agent in agents))
+    await fleetd.stop()
+    await asyncio.gather(*(item.stop() for item in agents))
     await asyncio.gather(*(machine.stop() for machine in machines))
+    await store.stop()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

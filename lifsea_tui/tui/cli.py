@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["shell"]:
         return shell_main(argv[1:])
+    if argv[:1] == ["rollout"]:
+        from lifsea_tui.tui.rollout_cli import main as rollout_main
+
+        return rollout_main(argv[1:])
     if argv[:1] == ["play"]:
         from lifsea_tui.tui.player import play_main
 
@@ -122,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="lifsea-tui",
         description="Ops console for fleets of ostree-based, container-optimized Linux nodes. "
         "Also: `lifsea-tui shell NODE --reason TEXT` (break-glass shell in this terminal), "
-        "`lifsea-tui play FILE` (play a session recording).",
+        "`lifsea-tui play FILE` (play a session recording), "
+        "`lifsea-tui rollout start|status|list|pause|resume|abort|rollback` (fleet rollouts).",
     )
     parser.add_argument("--version", action="version", version=f"lifsea-tui {__version__}")
     parser.add_argument("--read-only", action="store_true", help="hide every action that changes a node")

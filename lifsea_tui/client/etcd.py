@@ -1,0 +1,210 @@
+"""The fleet's store: etcd v3 over TLS, through aetcd (asyncio, gRPC underneath).
+
+aetcd opens plain channels only; `_TlsClient` opens the same stubs on a TLS channel (mutual TLS when a
+client certificate is given) and spreads requests over every member it is given, so losing one member
+of a three-member cluster costs nothing. Every failure of the store reaches callers as one exception,
+`StoreUnavailable`, whose text says what a person needs: unreachable, no quorum, refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aetcd
+import grpc
+from aetcd import rpc, watcher
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """etcd did not answer, or answered that it cannot (no leader, no quorum, not allowed)."""
+
+
+@dataclass(frozen=True)
+class EtcdTarget:
+    endpoints: tuple[str, ...]  # host:port of each member
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None  # the name the members' certificates carry, if not the endpoint's
+    prefix: str = "/lifsea/"
+    timeout: float = 5.0
+
+    def describe(self) -> str:
+        return ",".join(self.endpoints)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], user: str) -> EtcdTarget:
+        """From the `etcd` object of `lifsea-lab status --json`, as the client certificate of `user`."""
+        creds = data.get("users", {}).get(user)
+        if creds is None:
+            raise KeyError(f"no etcd credentials for {user!r} (known: {', '.join(data.get('users', {}))})")
+        return cls(
+            endpoints=tuple(data["endpoints"]),
+            ca_file=Path(data["ca_file"]),
+            cert_file=Path(creds["cert"]),
+            key_file=Path(creds["key"]),
+            server_name=data.get("server_name"),
+        )
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str  # without the store's prefix
+    value: bytes
+    mod_revision: int
+    create_revision: int
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+def _grpc_target(endpoints: Sequence[str]) -> str:
+    """One gRPC target for all members: the ipv4: scheme takes a list of literal addresses."""
+    try:
+        for endpoint in endpoints:
+            ipaddress.IPv4Address(endpoint.rsplit(":", 1)[0])
+    except ValueError:
+        return endpoints[0]  # a name: gRPC's resolver finds every address behind it
+    return "ipv4:" + ",".join(endpoints)
+
+
+class _TlsClient(aetcd.Client):  # type: ignore[misc]
+    def __init__(self, target: EtcdTarget) -> None:
+        options: dict[str, Any] = {"grpc.lb_policy_name": "round_robin", "grpc.enable_retries": 0}
+        if target.server_name:
+            options["grpc.ssl_target_name_override"] = target.server_name
+            options["grpc.default_authority"] = target.server_name
+        super().__init__(timeout=target.timeout, options=options, connect_wait_timeout=int(target.timeout))
+        self._grpc_target = _grpc_target(target.endpoints)
+        self._credentials = None
+        if target.ca_file is not None:
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=target.ca_file.read_bytes(),
+                private_key=target.key_file.read_bytes() if target.key_file else None,
+                certificate_chain=target.cert_file.read_bytes() if target.cert_file else None,
+            )
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        options = list(self._options.items())
+        if self._credentials is not None:
+            self.channel = grpc.aio.secure_channel(self._grpc_target, self._credentials, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(self._grpc_target, options=options)
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=None)
+        self._connected.set()
+
+
+def _explain(error: BaseException, where: str) -> StoreUnavailable:
+    text = str(error) or type(error).__name__
+    if isinstance(error, aetcd.exceptions.ConnectionTimeoutError | TimeoutError):
+        return StoreUnavailable(f"store at {where} did not answer in time (no quorum, or unreachable)")
+    if isinstance(error, aetcd.exceptions.ConnectionFailedError):
+        if "no leader" in text or "leader changed" in text:
+            return StoreUnavailable(f"store at {where} has no leader (no quorum): {text}")
+        return StoreUnavailable(f"store at {where} unreachable: {text}")
+    if isinstance(error, aetcd.exceptions.UnauthenticatedError):
+        return StoreUnavailable(f"store at {where} refused us: {text}")
+    return StoreUnavailable(f"store at {where}: {text}")
+
+
+@dataclass
+class Store:
+    """Keys under the target's prefix; JSON values; transactions; leases."""
+
+    target: EtcdTarget
+    _client: _TlsClient | None = field(default=None, init=False)
+
+    @property
+    def client(self) -> _TlsClient:
+        if self._client is None:
+            self._client = _TlsClient(self.target)
+        return self._client
+
+    @property
+    def ops(self) -> Any:
+        """Builders for transaction compares and operations (aetcd's)."""
+        return self.client.transactions
+
+    def key(self, key: str) -> bytes:
+        return (self.target.prefix + key).encode()
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await asyncio.wait_for(call(), self.target.timeout + 1)
+        except (aetcd.exceptions.ClientError, grpc.RpcError, TimeoutError, OSError) as error:
+            raise _explain(error, self.target.describe()) from error
+
+    async def get(self, key: str) -> KV | None:
+        got = await self._call(lambda: self.client.get(self.key(key)))
+        if got is None:
+            return None
+        return KV(key, got.value, got.mod_revision, got.create_revision)
+
+    async def get_json(self, key: str) -> Any:
+        found = await self.get(key)
+        return None if found is None else found.json()
+
+    async def range(self, prefix: str) -> list[KV]:
+        got = await self._call(lambda: self.client.get_prefix(self.key(prefix)))
+        cut = len(self.target.prefix)
+        return [KV(kv.key.decode()[cut:], kv.value, kv.mod_revision, kv.create_revision) for kv in got]
+
+    async def put_json(self, key: str, value: Any, *, lease: Any = None) -> None:
+        data = json.dumps(value).encode()
+        await self._call(lambda: self.client.put(self.key(key), data, lease=lease))
+
+    async def delete(self, key: str) -> None:
+        await self._call(lambda: self.client.delete(self.key(key)))
+
+    async def txn(self, compare: list[Any], success: list[Any], failure: list[Any] | None = None) -> bool:
+        ok, _ = await self._call(
+            lambda: self.client.transaction(compare=compare, success=success, failure=failure or [])
+        )
+        return bool(ok)
+
+    def put_op(self, key: str, value: Any, *, lease: Any = None) -> Any:
+        return self.ops.put(self.key(key), json.dumps(value).encode(), lease=lease)
+
+    def delete_op(self, key: str) -> Any:
+        return self.ops.delete(self.key(key))
+
+    async def lease(self, ttl: int) -> Any:
+        return await self._call(lambda: self.client.lease(ttl))
+
+    async def refresh(self, lease: Any) -> int:
+        """Keep a lease alive; its remaining TTL (0 or less: it had already expired)."""
+        reply = await self._call(lease.refresh)
+        return int(reply.TTL) if reply is not None else 0
+
+    async def revoke(self, lease: Any) -> None:
+        await self._call(lease.revoke)
+
+    async def health(self) -> str | None:
+        """None when the store takes a linearizable read, else why not."""
+        try:
+            await self.get("health")
+        except StoreUnavailable as error:
+            return str(error)
+        return None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await asyncio.wait_for(client.close(), 5)
+            except (aetcd.exceptions.ClientError, grpc.RpcError, TimeoutError, OSError):
+                pass

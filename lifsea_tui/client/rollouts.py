@@ -1,0 +1,272 @@
+"""Rollouts and reboot slots in etcd: the one key layout the controller, the console and the CLI share.
+
+    rollouts/<id>/spec          immutable RolloutSpec
+    rollouts/<id>/status        RolloutStatus (written by the leading controller only)
+    rollouts/<id>/nodes/<node>  NodeRollout (written by the leading controller only)
+    rollouts/<id>/log/<seq>     LogEntry, append-only; rollouts/<id>/logseq holds the last seq
+    rollouts/guard              bumped by every new rollout, so two starts cannot both pass the overlap check
+    slots/<group>/<holder>      a reboot slot: who holds it, since when, for what
+    slots/<group>.guard         bumped by every take and release, so a count cannot be raced past its limit
+    leader                      the leading controller's id, bound to its lease
+
+Consoles write only new rollouts and intents (log entries of kind "intent"); everything else is the
+controller's, and every write of the controller's is a transaction that also checks it still leads.
+"""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from lifsea_tui.api.rollouts import (
+    FINISHED,
+    Intent,
+    LogEntry,
+    NodeRollout,
+    Phase,
+    Rollout,
+    RolloutSpec,
+    RolloutStatus,
+)
+from lifsea_tui.client.etcd import Store
+
+LEADER = "leader"
+ROLLOUTS = "rollouts/"
+LOG_SEQ_WIDTH = 10
+APPEND_RETRIES = 20
+
+
+class RolloutRefused(Exception):
+    """A start or an intent that cannot be taken, and why."""
+
+
+def spec_key(rollout_id: str) -> str:
+    return f"{ROLLOUTS}{rollout_id}/spec"
+
+
+def status_key(rollout_id: str) -> str:
+    return f"{ROLLOUTS}{rollout_id}/status"
+
+
+def node_key(rollout_id: str, node: str) -> str:
+    return f"{ROLLOUTS}{rollout_id}/nodes/{node}"
+
+
+def log_key(rollout_id: str, seq: int) -> str:
+    return f"{ROLLOUTS}{rollout_id}/log/{seq:0{LOG_SEQ_WIDTH}d}"
+
+
+def logseq_key(rollout_id: str) -> str:
+    return f"{ROLLOUTS}{rollout_id}/logseq"
+
+
+def who() -> str:
+    """The person behind a console or a script, as the rollout's log names them."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def parse_max_unavailable(text: str, total: int) -> int:
+    """A count (3) or a percentage of `total` (10%), at least one node; ValueError says what is wrong."""
+    text = text.strip()
+    try:
+        value = int(text[:-1]) * total // 100 if text.endswith("%") else int(text)
+    except ValueError:
+        raise ValueError(f"max unavailable {text!r}: a count (3) or a percentage (10%)") from None
+    if text.endswith("%") and int(text[:-1]) > 0:
+        value = max(1, value)  # 10% of 5 nodes is one node at a time, not none
+    if value < 1:
+        raise ValueError(f"max unavailable {text!r} lets no node move: it must be at least 1")
+    return value
+
+
+def new_id(now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    return f"r-{stamp}-{secrets.token_hex(2)}"
+
+
+def _assemble(rollout_id: str, items: dict[str, Any]) -> Rollout | None:
+    if "spec" not in items or "status" not in items:
+        return None
+    nodes = [NodeRollout.model_validate(value) for key, value in items.items() if key.startswith("nodes/")]
+    order = {name: index for index, name in enumerate(items["spec"]["nodes"])}
+    nodes.sort(key=lambda node: order.get(node.name, len(order)))
+    log = [LogEntry.model_validate(value) for key, value in sorted(items.items()) if key.startswith("log/")]
+    return Rollout(
+        spec=RolloutSpec.model_validate(items["spec"]),
+        status=RolloutStatus.model_validate(items["status"]),
+        nodes=nodes,
+        log=log,
+    )
+
+
+async def read(store: Store, rollout_id: str) -> Rollout | None:
+    prefix = f"{ROLLOUTS}{rollout_id}/"
+    items = {kv.key[len(prefix) :]: kv.json() for kv in await store.range(prefix)}
+    return _assemble(rollout_id, items)
+
+
+async def read_all(store: Store) -> list[Rollout]:
+    """Every rollout, oldest first."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for kv in await store.range(ROLLOUTS):
+        rollout_id, _, rest = kv.key[len(ROLLOUTS) :].partition("/")
+        if rest:
+            grouped.setdefault(rollout_id, {})[rest] = kv.json()
+    found = [rollout for rid, items in grouped.items() if (rollout := _assemble(rid, items)) is not None]
+    return sorted(found, key=lambda rollout: rollout.spec.created_at)
+
+
+def active(rollouts: list[Rollout]) -> list[Rollout]:
+    return [rollout for rollout in rollouts if rollout.status.phase not in FINISHED]
+
+
+async def start(store: Store, spec: RolloutSpec) -> Rollout:
+    """Write a new rollout (planned), refusing one whose nodes overlap a rollout that has not finished."""
+    for _ in range(APPEND_RETRIES):
+        guard = await store.get(f"{ROLLOUTS}guard")
+        busy = {
+            node: rollout.spec.id
+            for rollout in active(await read_all(store))
+            for node in rollout.spec.nodes
+            if node in spec.nodes
+        }
+        if busy:
+            names = ", ".join(f"{node} ({rid})" for node, rid in sorted(busy.items()))
+            raise RolloutRefused(f"these nodes are in a rollout that has not finished: {names}")
+        now = time.time()
+        status = RolloutStatus(phase=Phase.planned, message="waiting for a controller to pick it up", updated_at=now)
+        entry = LogEntry(seq=1, time=now, who=spec.created_by, kind="intent", action="start", reason=spec.reason)
+        batches = spec.batches()
+        nodes = [NodeRollout(name=name, batch=index) for index, batch in enumerate(batches) for name in batch]
+        compare = [
+            store.ops.create(store.key(spec_key(spec.id))) == 0,
+            store.ops.mod(store.key(f"{ROLLOUTS}guard")) == (guard.mod_revision if guard else 0),
+        ]
+        writes = [
+            store.put_op(spec_key(spec.id), spec.model_dump(mode="json")),
+            store.put_op(status_key(spec.id), status.model_dump(mode="json")),
+            store.put_op(log_key(spec.id, 1), entry.model_dump(mode="json")),
+            store.put_op(logseq_key(spec.id), 1),
+            store.put_op(f"{ROLLOUTS}guard", spec.id),
+            *(store.put_op(node_key(spec.id, node.name), node.model_dump(mode="json")) for node in nodes),
+        ]
+        if await store.txn(compare, writes):
+            return Rollout(spec=spec, status=status, nodes=nodes, log=[entry])
+        if await store.get(spec_key(spec.id)) is not None:
+            raise RolloutRefused(f"a rollout named {spec.id} exists already")
+    raise RolloutRefused("the store was too busy to take the rollout; try again")
+
+
+async def append(
+    store: Store,
+    rollout_id: str,
+    entry: LogEntry,
+    *,
+    guard: list[Any] | None = None,
+    also: list[Any] | None = None,
+) -> int | None:
+    """Append a log entry (its seq is assigned here) with `also` in the same transaction.
+
+    Returns the seq, or None when a `guard` compare failed (for the controller: it no longer leads).
+    """
+    for _ in range(APPEND_RETRIES):
+        last = await store.get(logseq_key(rollout_id))
+        if last is None:
+            raise RolloutRefused(f"no rollout {rollout_id}")
+        seq = int(last.json()) + 1
+        compare = [store.ops.mod(store.key(logseq_key(rollout_id))) == last.mod_revision, *(guard or [])]
+        writes = [
+            store.put_op(logseq_key(rollout_id), seq),
+            store.put_op(log_key(rollout_id, seq), entry.model_copy(update={"seq": seq}).model_dump(mode="json")),
+            *(also or []),
+        ]
+        if await store.txn(compare, writes):
+            return seq
+        if guard:
+            again = await store.get(logseq_key(rollout_id))
+            if again is not None and again.mod_revision == last.mod_revision:
+                return None  # the log did not move: the guard is what failed
+    raise RolloutRefused("the store was too busy to take the entry; try again")
+
+
+async def ask(store: Store, rollout_id: str, intent: Intent, who: str) -> int:
+    """A person's intent (pause, resume, abort, rollback), for the controller to act on."""
+    rollout = await read(store, rollout_id)
+    if rollout is None:
+        raise RolloutRefused(f"no rollout {rollout_id}")
+    phase = rollout.status.phase
+    allowed = {
+        "pause": phase not in FINISHED and phase is not Phase.paused,
+        "resume": phase is Phase.paused,
+        "abort": phase not in FINISHED,
+        "rollback": phase not in (Phase.rolling_back, Phase.rolled_back, Phase.aborted),
+    }
+    if not allowed[intent.action]:
+        raise RolloutRefused(f"cannot {intent.action} rollout {rollout_id}: it is {phase.value}")
+    entry = LogEntry(seq=0, time=time.time(), who=who, kind="intent", action=intent.action, reason=intent.reason)
+    seq = await append(store, rollout_id, entry)
+    assert seq is not None
+    return seq
+
+
+# -- reboot slots -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    group: str
+    holder: str
+    since: float
+    what: str
+
+
+def _slot_key(group: str, holder: str) -> str:
+    return f"slots/{group}/{holder}"
+
+
+def _guard_key(group: str) -> str:
+    return f"slots/{group}.guard"
+
+
+async def slots(store: Store, group: str | None = None) -> list[Slot]:
+    found = []
+    for kv in await store.range(f"slots/{group}/" if group else "slots/"):
+        if kv.key.endswith(".guard"):
+            continue
+        value = kv.json()
+        found.append(Slot(value["group"], value["holder"], value["since"], value.get("what", "")))
+    return sorted(found, key=lambda slot: (slot.group, slot.since))
+
+
+async def take_slot(
+    store: Store, group: str, holder: str, limit: int, what: str, *, guard: list[Any] | None = None
+) -> bool:
+    """Hold one of the group's `limit` slots (True), or find them all held (False). Taking one held is True."""
+    for _ in range(APPEND_RETRIES):
+        stamp = await store.get(_guard_key(group))
+        held = await slots(store, group)
+        if any(slot.holder == holder for slot in held):
+            return True
+        if len(held) >= limit:
+            return False
+        compare = [store.ops.mod(store.key(_guard_key(group))) == (stamp.mod_revision if stamp else 0), *(guard or [])]
+        value = {"group": group, "holder": holder, "since": time.time(), "what": what}
+        writes = [store.put_op(_slot_key(group, holder), value), store.put_op(_guard_key(group), holder)]
+        if await store.txn(compare, writes):
+            return True
+        if guard:
+            again = await store.get(_guard_key(group))
+            if (again.mod_revision if again else 0) == (stamp.mod_revision if stamp else 0):
+                return False  # the guard failed, not the race
+    return False
+
+
+async def free_slot(store: Store, group: str, holder: str, *, guard: list[Any] | None = None) -> bool:
+    """Let go of a slot (True also when it was not held); False when a guard failed."""
+    writes = [store.delete_op(_slot_key(group, holder)), store.put_op(_guard_key(group), f"-{holder}")]
+    return await store.txn(list(guard or []), writes)

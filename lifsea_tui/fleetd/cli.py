@@ -1,0 +1,128 @@
+"""lifsea-fleetd: run the fleet controller (and its FleetLock server) against an etcd and a set of nodes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from lifsea_tui import __version__
+from lifsea_tui.client import inventory
+from lifsea_tui.client.etcd import EtcdTarget, Store
+from lifsea_tui.client.node import NodeTarget
+from lifsea_tui.fleetd import fleetlock
+from lifsea_tui.fleetd.controller import LEASE_TTL, TICK, Controller
+
+log = logging.getLogger("lifsea.fleetd")
+USER = "lifsea-fleetd"
+
+
+class _QuietServer(uvicorn.Server):
+    """The FleetLock server inside the controller's loop: the controller, not uvicorn, handles SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="lifsea-fleetd",
+        description="The fleet controller: drives rollouts through the node API, keeps its state in etcd, "
+        "serves FleetLock on the same reboot slots. Several may run; one leads.",
+    )
+    top.add_argument("--version", action="version", version=f"lifsea-fleetd {__version__}")
+    where = top.add_argument_group("nodes and store (default: the running lab's)")
+    where.add_argument("--lab-dir", type=Path, help="the lab whose nodes, etcd and controller token to use")
+    where.add_argument("--inventory", type=Path, help="the nodes (TOML, as the console's), with operator tokens")
+    where.add_argument("--etcd", help="etcd members, host:port[,host:port...]")
+    where.add_argument("--etcd-ca", type=Path, help="CA of the members' certificates")
+    where.add_argument("--etcd-cert", type=Path, help="this controller's client certificate")
+    where.add_argument("--etcd-key", type=Path, help="its key")
+    where.add_argument("--etcd-server-name", help="the name in the members' certificates, if not the address")
+    top.add_argument("--id", help="this controller's name (default the host's); a random suffix makes it unique")
+    top.add_argument("--lease-ttl", type=int, default=LEASE_TTL, help="seconds; a successor leads within it")
+    top.add_argument("--tick", type=float, default=TICK, help="seconds between looks at etcd")
+    top.add_argument("--fleetlock", metavar="HOST:PORT", help="serve FleetLock here (plain HTTP: loopback only)")
+    top.add_argument("--fleetlock-slots", type=int, default=1, help="slots per FleetLock group, default 1")
+    top.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return top
+
+
+def _lab(lab_dir: Path | None) -> dict[str, object]:
+    command = [sys.executable, "-m", "lifsea_tui.lab.cli"]
+    if lab_dir is not None:
+        command += ["--dir", str(lab_dir)]
+    result = subprocess.run([*command, "status", "--json"], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0 or not result.stdout.strip():
+        raise SystemExit("lifsea-fleetd: no running lab; give --inventory and --etcd")
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def resolve(args: argparse.Namespace) -> tuple[EtcdTarget, dict[str, NodeTarget]]:
+    lab = None if (args.inventory and args.etcd) else _lab(args.lab_dir)
+    if args.inventory:
+        nodes = inventory.from_file(args.inventory)
+    else:
+        assert lab is not None
+        nodes = inventory.from_lab("controller", lab_dir=args.lab_dir)
+    if args.etcd:
+        target = EtcdTarget(
+            endpoints=tuple(args.etcd.split(",")),
+            ca_file=args.etcd_ca,
+            cert_file=args.etcd_cert,
+            key_file=args.etcd_key,
+            server_name=args.etcd_server_name,
+        )
+    else:
+        assert lab is not None
+        target = EtcdTarget.from_json(lab["etcd"], USER)  # type: ignore[arg-type]
+    return target, {node.name: node for node in nodes}
+
+
+async def serve(args: argparse.Namespace) -> None:
+    target, nodes = resolve(args)
+    store = Store(target)
+    controller = Controller(store, nodes, ident=args.id, lease_ttl=args.lease_ttl, tick=args.tick)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = None
+    tasks = [asyncio.create_task(controller.run(stop))]
+    if args.fleetlock:
+        host, _, port = args.fleetlock.rpartition(":")
+        config = uvicorn.Config(
+            fleetlock.app(store, {}, args.fleetlock_slots), host=host, port=int(port), log_level="warning"
+        )
+        server = _QuietServer(config)
+        tasks.append(asyncio.create_task(server.serve()))
+    log.info("%s: %d nodes, etcd %s", controller.ident, len(nodes), target.describe())
+    await stop.wait()
+    if server is not None:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await store.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per node request would drown the decisions
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,543 @@
+"""The fleet controller: leads through an etcd lease, and drives every rollout from what etcd holds.
+
+Level-triggered: each tick reads every rollout from etcd and decides afresh, so a controller that
+starts (or restarts, or takes over) goes on from where the rollout is. Nothing about a rollout lives
+in this process's memory except tasks talking to nodes. Every write it makes is a transaction that
+also checks the leader key still holds its id (fencing): a controller that lost its lease, or was
+paused past it, cannot write, and does not ask a node for anything it has not first written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from lifsea_tui.api import ActionRequest
+from lifsea_tui.api.rollouts import (
+    DAYS,
+    FINISHED,
+    IN_FLIGHT,
+    SETTLED,
+    LogEntry,
+    NodeRollout,
+    NodeState,
+    OnFailure,
+    Phase,
+    Rollout,
+    Window,
+)
+from lifsea_tui.client import rollouts as keys
+from lifsea_tui.client.etcd import Store, StoreUnavailable
+from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
+from lifsea_tui.fleetd import steps
+
+log = logging.getLogger("lifsea.fleetd")
+
+LEASE_TTL = 5
+TICK = 1.0
+
+
+def window_open(windows: list[Window], at: float) -> bool:
+    if not windows:
+        return True
+    for window in windows:
+        zone = ZoneInfo(window.tz)
+        local = datetime.fromtimestamp(at, zone)
+        hour, minute = (int(part) for part in window.start.split(":"))
+        # A window that began yesterday (or earlier in the week) may still be open now.
+        for days_back in range(0, 8):
+            day = local.date().toordinal() - days_back
+            begin = datetime.fromordinal(day).replace(hour=hour, minute=minute, tzinfo=zone)
+            if DAYS[begin.weekday()] not in window.days:
+                continue
+            if begin.timestamp() <= at < begin.timestamp() + window.minutes * 60:
+                return True
+    return False
+
+
+class Controller:
+    def __init__(
+        self,
+        store: Store,
+        nodes: Mapping[str, NodeTarget],
+        *,
+        ident: str | None = None,
+        lease_ttl: int = LEASE_TTL,
+        tick: float = TICK,
+    ) -> None:
+        self.store = store
+        self.targets = dict(nodes)
+        # Unique to this process even when a successor is given the same name: a restarted controller must
+        # not mistake its dead predecessor's leader key (still bound to a live lease) for its own.
+        self.ident = f"{ident or socket.gethostname()}-{secrets.token_hex(3)}"
+        self.lease_ttl = lease_ttl
+        self.tick = tick
+        self.lease: Any = None
+        self.leading = False
+        self.problem: str | None = None  # why it cannot act now (the store), for its log and its status
+        self.clients: dict[str, NodeClient] = {}
+        self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    # -- leadership --------------------------------------------------------------------------------------
+
+    @property
+    def fence(self) -> list[Any]:
+        return [self.store.ops.value(self.store.key(keys.LEADER)) == self.ident.encode()]
+
+    async def campaign(self) -> bool:
+        """Lead, or keep leading: one lease, refreshed every tick; the leader key is bound to it."""
+        if self.lease is not None and await self.store.refresh(self.lease) <= 0:
+            self.lease = None
+        if self.lease is None:
+            self.lease = await self.store.lease(self.lease_ttl)
+        leader = self.store.key(keys.LEADER)
+        won = await self.store.txn(
+            [self.store.ops.create(leader) == 0],
+            [self.store.ops.put(leader, self.ident.encode(), lease=self.lease)],
+        )
+        if not won:
+            current = await self.store.get(keys.LEADER)
+            won = current is not None and current.value == self.ident.encode()
+        if won != self.leading:
+            log.info("%s %s", self.ident, "leads" if won else "does not lead")
+        self.leading = won
+        return won
+
+    async def resign(self) -> None:
+        if self.lease is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.revoke(self.lease)
+        self.lease = None
+        self.leading = False
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                if await self.campaign():
+                    await self.reconcile()
+                if self.problem is not None:
+                    log.info("store is back")
+                self.problem = None
+            except StoreUnavailable as error:
+                if self.problem != str(error):
+                    log.warning("not dispatching: %s", error)
+                self.problem = str(error)
+                self.leading = False
+                self.lease = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.tick)
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        await self.resign()
+        for client in self.clients.values():
+            await client.aclose()
+        self.clients.clear()
+
+    def client(self, name: str) -> NodeClient | None:
+        if name not in self.clients:
+            target = self.targets.get(name)
+            if target is None:
+                return None
+            self.clients[name] = NodeClient(target)
+        return self.clients[name]
+
+    async def reconcile(self) -> None:
+        for rollout in await keys.read_all(self.store):
+            busy = any(node.state in IN_FLIGHT for node in rollout.nodes)
+            asked = any(e.kind == "intent" and e.seq > rollout.status.applied for e in rollout.log)
+            if rollout.status.phase in FINISHED and not busy and not asked:
+                continue
+            await self.drive(rollout)
+
+    # -- writes, all fenced ------------------------------------------------------------------------------
+
+    async def write(
+        self,
+        rollout: Rollout,
+        *,
+        nodes: Sequence[NodeRollout] = (),
+        status: dict[str, Any] | None = None,
+        decision: tuple[str, str] | None = None,
+    ) -> bool:
+        spec_id = rollout.spec.id
+        writes = [self.store.put_op(keys.node_key(spec_id, node.name), node.model_dump(mode="json")) for node in nodes]
+        if status is not None:
+            new = rollout.status.model_copy(update={**status, "updated_at": time.time()})
+            writes.append(self.store.put_op(keys.status_key(spec_id), new.model_dump(mode="json")))
+            rollout.status = new
+        if decision is not None:
+            action, why = decision
+            entry = LogEntry(seq=0, time=time.time(), who=self.ident, kind="decision", action=action, reason=why)
+            ok = await keys.append(self.store, spec_id, entry, guard=self.fence, also=writes) is not None
+        else:
+            ok = await self.store.txn(self.fence, writes)
+        if not ok:
+            self.leading = False
+            log.warning("lost the lead while writing rollout %s; not acting", spec_id)
+        return ok
+
+    # -- one rollout -------------------------------------------------------------------------------------
+
+    async def drive(self, rollout: Rollout) -> None:
+        if not await self.apply_intents(rollout):
+            return
+        phase = rollout.status.phase
+        if phase is Phase.planned:
+            await self.preflight(rollout)
+            return
+        for node in rollout.nodes:
+            if node.state in IN_FLIGHT:
+                self.spawn(rollout, node)
+        if phase is Phase.waiting:
+            if window_open(rollout.spec.windows, time.time()):
+                resume = Phase.canary if rollout.status.batch == 0 and rollout.spec.canary else Phase.progressing
+                await self.write(
+                    rollout,
+                    status={"phase": resume, "message": "its maintenance window is open"},
+                    decision=("window-open", f"window open: {resume.value}"),
+                )
+            return
+        if phase in (Phase.canary, Phase.progressing):
+            await self.progress(rollout)
+        elif phase is Phase.soaking:
+            await self.soak(rollout)
+        elif phase is Phase.rolling_back:
+            await self.roll_back(rollout)
+        # paused and aborted: in-flight nodes finish (spawned above); nothing new starts
+
+    async def apply_intents(self, rollout: Rollout) -> bool:
+        for entry in rollout.log:
+            if entry.seq <= rollout.status.applied or entry.kind != "intent":
+                continue
+            if not await self.apply(rollout, entry):
+                return False
+        return True
+
+    async def apply(self, rollout: Rollout, entry: LogEntry) -> bool:
+        phase, who = rollout.status.phase, f"{entry.who}: {entry.reason}"
+        change: dict[str, Any] = {"applied": entry.seq}
+        nodes: list[NodeRollout] = []
+        if entry.action == "pause" and phase not in FINISHED and phase is not Phase.paused:
+            change |= {"phase": Phase.paused, "paused_from": phase, "message": f"paused by {who}"}
+        elif entry.action == "resume" and phase is Phase.paused:
+            back = rollout.status.paused_from or Phase.progressing
+            change |= {"phase": back, "paused_from": None, "message": f"resumed by {who}"}
+        elif entry.action == "abort" and phase not in FINISHED:
+            change |= {"phase": Phase.aborted, "message": f"aborted by {who}"}
+            nodes = self._skip_pending(rollout, "the rollout was aborted")
+        elif entry.action == "rollback" and phase not in (Phase.rolling_back, Phase.rolled_back, Phase.aborted):
+            change |= {"phase": Phase.rolling_back, "message": f"rolling back, asked by {who}"}
+            nodes = self._turn_back(rollout, f"asked by {who}")
+        elif entry.action == "start":
+            return await self.write(rollout, status=change)
+        else:
+            return await self.write(rollout, status=change, decision=("ignored", f"{entry.action}: nothing to do"))
+        result = f"{entry.action} by {who}"
+        ok = await self.write(rollout, nodes=nodes, status=change, decision=(entry.action, result))
+        if ok:
+            rollout.nodes = [next((n for n in nodes if n.name == node.name), node) for node in rollout.nodes]
+        return ok
+
+    @staticmethod
+    def _skip_pending(rollout: Rollout, why: str) -> list[NodeRollout]:
+        now = time.time()
+        return [
+            node.model_copy(update={"state": NodeState.skipped, "reason": why, "finished_at": now})
+            for node in rollout.nodes
+            if node.state is NodeState.pending
+        ]
+
+    @staticmethod
+    def _turn_back(rollout: Rollout, why: str | None = None) -> list[NodeRollout]:
+        """Settled nodes the rollout moved go back; untouched ones are skipped; in-flight ones follow later."""
+        now, changed = time.time(), []
+        why = why or rollout.status.message
+        for node in rollout.nodes:
+            if node.direction != "forward" or node.state in IN_FLIGHT:
+                continue
+            if node.state is NodeState.pending:
+                changed.append(
+                    node.model_copy(update={"state": NodeState.skipped, "reason": "never moved", "finished_at": now})
+                )
+            elif node.before_checksum is not None and node.state in (NodeState.done, NodeState.failed):
+                changed.append(
+                    node.model_copy(
+                        update={
+                            "state": NodeState.pending,
+                            "direction": "back",
+                            "reason": "to go back",
+                            "reason_back": why,
+                        }
+                    )
+                )
+        return changed
+
+    async def preflight(self, rollout: Rollout) -> None:
+        """Find the target's checksum from a node's update server, or refuse the version."""
+        spec, offered = rollout.spec, set()
+        unknown = [name for name in spec.nodes if name not in self.targets]
+        if unknown:
+            await self.write(
+                rollout,
+                status={"phase": Phase.aborted, "message": f"unknown nodes: {', '.join(unknown)}"},
+                nodes=self._skip_pending(rollout, "the rollout was refused"),
+                decision=("refused", f"not in the controller's inventory: {', '.join(unknown)}"),
+            )
+            return
+        problems = []
+        for name in spec.nodes:
+            client = self.client(name)
+            assert client is not None
+            try:
+                summary = await client.summary()
+                found = {d.version: d.checksum for d in summary.deployments.deployments if d.version}
+                if spec.target_version not in found:
+                    reason = f"rollout {spec.id}: preflight, looking for {spec.target_version} ({spec.reason})"
+                    result = await client.action("check", ActionRequest(reason=reason[:500]))
+                    found |= {t.version: t.checksum for t in result.status.targets if t.version}
+            except NodeError as error:
+                problems.append(f"{name}: {error}")
+                continue
+            offered |= set(found)
+            if spec.target_version in found:
+                first = Phase.canary if spec.canary else Phase.progressing
+                if not window_open(spec.windows, time.time()):
+                    first = Phase.waiting
+                checksum = found[spec.target_version]
+                await self.write(
+                    rollout,
+                    status={
+                        "phase": first,
+                        "target_checksum": checksum,
+                        "message": f"target {spec.target_version} is {checksum[:12]}",
+                    },
+                    decision=("planned", f"{len(spec.batches())} batches; target {checksum[:12]}"),
+                )
+                return
+            break  # one update server answered: the version is not on it
+        if offered:
+            why = f"unknown version {spec.target_version}: the update server offers {', '.join(sorted(offered))}"
+            await self.write(
+                rollout,
+                status={"phase": Phase.aborted, "message": why},
+                nodes=self._skip_pending(rollout, "the rollout was refused"),
+                decision=("refused", why),
+            )
+        elif rollout.status.message != (why := f"no node answered: {'; '.join(problems)[:400]}"):
+            await self.write(rollout, status={"message": why})
+
+    def spawn(self, rollout: Rollout, node: NodeRollout) -> None:
+        key = (rollout.spec.id, node.name)
+        if key in self.tasks and not self.tasks[key].done():
+            return
+        self.tasks[key] = asyncio.create_task(self.one_step(rollout, node), name=f"{key}")
+
+    async def one_step(self, rollout: Rollout, node: NodeRollout) -> None:
+        spec = rollout.spec
+        client = self.client(node.name)
+        try:
+            if client is None:
+                result: steps.Step | None = steps.Step(
+                    node.model_copy(update={"state": NodeState.failed, "reason": "not in the inventory"}),
+                    decision=f"{node.name} failed: not in the controller's inventory",
+                )
+            else:
+                result = await steps.step(spec, rollout.status.target_checksum or "", node, client, time.time())
+            if result is None:
+                return
+            if result.hook is not None:
+                why = await steps.run_hook(result.hook, node.name, spec.hook_timeout)
+                if why is not None:
+                    which = "pre" if result.hook == spec.pre_hook and node.state is NodeState.staging else "post"
+                    result = steps.Step(
+                        node.model_copy(
+                            update={
+                                "state": NodeState.failed,
+                                "reason": f"{which} hook: {why}",
+                                "finished_at": time.time(),
+                            }
+                        ),
+                        decision=f"{node.name} failed: {which} hook: {why}",
+                    )
+            decision = ("node", result.decision) if result.decision else None
+            if not await self.write(rollout, nodes=[result.node], decision=decision):
+                return
+            if result.node.state in SETTLED:
+                await keys.free_slot(self.store, spec.group, node.name, guard=self.fence)
+            if result.action is not None and client is not None:
+                name, request = result.action
+                try:
+                    await client.action(name, request)
+                except NodeError as error:
+                    undo: dict[str, Any] = {"reason": f"{name} refused: {error}"}
+                    if name == "reboot":
+                        undo["reboot_at"] = None
+                    await self.write(rollout, nodes=[result.node.model_copy(update=undo)])
+        except StoreUnavailable as error:
+            log.warning("%s/%s: %s", spec.id, node.name, error)
+        except Exception:
+            log.exception("%s/%s: step failed", spec.id, node.name)
+
+    # -- phases ------------------------------------------------------------------------------------------
+
+    def _failed_forward(self, rollout: Rollout) -> list[NodeRollout]:
+        return [n for n in rollout.nodes if n.direction == "forward" and n.state is NodeState.failed]
+
+    async def _on_failure(self, rollout: Rollout, why: str) -> None:
+        if rollout.spec.on_failure is OnFailure.rollback:
+            nodes = self._turn_back(rollout, why)
+            await self.write(
+                rollout, nodes=nodes, status={"phase": Phase.rolling_back, "message": why}, decision=("rollback", why)
+            )
+        else:
+            await self.write(
+                rollout,
+                status={"phase": Phase.paused, "paused_from": rollout.status.phase, "message": why},
+                decision=("pause", why),
+            )
+
+    def _budget_exceeded(self, rollout: Rollout) -> str | None:
+        failed = self._failed_forward(rollout)
+        canary_failed = [n for n in failed if n.batch == 0 and rollout.spec.canary]
+        if canary_failed:
+            return f"canary {canary_failed[0].name} failed: {canary_failed[0].reason}"
+        if len(failed) > rollout.spec.error_budget:
+            return (
+                f"{len(failed)} failed, more than the error budget of {rollout.spec.error_budget}: "
+                f"{failed[-1].name}: {failed[-1].reason}"
+            )
+        return None
+
+    async def progress(self, rollout: Rollout) -> None:
+        spec, status = rollout.spec, rollout.status
+        why = self._budget_exceeded(rollout)
+        if why is not None:
+            if not any(n.state in IN_FLIGHT for n in rollout.nodes):
+                await self._on_failure(rollout, why)
+            return
+        batch = [n for n in rollout.nodes if n.batch == status.batch]
+        if all(n.state in SETTLED for n in batch):
+            await self.next_batch(rollout)
+            return
+        pending = [n for n in batch if n.state is NodeState.pending]
+        if not pending:
+            return
+        if not window_open(spec.windows, time.time()):
+            if not any(n.state in IN_FLIGHT for n in rollout.nodes):
+                await self.write(
+                    rollout,
+                    status={"phase": Phase.waiting, "message": "outside its maintenance windows"},
+                    decision=("window-closed", "outside its maintenance windows: nothing new starts"),
+                )
+            return
+        await self.start_nodes(rollout, pending, "forward")
+
+    async def start_nodes(self, rollout: Rollout, pending: list[NodeRollout], direction: str) -> None:
+        spec = rollout.spec
+        for node in pending:
+            what = f"rollout {spec.id}"
+            if not await keys.take_slot(
+                self.store, spec.group, node.name, spec.max_unavailable, what, guard=self.fence
+            ):
+                held = await keys.slots(self.store, spec.group)
+                why = f"waiting for a reboot slot ({len(held)} of {spec.max_unavailable} held)"
+                if node.reason != why:
+                    await self.write(rollout, nodes=[node.model_copy(update={"reason": why})])
+                return
+            moving = steps.started(node, spec, time.time(), direction)
+            if await self.write(rollout, nodes=[moving], decision=("start", f"{node.name}: {moving.reason}")):
+                self.spawn(rollout, moving)
+
+    async def next_batch(self, rollout: Rollout) -> None:
+        spec, status = rollout.spec, rollout.status
+        last = len(spec.batches()) - 1
+        if spec.soak and rollout.status.phase is not Phase.soaking:
+            until = time.time() + spec.soak
+            await self.write(
+                rollout,
+                status={
+                    "phase": Phase.soaking,
+                    "soak_until": until,
+                    "message": f"batch {status.batch + 1} soaking for {spec.soak:.0f} s",
+                },
+                decision=("soak", f"batch {status.batch + 1} done; soaking {spec.soak:.0f} s"),
+            )
+            return
+        if status.batch >= last:
+            moved = sum(1 for n in rollout.nodes if n.state is NodeState.done)
+            await self.write(
+                rollout,
+                status={
+                    "phase": Phase.completed,
+                    "soak_until": None,
+                    "message": f"{moved} of {len(rollout.nodes)} nodes on {spec.target_version}",
+                },
+                decision=("completed", f"{moved} nodes on {spec.target_version}"),
+            )
+            return
+        await self.write(
+            rollout,
+            status={
+                "phase": Phase.progressing,
+                "batch": status.batch + 1,
+                "soak_until": None,
+                "message": f"batch {status.batch + 2} of {last + 1}",
+            },
+            decision=("batch", f"batch {status.batch + 2} of {last + 1} starts"),
+        )
+
+    async def soak(self, rollout: Rollout) -> None:
+        status = rollout.status
+        target = status.target_checksum or ""
+        for node in rollout.nodes:
+            if node.batch != status.batch or node.state is not NodeState.done:
+                continue
+            client = self.client(node.name)
+            if client is None:
+                continue
+            try:
+                why = await steps.gates(rollout.spec, node, client, target)
+            except NodeError as error:
+                why = f"unreachable while soaking: {error}"
+            if why is not None:
+                failed = node.model_copy(update={"state": NodeState.failed, "reason": f"while soaking: {why}"})
+                await self.write(rollout, nodes=[failed], decision=("node", f"{node.name} failed while soaking: {why}"))
+                rollout.nodes = [failed if n.name == node.name else n for n in rollout.nodes]
+        why = self._budget_exceeded(rollout)
+        if why is not None:
+            await self._on_failure(rollout, why)
+        elif status.soak_until is not None and time.time() >= status.soak_until:
+            await self.next_batch(rollout)
+
+    async def roll_back(self, rollout: Rollout) -> None:
+        turned = self._turn_back(rollout)
+        if turned:
+            await self.write(rollout, nodes=turned)
+            return
+        back = [n for n in rollout.nodes if n.direction == "back"]
+        pending = [n for n in back if n.state is NodeState.pending]
+        if pending:
+            await self.start_nodes(rollout, pending, "back")
+            return
+        if all(n.state in SETTLED for n in rollout.nodes):
+            reverted = sum(1 for n in back if n.state is NodeState.reverted)
+            failed = [n.name for n in back if n.state is NodeState.failed]
+            why = f"{reverted} nodes back" + (f"; could not go back: {', '.join(failed)}" if failed else "")
+            await self.write(
+                rollout, status={"phase": Phase.rolled_back, "message": why}, decision=("rolled-back", why)
+            )

@@ -1,0 +1,265 @@
+"""One step of one node through a rollout, read from the node and decided afresh every time.
+
+A step reads what the node says now (its deployments, update state, failed units, uptime) and returns
+what to write and, at most, one action to ask of the node. Nothing is remembered between steps except
+what the node record in etcd holds, so a controller that starts in the middle of a rollout takes each
+node from where the node really is: a node already staged or already booted on the target is not
+staged again.
+
+Forward:  staging (check, stage the target) -> rebooting -> verifying (gates) -> done | failed
+Back:     staging (cancel, or roll back to the deployment it had) -> rebooting -> verifying -> reverted
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from lifsea_tui.api import ActionRequest, NodeSummary, StageRequest
+from lifsea_tui.api.models import Deployment, UpdateState
+from lifsea_tui.api.rollouts import NodeRollout, NodeState, RolloutSpec
+from lifsea_tui.client.node import NodeClient, NodeError
+
+SETTLE_SECONDS = 5.0  # a node judged this soon after boot may not have started (or failed) its units yet
+REBOOT_SLACK = 2.0
+
+
+@dataclass
+class Step:
+    """What a step decided: the node's new record, an action to take, and a line for the log."""
+
+    node: NodeRollout
+    action: tuple[str, ActionRequest] | None = None
+    decision: str | None = None  # worth a line in the rollout's log
+    changed: bool = True
+    hook: str | None = None  # a hook command to run before writing (pre or post)
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _booted(summary: NodeSummary) -> Deployment | None:
+    return next((d for d in summary.deployments.deployments if d.booted), None)
+
+
+def _pending(summary: NodeSummary) -> Deployment | None:
+    return next((d for d in summary.deployments.deployments if d.pending), None)
+
+
+def _default(summary: NodeSummary) -> Deployment | None:
+    return next((d for d in summary.deployments.deployments if d.index == 0), None)
+
+
+def action_reason(spec: RolloutSpec, node: NodeRollout, what: str) -> str:
+    """Every node action names the rollout and its batch, so the node's own audit log says why it moved;
+    going back, it names why the rollout is going back."""
+    if node.direction == "back":
+        text = f"rollout {spec.id} rolling back: {what} ({node.reason_back or spec.reason})"
+    else:
+        text = f"rollout {spec.id} batch {node.batch + 1}/{len(spec.batches())}: {what} ({spec.reason})"
+    return text[:500]
+
+
+def _update(node: NodeRollout, **changes: object) -> NodeRollout:
+    return node.model_copy(update=changes)
+
+
+def _fail(node: NodeRollout, why: str, now: float) -> Step:
+    return Step(
+        _update(node, state=NodeState.failed, reason=why, finished_at=now), decision=f"{node.name} failed: {why}"
+    )
+
+
+async def run_hook(template: str, node: str, timeout: float) -> str | None:
+    """Run a hook for `node`; None when it exited 0, else why it did not."""
+    command = template.replace("{node}", shlex.quote(node))
+    proc = await asyncio.create_subprocess_shell(
+        command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            import os
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return f"`{command}` did not finish within {timeout:.0f} s and was killed"
+    if proc.returncode != 0:
+        tail = output.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        return f"`{command}` exited {proc.returncode}: {tail[0][:200]}"
+    return None
+
+
+async def probe(template: str, node: str) -> str | None:
+    url = template.replace("{node}", node)
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            response = await http.get(url)
+    except httpx.HTTPError as error:
+        return f"probe {url}: {error or type(error).__name__}"
+    if not 200 <= response.status_code < 300:
+        return f"probe {url} answered HTTP {response.status_code}"
+    return None
+
+
+async def gates(
+    spec: RolloutSpec, node: NodeRollout, client: NodeClient, want: str, summary: NodeSummary | None = None
+) -> str | None:
+    """None when the node is healthy on `want` (a checksum), else why not."""
+    summary = summary or await client.summary()
+    booted = _booted(summary)
+    if booted is None:
+        return "the node cannot tell which deployment it booted"
+    if booted.checksum != want:
+        return f"it booted {booted.version or booted.checksum[:12]} instead of the target: the node fell back"
+    failed = set(summary.failed_units or [])
+    new = sorted(failed - set(node.baseline_failed or []))
+    if new:
+        return f"units failed that were not failed before: {', '.join(new[:5])}"
+    if spec.probe and node.direction == "forward":
+        return await probe(spec.probe, node.name)
+    return None
+
+
+async def step(spec: RolloutSpec, target: str, node: NodeRollout, client: NodeClient, now: float) -> Step | None:
+    """The next step of an in-flight node; None when there is nothing to do yet (waiting on the node)."""
+    if node.deadline is not None and now > node.deadline:
+        return _fail(node, f"no verdict before its deadline ({spec.node_deadline:.0f} s; it was {node.state})", now)
+    try:
+        if node.direction == "forward":
+            return await _forward(spec, target, node, client, now)
+        return await _back(spec, node, client, now)
+    except NodeError as error:
+        # Unreachable, refused, slow: wait (the deadline decides), but say why in the node's record.
+        why = f"waiting: {error}"
+        if node.reason == why:
+            return None
+        return Step(_update(node, reason=why), changed=True)
+
+
+async def _forward(spec: RolloutSpec, target: str, node: NodeRollout, client: NodeClient, now: float) -> Step | None:
+    if node.state is NodeState.staging:
+        if spec.pre_hook and not node.pre_hook_done:
+            return Step(_update(node, pre_hook_done=True, reason="pre hook passed"), hook=spec.pre_hook)
+        summary = await client.summary()
+        booted, pending = _booted(summary), _pending(summary)
+        if node.before_checksum is None:
+            if booted is None:
+                return None
+            return Step(
+                _update(
+                    node,
+                    before_checksum=booted.checksum,
+                    before_version=booted.version,
+                    booted_version=booted.version,
+                    baseline_failed=sorted(summary.failed_units or []),
+                    reason=f"was on {booted.version or booted.checksum[:12]}",
+                )
+            )
+        if booted is not None and booted.checksum == target:
+            return Step(_update(node, state=NodeState.verifying, reason="already booted on the target"))
+        if pending is not None and pending.checksum == target:
+            return Step(_update(node, state=NodeState.rebooting, reason="staged; rebooting"))
+        update = summary.update
+        if update.state in (UpdateState.checking, UpdateState.staging) or update.operation:
+            return None if node.reason == "staging" else Step(_update(node, reason="staging"))
+        if update.state is UpdateState.failed and node.reason == "staging":
+            return _fail(node, f"staging failed: {update.last_error or 'no detail'}", now)
+        if not any(t.checksum == target for t in update.targets):
+            request = ActionRequest(reason=action_reason(spec, node, "check for updates"))
+            return Step(_update(node, reason="checking"), action=("check", request))
+        request = StageRequest(reason=action_reason(spec, node, f"stage {spec.target_version}"), checksum=target)
+        return Step(_update(node, reason="staging"), action=("stage", request))
+    if node.state is NodeState.rebooting:
+        return await _rebooting(spec, node, client, now, f"reboot into {spec.target_version}")
+    if node.state is NodeState.verifying:
+        return await _verify(spec, node, client, target, now, NodeState.done)
+    return None
+
+
+async def _rebooting(spec: RolloutSpec, node: NodeRollout, client: NodeClient, now: float, what: str) -> Step | None:
+    if node.reboot_at is None:
+        request = ActionRequest(reason=action_reason(spec, node, what))
+        return Step(_update(node, reboot_at=now, reason="rebooting"), action=("reboot", request))
+    info = await client.node()
+    if info.uptime_seconds is not None and now - info.uptime_seconds > node.reboot_at - REBOOT_SLACK:
+        return Step(_update(node, state=NodeState.verifying, reason="booted again; checking its health"))
+    return None
+
+
+async def _verify(
+    spec: RolloutSpec, node: NodeRollout, client: NodeClient, want: str, now: float, success: NodeState
+) -> Step | None:
+    info = await client.node()
+    if info.uptime_seconds is not None and info.uptime_seconds < SETTLE_SECONDS:
+        return None
+    summary = await client.summary()
+    booted = _booted(summary)
+    why = await gates(spec, node, client, want, summary)
+    version = booted.version if booted else None
+    if why is not None:
+        return _fail(_update(node, booted_version=version), why, now)
+    if success is NodeState.done and spec.post_hook:
+        done = _update(node, state=success, reason="healthy on the target", booted_version=version, finished_at=now)
+        return Step(done, hook=spec.post_hook, decision=f"{node.name} done: healthy on {version}")
+    reason = "healthy on the target" if success is NodeState.done else f"back on {version}"
+    return Step(
+        _update(node, state=success, reason=reason, booted_version=version, finished_at=now),
+        decision=f"{node.name} {success.value}: {reason}",
+    )
+
+
+async def _back(spec: RolloutSpec, node: NodeRollout, client: NodeClient, now: float) -> Step | None:
+    before = node.before_checksum
+    if before is None:  # never touched: nothing to undo
+        return Step(_update(node, state=NodeState.skipped, reason="never moved", finished_at=now))
+    if node.state is NodeState.staging:
+        summary = await client.summary()
+        booted, pending, default = _booted(summary), _pending(summary), _default(summary)
+        if booted is not None and booted.checksum == before:
+            if pending is not None and pending.checksum != before:
+                request = ActionRequest(reason=action_reason(spec, node, "cancel the staged target"))
+                return Step(_update(node, reason="cancelling the staged target"), action=("cancel", request))
+            return Step(
+                _update(node, state=NodeState.reverted, reason="back where it was", finished_at=now),
+                decision=f"{node.name} reverted: it had not moved",
+            )
+        if default is not None and default.checksum == before:
+            return Step(_update(node, state=NodeState.rebooting, reboot_at=None, reason="rolled back; rebooting"))
+        rollback = next((d for d in summary.deployments.deployments if d.rollback), None)
+        if rollback is not None and rollback.checksum == before:
+            request = ActionRequest(reason=action_reason(spec, node, "roll back to the deployment it had"))
+            return Step(_update(node, reason="rolling back"), action=("rollback", request))
+        return _fail(node, "the deployment it ran before the rollout is no longer on the node", now)
+    if node.state is NodeState.rebooting:
+        return await _rebooting(spec, node, client, now, f"reboot back into {node.before_version}")
+    if node.state is NodeState.verifying:
+        return await _verify(spec, node, client, before, now, NodeState.reverted)
+    return None
+
+
+def started(node: NodeRollout, spec: RolloutSpec, now: float, direction: str = "forward") -> NodeRollout:
+    return _update(
+        node,
+        state=NodeState.staging,
+        direction=direction,
+        started_at=now,
+        finished_at=None,
+        deadline=now + spec.node_deadline,
+        reboot_at=None,
+        pre_hook_done=False if direction == "forward" else True,
+        reason="starting" if direction == "forward" else "going back",
+    )
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,270 @@
+"""Fleet rollouts on a real 3-node lab: nspawn machines booted from ostree, their agents, the lab's own
+etcd (TLS) and its supervised lifsea-fleetd, driven by `lifsea-tui rollout` as a script would.
+
+"Never two down at once" is checked from the lab's view of the machines (the supervisor's state of
+each nspawn machine), not from what the controller says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from lifsea_tui.api import routes
+from lifsea_tui.client import rollouts
+from lifsea_tui.client.etcd import EtcdTarget, Store
+from lifsea_tui.lab.layout import Layout
+from tests.conftest import lab, lab_missing
+
+pytestmark = pytest.mark.lab
+NODES = ["node1", "node2", "node3"]
+
+
+@pytest.fixture(scope="module")
+def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Any], dict[str, str], Layout]]:
+    missing = lab_missing()
+    if missing:
+        pytest.skip(missing)
+    root = tmp_path_factory.mktemp("lab3")
+    env = {**os.environ, "LIFSEA_LAB_DIR": str(root)}
+    started = lab(["up", "--nodes", "3"], env)
+    try:
+        assert started.returncode == 0, started.stderr
+        status = lab(["status", "--json"], env)
+        yield json.loads(status.stdout), env, Layout(root)
+    finally:
+        stopped = lab(["down", "--purge"], env)
+        assert stopped.returncode == 0, stopped.stderr
+        leftovers = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
+        assert not leftovers, f"processes left running (etcd, controller, nodes?): {leftovers}"
+
+
+def rollout_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lifsea_tui.tui.cli", "rollout", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+class DownWatcher:
+    """Samples the lab's own view of each machine ten times a second; remembers the most down at once."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.most_down = 0
+        self.went_down: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        previous: set[str] = set()
+        while not self.stop.is_set():
+            down = {name for name in NODES if self.layout.node(name).state().get("state") != "running"}
+            self.most_down = max(self.most_down, len(down))
+            self.went_down += sorted(down - previous)
+            previous = down
+            time.sleep(0.1)
+
+    def __enter__(self) -> DownWatcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def node_http(status: dict[str, Any], name: str) -> httpx.Client:
+    node = next(n for n in status["nodes"] if n["name"] == name)
+    return httpx.Client(
+        base_url=node["url"],
+        verify=ssl.create_default_context(cafile=node["ca_file"]),
+        headers={"Authorization": f"Bearer {node['tokens']['reader']}"},
+        timeout=30,
+    )
+
+
+def booted(status: dict[str, Any], name: str) -> str | None:
+    with node_http(status, name) as http:
+        listing = http.get(routes.DEPLOYMENTS).json()["deployments"]
+    return next((d["version"] for d in listing if d["booted"]), None)
+
+
+def audit_reasons(status: dict[str, Any], name: str) -> list[tuple[str, str, str]]:
+    with node_http(status, name) as http:
+        records = http.get(routes.AUDIT, params={"limit": 1000}).json()["records"]
+    return [(r["actor"], r["action"], r["reason"] or "") for r in records if r["outcome"] == "ok"]
+
+
+class Watch:
+    """The rollout as etcd holds it, read with the console's credentials."""
+
+    def __init__(self, status: dict[str, Any], rollout_id: str) -> None:
+        self.target = EtcdTarget.from_json(status["etcd"], "console")
+        self.rollout_id = rollout_id
+
+    async def until(self, check: Any, timeout: float, what: str) -> rollouts.Rollout:
+        store = Store(self.target)
+        deadline = time.monotonic() + timeout
+        found = None
+        try:
+            while time.monotonic() < deadline:
+                found = await rollouts.read(store, self.rollout_id)
+                if found is not None and check(found):
+                    return found
+                await asyncio.sleep(0.2)
+        finally:
+            await store.aclose()
+        raise AssertionError(f"timed out waiting for {what}; last: {found.summary() if found else None}")
+
+
+def kill_controller(layout: Layout) -> int:
+    """SIGKILL the lab's controller; the supervisor starts a new one, as systemd would."""
+    pid_file = layout.root / "fleetd.pid"
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while int(pid_file.read_text()) == pid:
+        assert time.monotonic() < deadline, "the supervisor did not restart the controller"
+        time.sleep(0.1)
+    return pid
+
+
+async def test_rolling_upgrade_and_rollback_survive_killed_controllers_and_a_frozen_store(lab3) -> None:
+    status, env, layout = lab3
+    before = {name: booted(status, name) for name in NODES}
+    published = lab(["publish", "--version", "2.1"], env)
+    assert published.returncode == 0, published.stderr
+    started = rollout_cli(
+        env, "start", "--version", "2.1", "--canary", "1", "--max-unavailable", "1", "--soak", "3",
+        "--reason", "CHG-21 move the fleet to 2.1", "--json",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    rollout_id = json.loads(started.stdout)["id"]
+    watch = Watch(status, rollout_id)
+    killed = []
+    with DownWatcher(layout) as watcher:
+        # SIGKILL the controller in each phase a node passes through, and while a batch soaks.
+        for node, state in (("node1", "staging"), ("node2", "rebooting"), ("node3", "verifying")):
+            await watch.until(lambda r, n=node, s=state: r.node(n).state.value == s, 180, f"{node} {state}")
+            killed.append(kill_controller(layout))
+            if node == "node1":
+                await watch.until(lambda r: r.status.phase.value == "soaking", 180, "soaking")
+                killed.append(kill_controller(layout))
+        done = await watch.until(lambda r: r.status.phase.value == "completed", 240, "completed")
+    assert len(set(killed)) == 4
+    assert watcher.most_down == 1, f"{watcher.most_down} machines were down at once"
+    assert watcher.went_down[:3] == ["node1", "node2", "node3"], watcher.went_down
+    assert {n.name: (n.state.value, n.booted_version) for n in done.nodes} == {n: ("done", "2.1") for n in NODES}
+    assert {name: booted(status, name) for name in NODES} == dict.fromkeys(NODES, "2.1")
+    for name in NODES:
+        moved = [(a, r) for actor, a, r in audit_reasons(status, name) if actor == "lifsea-fleetd"]
+        actions = [action for action, reason in moved if rollout_id in reason]
+        assert "upgrade.stage" in actions and "reboot" in actions, moved
+        assert actions.count("upgrade.stage") == 1, f"{name} was staged twice: {moved}"
+    decisions = [(e.kind, e.action) for e in done.log]
+    assert decisions[0] == ("intent", "start") and decisions[-1] == ("decision", "completed")
+
+    # Roll the whole fleet back, and freeze the store for a while in the middle of it.
+    back = rollout_cli(env, "rollback", rollout_id, "--reason", "CHG-21 back out")
+    assert back.returncode == 0, back.stderr
+    etcd_pid = next(int(p) for p in subprocess.run(["pgrep", "-f", f"{layout.etcd_dir}/etcd1/data"],
+                                                   capture_output=True, text=True).stdout.split())  # fmt: skip
+    with DownWatcher(layout) as watcher:
+        await watch.until(lambda r: r.node("node1").state.value == "reverted", 180, "node1 reverted")
+        seen = len((layout.root / "fleetd.log").read_text())
+        os.kill(etcd_pid, signal.SIGSTOP)
+        try:
+            time.sleep(8)
+            log = (layout.root / "fleetd.log").read_text()[seen:]
+            assert "not dispatching: store" in log, log[-2000:]
+            answer = rollout_cli(env, "status", rollout_id)
+            assert answer.returncode == 3 and "did not answer" in answer.stderr, answer
+        finally:
+            os.kill(etcd_pid, signal.SIGCONT)
+        done = await watch.until(lambda r: r.status.phase.value == "rolled-back", 300, "rolled back")
+    assert watcher.most_down == 1, f"{watcher.most_down} machines were down at once"
+    assert {n.name: n.state.value for n in done.nodes} == dict.fromkeys(NODES, "reverted")
+    assert {name: booted(status, name) for name in NODES} == before
+    reasons = [r for actor, a, r in audit_reasons(status, "node3") if actor == "lifsea-fleetd" and a == "rollback"]
+    assert reasons and "CHG-21 back out" in reasons[-1]
+
+
+async def test_a_bad_canary_stops_the_rollout_and_no_other_node_moves(lab3) -> None:
+    status, env, _ = lab3
+    before = {name: booted(status, name) for name in NODES}
+    published = lab(["publish", "--version", "3.0-bad", "--bad"], env)
+    assert published.returncode == 0, published.stderr
+    first = rollout_cli(env, "start", "--version", "3.0-bad", "--reason", "CHG-30 storage driver", "--json")
+    assert first.returncode == 0, first.stderr
+    rollout_id = json.loads(first.stdout)["id"]
+    paused = await Watch(status, rollout_id).until(lambda r: r.status.phase.value == "paused", 180, "paused")
+    canary = paused.node("node1")
+    assert canary.state.value == "failed" and "lifsea-storage.service" in canary.reason
+    assert "canary node1 failed" in paused.status.message
+    assert [paused.node(n).state.value for n in ("node2", "node3")] == ["pending", "pending"]
+    assert booted(status, "node2") == before["node2"] and booted(status, "node3") == before["node3"]
+    for name in ("node2", "node3"):
+        assert not [r for actor, _, r in audit_reasons(status, name) if rollout_id in r], f"{name} was touched"
+
+    # While it holds the nodes, a second rollout on them is refused.
+    second = rollout_cli(env, "start", "--version", "3.0-bad", "--reason", "again")
+    assert second.returncode == 1 and "in a rollout that has not finished" in second.stderr
+
+    # Rolling it back takes the canary back; then, with --on-failure rollback, the controller does it alone.
+    assert rollout_cli(env, "rollback", rollout_id, "--reason", "CHG-30 bad driver").returncode == 0
+    await Watch(status, rollout_id).until(lambda r: r.status.phase.value == "rolled-back", 180, "rolled back")
+    assert booted(status, "node1") == before["node1"]
+    auto = rollout_cli(
+        env, "start", "--version", "3.0-bad", "--on-failure", "rollback", "--reason", "CHG-31 try again", "--json"
+    )
+    assert auto.returncode == 0, auto.stderr
+    auto_id = json.loads(auto.stdout)["id"]
+    gone_back = await Watch(status, auto_id).until(lambda r: r.status.phase.value == "rolled-back", 240, "auto")
+    assert {n.name: n.state.value for n in gone_back.nodes} == {
+        "node1": "reverted",
+        "node2": "skipped",
+        "node3": "skipped",
+    }
+    assert {name: booted(status, name) for name in NODES} == before
+
+
+def test_bad_requests_are_refused_clearly(lab3) -> None:
+    status, env, _ = lab3
+    cases = [
+        (["--version", "1.1", "--max-unavailable", "0"], 2, "at least 1"),
+        (["--version", "1.1", "--max-unavailable", "lots"], 2, "a count"),
+        (["--version", "1.1", "--nodes", "node1,nodeX"], 2, "unknown nodes: nodeX"),
+        (["--version", "1.1", "--nodes", ""], 2, "no nodes"),
+        (["--version", "1.1", "--reason", " "], 2, "reason"),
+    ]
+    for args, code, text in cases:
+        full = [*args] if "--reason" in args else [*args, "--reason", "CHG-0"]
+        answer = rollout_cli(env, "start", *full)
+        assert answer.returncode == code and text in answer.stderr, (args, answer)
+    assert rollout_cli(env, "status", "r-nope").returncode == 1
+    unknown = rollout_cli(env, "start", "--version", "9.9", "--reason", "CHG-99", "--json")
+    assert unknown.returncode == 0, unknown.stderr
+    refused = asyncio.run(
+        Watch(status, json.loads(unknown.stdout)["id"]).until(
+            lambda r: r.status.phase.value == "aborted", 120, "the unknown version refused"
+        )
+    )
+    assert "unknown version 9.9" in refused.status.message and "1.0" in refused.status.message
+    assert all(n.state.value == "skipped" for n in refused.nodes)
