@@ -100,16 +100,23 @@ def from_file(path: Path) -> list[NodeTarget]:
     return parse(data, str(path), path.parent)
 
 
-def from_lab(role: str = "operator", lab_dir: Path | None = None) -> list[NodeTarget]:
-    """The running lab's nodes, as `lifsea-lab status --json` describes them; `role` "controller" takes
-    the fleet controller's own token."""
+def lab_status(lab_dir: Path | None = None) -> dict[str, Any]:
+    """`lifsea-lab status --json` of the running lab: its nodes, etcd and controller."""
     command = [sys.executable, "-m", "lifsea_tui.lab.cli"]
     if lab_dir is not None:
         command += ["--dir", str(lab_dir)]
     result = subprocess.run([*command, "status", "--json"], capture_output=True, text=True, timeout=30)
     if result.returncode != 0 or not result.stdout.strip():
         raise InventoryError("no running lab (start one with `lifsea-lab up`, or give --inventory FILE)")
-    status = json.loads(result.stdout)
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+def from_lab(
+    role: str = "operator", lab_dir: Path | None = None, status: dict[str, Any] | None = None
+) -> list[NodeTarget]:
+    """The running lab's nodes; `role` "controller" takes the fleet controller's own token."""
+    status = status or lab_status(lab_dir)
     return [
         NodeTarget(
             name=node["name"],

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,24 +56,13 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _lab(lab_dir: Path | None) -> dict[str, object]:
-    command = [sys.executable, "-m", "lifsea_tui.lab.cli"]
-    if lab_dir is not None:
-        command += ["--dir", str(lab_dir)]
-    result = subprocess.run([*command, "status", "--json"], capture_output=True, text=True, timeout=30)
-    if result.returncode != 0 or not result.stdout.strip():
-        raise SystemExit("lifsea-fleetd: no running lab; give --inventory and --etcd")
-    data: dict[str, object] = json.loads(result.stdout)
-    return data
-
-
 def resolve(args: argparse.Namespace) -> tuple[EtcdTarget, dict[str, NodeTarget]]:
-    lab = None if (args.inventory and args.etcd) else _lab(args.lab_dir)
+    lab = None if (args.inventory and args.etcd) else inventory.lab_status(args.lab_dir)
     if args.inventory:
         nodes = inventory.from_file(args.inventory)
     else:
         assert lab is not None
-        nodes = inventory.from_lab("controller", lab_dir=args.lab_dir)
+        nodes = inventory.from_lab("controller", status=lab)
     if args.etcd:
         target = EtcdTarget(
             endpoints=tuple(args.etcd.split(",")),
@@ -86,12 +73,15 @@ def resolve(args: argparse.Namespace) -> tuple[EtcdTarget, dict[str, NodeTarget]
         )
     else:
         assert lab is not None
-        target = EtcdTarget.from_json(lab["etcd"], USER)  # type: ignore[arg-type]
+        target = EtcdTarget.from_json(lab["etcd"], USER)
     return target, {node.name: node for node in nodes}
 
 
 async def serve(args: argparse.Namespace) -> None:
-    target, nodes = resolve(args)
+    try:
+        target, nodes = resolve(args)
+    except inventory.InventoryError as error:
+        raise SystemExit(f"lifsea-fleetd: {error}") from None
     store = Store(target)
     controller = Controller(store, nodes, ident=args.id, lease_ttl=args.lease_ttl, tick=args.tick)
     stop = asyncio.Event()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.content import Content
 from textual.notifications import SeverityLevel
+from textual.screen import Screen
 from textual.theme import Theme
 
 from lifsea_tui.api import OpsSession, OpsSessionRequest
+from lifsea_tui.client.etcd import EtcdTarget, Store
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.netloop import NetworkLoop
 from lifsea_tui.tui import locations
@@ -23,6 +26,7 @@ from lifsea_tui.tui.screens.failed import FailedUnitsScreen
 from lifsea_tui.tui.screens.fleet import FleetScreen
 from lifsea_tui.tui.screens.logs import LogsScreen
 from lifsea_tui.tui.screens.node import NodeScreen
+from lifsea_tui.tui.screens.rollouts import RolloutsScreen
 from lifsea_tui.tui.screens.shell import ShellScreen
 from lifsea_tui.tui.themes import CONSOLE_VARIABLES, load_themes
 
@@ -42,11 +46,18 @@ class LifseaApp(App[None]):
     ]
 
     def __init__(
-        self, fleet: Fleet, *, read_only: bool = False, refresh_interval: float = 5.0, events_limit: int = EVENTS_LIMIT
+        self,
+        fleet: Fleet,
+        *,
+        read_only: bool = False,
+        refresh_interval: float = 5.0,
+        events_limit: int = EVENTS_LIMIT,
+        rollout_store: EtcdTarget | None = None,
     ) -> None:
         super().__init__()
         self.fleet = fleet
         self.net = NetworkLoop()
+        self.rollout_store = Store(rollout_store) if rollout_store is not None else None
         self.read_only = read_only
         self.refresh_interval = refresh_interval
         self.events_limit = events_limit
@@ -132,6 +143,13 @@ class LifseaApp(App[None]):
     def open_player(self, recording: Cast, name: str) -> None:
         self.push_screen(PlayerScreen(recording, name))
 
+    def open_rollouts(self, nodes: list[str] | None = None) -> None:
+        self.push_screen(RolloutsScreen(nodes))
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Rollouts", "Fleet rollouts: start one, watch it, pause, roll back", self.open_rollouts)
+
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):
             self.action_hide_help_panel()
@@ -141,4 +159,6 @@ class LifseaApp(App[None]):
     async def on_unmount(self) -> None:
         await self.net.cancel_all()
         await self.net.run(self.fleet.aclose())
+        if self.rollout_store is not None:
+            await self.net.run(self.rollout_store.aclose())
         self.net.stop()

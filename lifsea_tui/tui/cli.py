@@ -11,6 +11,7 @@ from pathlib import Path
 from lifsea_tui import __version__
 from lifsea_tui.api import OpsAccess
 from lifsea_tui.client import inventory
+from lifsea_tui.client.etcd import EtcdTarget
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.heads import AuditHeads
 from lifsea_tui.client.node import NodeTarget
@@ -18,12 +19,37 @@ from lifsea_tui.tui import locations
 
 
 def targets_from(args: argparse.Namespace) -> list[NodeTarget]:
+    return sources(args)[0]
+
+
+def sources(args: argparse.Namespace) -> tuple[list[NodeTarget], EtcdTarget | None]:
+    """The nodes, and the fleet store (etcd) when there is one: --etcd, else the lab's when the nodes are."""
+    store = None
+    if getattr(args, "etcd", None):
+        store = EtcdTarget(
+            endpoints=tuple(args.etcd.split(",")),
+            ca_file=args.etcd_ca,
+            cert_file=args.etcd_cert,
+            key_file=args.etcd_key,
+            server_name=args.etcd_server_name,
+        )
     if args.inventory is not None:
-        return inventory.from_file(args.inventory)
+        return inventory.from_file(args.inventory), store
     config = locations.config_file()
     if config.exists():
-        return inventory.from_file(config)
-    return inventory.from_lab(role=args.lab_role, lab_dir=args.lab_dir)
+        return inventory.from_file(config), store
+    status = inventory.lab_status(args.lab_dir)
+    if store is None and "etcd" in status:
+        store = EtcdTarget.from_json(status["etcd"], "console")
+    return inventory.from_lab(role=args.lab_role, status=status), store
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--etcd", help="the fleet store's etcd members, host:port[,...] (default: the lab's)")
+    parser.add_argument("--etcd-ca", type=Path, help="CA of the members' certificates")
+    parser.add_argument("--etcd-cert", type=Path, help="your client certificate for etcd")
+    parser.add_argument("--etcd-key", type=Path, help="its key")
+    parser.add_argument("--etcd-server-name", help="the name in the members' certificates, if not the address")
 
 
 def raise_open_file_limit() -> None:
@@ -139,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         help="follow every node's event stream up to this many nodes; larger fleets are polled only (default 200)",
     )
     add_inventory_options(parser)
+    add_store_options(parser)
     args = parser.parse_args(argv)
     try:
-        targets = targets_from(args)
+        targets, store = sources(args)
     except inventory.InventoryError as error:
         print(f"lifsea-tui: {error}", file=sys.stderr)
         return 2
@@ -157,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         read_only=args.read_only,
         refresh_interval=args.refresh,
         events_limit=args.events_limit,
+        rollout_store=store,
     ).run()
     return 0
 

@@ -12,6 +12,7 @@ to a length the layout can carry.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from rich.style import Style
@@ -59,6 +60,12 @@ def plain(value: Any, style: str | Style = "", *, limit: int = LINE_LIMIT, multi
     """`value` as a Text that shows exactly its characters: never parsed as markup, nothing raw."""
     text = "" if value is None else str(value)
     return Text(visible(_cut(text, limit), keep_newlines=multiline), style=style)
+
+
+def plain_lines(lines: Iterable[Any], style: str | Style = "", *, limit: int = LINE_LIMIT) -> Text:
+    """Lines the console composed (each may carry node text) as one Text: line breaks where the console put
+    them, and a newline inside one line shown as ␊ like any other control character."""
+    return Text("\n").join(plain(line, style, limit=limit) for line in lines)
 
 
 def sanitized(text: Text, *, limit: int = LINE_LIMIT) -> Text:

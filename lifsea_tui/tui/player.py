@@ -20,7 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static
 
 from lifsea_tui.tui.cast import Cast, parse, size_of
-from lifsea_tui.tui.plain import plain, visible
+from lifsea_tui.tui.plain import plain_lines, visible
 from lifsea_tui.tui.terminal import TerminalView
 
 SPEEDS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
@@ -78,9 +78,7 @@ class PlayerScreen(Screen[None]):
         lines = [f"⚠ {item}" for item in findings]
         if rewrites:
             lines.append(f"redraws (check the transcript, t): {rewrites}")
-        yield Static(
-            plain("\n".join(lines) or "no findings: the stream does nothing unusual", multiline=True), id="findings"
-        )
+        yield Static(plain_lines(lines or ["no findings: the stream does nothing unusual"]), id="findings")
         with Horizontal(id="stage"):
             yield TerminalView(cast.width, cast.height, id="screen")
             yield RichLog(id="transcript", wrap=True, markup=False, max_lines=20000)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -22,43 +19,24 @@ from lifsea_tui.api.rollouts import Intent, OnFailure, Rollout, RolloutSpec
 from lifsea_tui.client import inventory
 from lifsea_tui.client import rollouts as store_keys
 from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
+from lifsea_tui.tui.cli import add_inventory_options, add_store_options, sources
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
-ETCD_USER = "console"
 
 
 class Usage(Exception):
     pass
 
 
-def lab_status(lab_dir: Path | None) -> dict[str, Any]:
-    command = [sys.executable, "-m", "lifsea_tui.lab.cli"]
-    if lab_dir is not None:
-        command += ["--dir", str(lab_dir)]
-    result = subprocess.run([*command, "status", "--json"], capture_output=True, text=True, timeout=30)
-    if result.returncode != 0 or not result.stdout.strip():
-        raise Usage("no running lab to take etcd from; give --etcd (and --etcd-ca, --etcd-cert, --etcd-key)")
-    data: dict[str, Any] = json.loads(result.stdout)
-    return data
-
-
 def etcd_target(args: argparse.Namespace) -> EtcdTarget:
-    if args.etcd:
-        return EtcdTarget(
-            endpoints=tuple(args.etcd.split(",")),
-            ca_file=args.etcd_ca,
-            cert_file=args.etcd_cert,
-            key_file=args.etcd_key,
-            server_name=args.etcd_server_name,
-        )
-    return EtcdTarget.from_json(lab_status(args.lab_dir)["etcd"], ETCD_USER)
+    _, store = sources(args)
+    if store is None:
+        raise Usage("no fleet store: give --etcd (and --etcd-ca, --etcd-cert, --etcd-key), or run the lab")
+    return store
 
 
 def plan(args: argparse.Namespace) -> RolloutSpec:
-    if args.inventory is not None:
-        known = [target.name for target in inventory.from_file(args.inventory)]
-    else:
-        known = [target.name for target in inventory.from_lab("reader", lab_dir=args.lab_dir)]
+    known = [target.name for target in sources(args)[0]]
     nodes = [name for name in (args.nodes or "").split(",") if name] if args.nodes is not None else known
     if not nodes:
         raise Usage("no nodes to roll out to")
@@ -148,13 +126,8 @@ def parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    common.add_argument("--lab-dir", type=Path, help="the lab whose etcd and nodes to use (the default)")
-    common.add_argument("--inventory", type=Path, help="the nodes, when not the lab's")
-    common.add_argument("--etcd", help="etcd members host:port[,...] (default: the lab's)")
-    common.add_argument("--etcd-ca", type=Path)
-    common.add_argument("--etcd-cert", type=Path)
-    common.add_argument("--etcd-key", type=Path)
-    common.add_argument("--etcd-server-name")
+    add_inventory_options(common)
+    add_store_options(common)
     actions = top.add_subparsers(dest="action", required=True)
     start = actions.add_parser("start", parents=[common], help="start a rollout; prints its id")
     start.add_argument("--version", required=True, help="the target version")

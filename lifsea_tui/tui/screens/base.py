@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from lifsea_tui.api import OpsSession, OpsSessionRequest
+from lifsea_tui.client.etcd import Store
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.netloop import NetworkLoop
 from lifsea_tui.tui.cast import Cast
@@ -35,6 +36,7 @@ class ShellClosed:
 class Console(Protocol):
     fleet: Fleet
     net: NetworkLoop
+    rollout_store: Store | None  # etcd, where rollouts live; None when the console was given none
     read_only: bool
     refresh_interval: float
     events_limit: int
@@ -62,6 +64,8 @@ class Console(Protocol):
     ) -> None: ...
 
     def open_player(self, recording: Cast, name: str) -> None: ...
+
+    def open_rollouts(self, nodes: list[str] | None = None) -> None: ...
 
 
 class ConsoleScreen(Screen[ResultT]):

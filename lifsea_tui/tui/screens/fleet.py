@@ -70,6 +70,7 @@ class FleetScreen(ConsoleScreen[None]):
         Binding("o", "sort", "Sort", id="fleet-sort"),
         Binding("F", "failed", "Failed units", id="fleet-failed"),
         Binding("d", "debug", "Debug", id="fleet-debug"),
+        Binding("R", "rollouts", "Rollouts", id="fleet-rollouts"),
     ]
     DEFAULT_CSS = """
     FleetScreen {
@@ -325,6 +326,10 @@ class FleetScreen(ConsoleScreen[None]):
     def action_refresh_now(self) -> None:
         refresh = self.lifsea.fleet.refresh(force=True, on_result=self._changed)
         self.run_worker(self.lifsea.net.run(refresh), group="fleet-manual", exit_on_error=False)
+
+    def action_rollouts(self) -> None:
+        """Rollouts; a new one moves the selected nodes, or every node when none is selected."""
+        self.lifsea.open_rollouts(sorted(self.selected) or None)
 
     def action_debug(self) -> None:
         """The runbooks' first checks on the selected nodes, or on every node when none is selected."""

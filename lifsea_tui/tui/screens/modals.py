@@ -41,17 +41,19 @@ class ReasonModal(ModalScreen[str | None]):
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="modal-cancel")]
 
-    def __init__(self, action: str, nodes: list[str]) -> None:
+    def __init__(self, action: str, nodes: list[str], *, title: str | None = None, noun: str = "node") -> None:
         super().__init__()
         self.action_name = action
         self.nodes = nodes
+        self.title_text = title or ACTION_TEXT.get(action, action)
+        self.noun = noun
 
     def compose(self) -> ComposeResult:
         count = len(self.nodes)
         shown = ", ".join(self.nodes[:6]) + (f" and {count - 6} more" if count > 6 else "")
         with Vertical():
-            yield Label(plain(ACTION_TEXT.get(self.action_name, self.action_name)), id="title")
-            yield Static(plain(f"on {count} node{'s' if count != 1 else ''}: {shown}"), id="nodes")
+            yield Label(plain(self.title_text), id="title")
+            yield Static(plain(f"on {count} {self.noun}{'s' if count != 1 else ''}: {shown}"), id="nodes")
             yield Input(placeholder="reason (required; written to each node's audit log)", id="reason", max_length=500)
             yield Static("", id="problem")
             yield Static("enter confirm · esc cancel", id="keys")

@@ -10,7 +10,7 @@ from textual.widgets import Static
 from lifsea_tui.api import AuditPage, EventKind
 from lifsea_tui.client.node import NodeError
 from lifsea_tui.tui.keys import hints, key_of
-from lifsea_tui.tui.plain import plain
+from lifsea_tui.tui.plain import plain, plain_lines
 from lifsea_tui.tui.tables import PlainTable
 from lifsea_tui.tui.widgets.node.base import NodeTab, when
 
@@ -106,4 +106,4 @@ class AuditTab(NodeTab):
         problems += [
             f"✗ recording {bad.id} (sealed in record {bad.audit_seq}): {bad.problem}" for bad in result.bad_recordings
         ]
-        verdict.update(plain("\n".join(problems), self.lifsea.colour("node-down"), multiline=True))
+        verdict.update(plain_lines(problems, self.lifsea.colour("node-down")))

@@ -1,0 +1,461 @@
+"""Rollouts: every fleet rollout from etcd, the chosen one live (progress, each node and why, the
+decisions log, an ETA), a form to start one with a preview, and keys to steer it.
+
+The screen only reads etcd and writes intents there; lifsea-fleetd does the work. Closing the console
+(or killing it) changes nothing about a rollout.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Select, Static
+
+from lifsea_tui.api.rollouts import FINISHED, Intent, NodeState, OnFailure, Rollout, RolloutSpec
+from lifsea_tui.client import rollouts as store_keys
+from lifsea_tui.client.etcd import StoreUnavailable
+from lifsea_tui.tui.plain import plain, plain_lines
+from lifsea_tui.tui.screens.base import ConsoleScreen
+from lifsea_tui.tui.screens.modals import ReasonModal
+from lifsea_tui.tui.tables import PlainTable
+
+POLL = 1.0
+LOG_LINES = 8
+STATE_STYLE = {
+    NodeState.done: "node-ok",
+    NodeState.reverted: "node-ok",
+    NodeState.failed: "node-down",
+    NodeState.staging: "pending",
+    NodeState.rebooting: "pending",
+    NodeState.verifying: "pending",
+}
+INTENT_TEXT = {
+    "pause": "Pause the rollout (nodes in flight finish; nothing new starts)",
+    "resume": "Resume the rollout",
+    "abort": "Abort the rollout (nodes in flight finish; the rest are skipped)",
+    "rollback": "ROLL BACK every node the rollout moved, rolling",
+}
+
+
+def progress_of(rollout: Rollout) -> tuple[int, int]:
+    """Nodes settled, of the nodes this phase moves."""
+    back = [n for n in rollout.nodes if n.direction == "back"]
+    moving = back if back else rollout.nodes
+    settled = sum(
+        1 for n in moving if n.state in (NodeState.done, NodeState.failed, NodeState.skipped, NodeState.reverted)
+    )
+    return settled, len(moving)
+
+
+def eta(rollout: Rollout, now: float) -> str:
+    """From the measured time of the nodes that finished: what is left, at max_unavailable at a time."""
+    spans = [n.finished_at - n.started_at for n in rollout.nodes if n.started_at and n.finished_at]
+    if rollout.status.phase in FINISHED:
+        return ""
+    settled, total = progress_of(rollout)
+    if not spans or settled >= total:
+        return "ETA: after the first node"
+    per_node = sum(spans) / len(spans)
+    batches_left = -(-(total - settled) // rollout.spec.max_unavailable)
+    soak = rollout.spec.soak * batches_left
+    seconds = int(per_node * batches_left + soak)
+    return f"ETA ~{seconds // 60} min {seconds % 60:02d} s ({per_node:.0f} s a node)"
+
+
+class NewRolloutModal(ModalScreen[RolloutSpec | None]):
+    """The form for a new rollout, with a preview of what it will do before anything is written."""
+
+    DEFAULT_CSS = """
+    NewRolloutModal {
+        align: center middle;
+        & > Vertical {
+            width: 100; height: auto; max-height: 95%; padding: 1 2; overflow-y: auto;
+            border: thick $warning; background: $panel;
+        }
+        #title { text-style: bold; color: $warning; margin-bottom: 1; }
+        .row { height: 1; margin-bottom: 1; }
+        .row Label { width: 30; color: $text-muted; }
+        .row Input, .row Select { width: 1fr; }
+        #preview { color: $text; height: auto; margin-top: 1; }
+        #problem { color: $error; height: auto; }
+        #keys { color: $text-muted; margin-top: 1; }
+    }
+    """
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="rollout-form-cancel")]
+
+    def __init__(self, nodes: list[str], booted: dict[str, str | None], offered: dict[str, str]) -> None:
+        super().__init__()
+        self.nodes = nodes
+        self.booted = booted
+        self.offered = offered  # version -> what the update server says of it (its diff)
+
+    def compose(self) -> ComposeResult:
+        newest = next(iter(self.offered), "")
+        fields = (
+            ("version", "Target version", newest),
+            ("max-unavailable", "Max unavailable (3 or 10%)", "1"),
+            ("canary", "Canary nodes (first, alone)", "1"),
+            ("soak", "Soak after each batch (s)", "0"),
+        )
+        with Vertical():
+            yield Label(plain(f"New rollout on {len(self.nodes)} node(s)"), id="title")
+            for key, label, value in fields:
+                with Horizontal(classes="row"):
+                    yield Label(label)
+                    yield Input(value=value, id=key, max_length=128, compact=True)
+            with Horizontal(classes="row"):
+                yield Label("When a node fails")
+                yield Select(
+                    [("pause the rollout", "pause"), ("roll back what it moved", "rollback")],
+                    value="pause",
+                    allow_blank=False,
+                    id="on-failure",
+                    compact=True,
+                )
+            with Horizontal(classes="row"):
+                yield Label("Reason (required)")
+                yield Input(
+                    placeholder="in the rollout's log and each node's audit log",
+                    id="reason",
+                    max_length=500,
+                    compact=True,
+                )
+            yield Static("", id="preview")
+            yield Static("", id="problem")
+            yield Static("tab next field · enter start · esc cancel", id="keys")
+
+    def on_mount(self) -> None:
+        self.query_one("#reason", Input).focus()
+        self._preview()
+
+    def build(self) -> RolloutSpec:
+        """The spec the form describes; ValueError says what is wrong, in the person's words."""
+        total = len(self.nodes)
+        value = {key: self.query_one(f"#{key}", Input).value.strip() for key in ("version", "canary", "soak")}
+        try:
+            canary, soak = int(value["canary"] or 0), float(value["soak"] or 0)
+        except ValueError:
+            raise ValueError("canary is a count of nodes and soak a number of seconds") from None
+        max_unavailable = store_keys.parse_max_unavailable(self.query_one("#max-unavailable", Input).value, total)
+        try:
+            return RolloutSpec(
+                id=store_keys.new_id(),
+                target_version=value["version"],
+                nodes=self.nodes,
+                canary=max(0, min(canary, total)),
+                max_unavailable=max_unavailable,
+                soak=soak,
+                on_failure=OnFailure(str(self.query_one("#on-failure", Select).value)),
+                reason=self.query_one("#reason", Input).value.strip() or "-",
+                created_by=store_keys.who(),
+                created_at=datetime.now(UTC),
+            )
+        except ValidationError as error:
+            problem = error.errors()[0]
+            raise ValueError(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}") from None
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _preview(self) -> None:
+        preview = self.query_one("#preview", Static)
+        try:
+            spec = self.build()
+        except ValueError as error:
+            preview.update(plain(f"Preview: {error}"))
+            return
+        lines = [f"Preview: {len(spec.nodes)} nodes in {len(spec.batches())} batches, {spec.max_unavailable} at a time"]
+        for index, batch in enumerate(spec.batches()[:6]):
+            moves = ", ".join(f"{name} ({self.booted.get(name) or '?'} → {spec.target_version})" for name in batch[:4])
+            more = f" and {len(batch) - 4} more" if len(batch) > 4 else ""
+            label = "canary" if index == 0 and spec.canary else f"batch {index + 1}"
+            lines.append(f"  {label}: {moves}{more}")
+        if len(spec.batches()) > 6:
+            lines.append(f"  … {len(spec.batches()) - 6} more batches")
+        if spec.target_version in self.offered:
+            lines.append(f"  {spec.target_version}: {self.offered[spec.target_version]}")
+        elif self.offered:
+            lines.append(
+                f"  {spec.target_version} is not offered now (offered: {', '.join(self.offered)}); "
+                "the controller refuses an unknown version"
+            )
+        preview.update(plain_lines(lines))
+
+    @on(Input.Submitted)
+    def confirm(self) -> None:
+        problem = self.query_one("#problem", Static)
+        if not self.query_one("#reason", Input).value.strip():
+            problem.update("A reason is required: it goes into the rollout's log and every node's audit log.")
+            self.query_one("#reason", Input).focus()
+            return
+        try:
+            spec = self.build()
+        except ValueError as error:
+            problem.update(plain(str(error)))
+            return
+        self.dismiss(spec)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class RolloutsScreen(ConsoleScreen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", id="rollouts-back"),
+        Binding("n", "act('new')", "New rollout", id="rollouts-new"),
+        Binding("p", "act('pause')", "Pause", id="rollouts-pause"),
+        Binding("u", "act('resume')", "Resume", id="rollouts-resume"),
+        Binding("A", "act('abort')", "Abort", id="rollouts-abort"),
+        Binding("b", "act('rollback')", "Roll back", id="rollouts-rollback"),
+    ]
+    DEFAULT_CSS = """
+    RolloutsScreen {
+        #store-line, #detail-head { height: auto; padding: 0 1; background: $panel; }
+        #rollouts { height: auto; max-height: 8; }
+        #overall { padding: 0 1; }
+        #rollout-nodes { height: 1fr; }
+        #decisions { height: auto; max-height: 10; padding: 0 1; color: $text-muted; }
+    }
+    """
+
+    def __init__(self, nodes: list[str] | None = None) -> None:
+        """`nodes`: what a new rollout moves (the fleet's selection), every node when None."""
+        super().__init__()
+        self.nodes = nodes
+        self.rollouts: list[Rollout] = []
+        self.chosen: str | None = None
+        self.problem: str | None = None
+        self._shown: tuple[object, ...] = ()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="store-line")
+        table = PlainTable(id="rollouts", cursor_type="row")
+        for key, label, width in (
+            ("id", "Rollout", 24),
+            ("phase", "Phase", 12),
+            ("target", "Target", 10),
+            ("progress", "Nodes", 8),
+            ("by", "Started by", 18),
+            ("message", "Why", 50),
+        ):
+            table.add_column(label, key=key, width=width)
+        yield table
+        yield Static("", id="detail-head")
+        yield ProgressBar(id="overall", show_eta=False)
+        nodes = PlainTable(id="rollout-nodes", cursor_type="row", zebra_stripes=True)
+        for key, label, width in (
+            ("name", "Node", 14),
+            ("batch", "Batch", 5),
+            ("state", "State", 10),
+            ("booted", "Booted", 10),
+            ("why", "Why", 70),
+        ):
+            nodes.add_column(label, key=key, width=width)
+        yield nodes
+        yield Static("", id="decisions")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "rollouts"
+        self.query_one("#rollouts", DataTable).focus()
+        if self.lifsea.rollout_store is None:
+            self.query_one("#store-line", Static).update(
+                "No fleet store: rollouts need etcd. Start the console on the lab, or give --etcd (see README)."
+            )
+            return
+        self.poll()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "act" and self.lifsea.rollout_store is None:
+            return False
+        return super().check_action(action, parameters)
+
+    @work(exclusive=True, group="rollouts-poll", exit_on_error=False)
+    async def poll(self) -> None:
+        import asyncio
+
+        store = self.lifsea.rollout_store
+        assert store is not None
+        while True:
+            try:
+                self.rollouts = await self.lifsea.net.run(store_keys.read_all(store))
+                self.problem = None
+            except StoreUnavailable as error:
+                self.problem = str(error)
+            self._show()
+            await asyncio.sleep(POLL)
+
+    def _show(self) -> None:
+        store = self.lifsea.rollout_store
+        running = [r for r in self.rollouts if r.status.phase not in FINISHED]
+        if self.problem:
+            line = plain(
+                f"✗ store unreachable: {self.problem} (what is shown is the last read)", self.lifsea.colour("node-down")
+            )
+        else:
+            members = len(store.target.endpoints) if store else 0
+            where = f"etcd ({members} member{'' if members == 1 else 's'})"
+            count = len(self.rollouts)
+            line = plain(
+                f"store: {where} · {count} rollout{'' if count == 1 else 's'} · {len(running)} not finished · "
+                "↑↓ chooses one · n starts one"
+            )
+        self.query_one("#store-line", Static).update(line)
+        table = self.query_one("#rollouts", DataTable)
+        rows = [
+            (
+                r.spec.id,
+                r.status.phase.value,
+                r.spec.target_version,
+                "{}/{}".format(*progress_of(r)),
+                r.spec.created_by,
+                r.status.message,
+            )
+            for r in reversed(self.rollouts)
+        ]
+        if tuple(rows) != self._shown:
+            self._shown = tuple(rows)
+            cursor = table.cursor_row
+            table.clear()
+            for row in rows:
+                table.add_row(*row, key=row[0])
+            if rows:
+                table.move_cursor(row=min(cursor, len(rows) - 1))
+        if self.chosen is None and rows:
+            self.chosen = rows[0][0]
+        self._detail()
+
+    @on(DataTable.RowHighlighted, "#rollouts")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is not None and event.row_key.value != self.chosen:
+            self.chosen = str(event.row_key.value)
+            self._detail()
+
+    def current(self) -> Rollout | None:
+        return next((r for r in self.rollouts if r.spec.id == self.chosen), None)
+
+    def _detail(self) -> None:
+        rollout = self.current()
+        head = self.query_one("#detail-head", Static)
+        nodes = self.query_one("#rollout-nodes", DataTable)
+        decisions = self.query_one("#decisions", Static)
+        bar = self.query_one("#overall", ProgressBar)
+        bar.display = rollout is not None
+        if rollout is None:
+            head.update("No rollout yet: n starts one." if not self.problem else "")
+            nodes.clear()
+            decisions.update("")
+            return
+        spec, status = rollout.spec, rollout.status
+        settled, total = progress_of(rollout)
+        bar.update(total=max(total, 1), progress=settled)
+        batch_nodes = [n for n in rollout.nodes if n.batch == status.batch and n.direction == "forward"]
+        batch_done = sum(1 for n in batch_nodes if n.state is NodeState.done)
+        back = [n for n in rollout.nodes if n.direction == "back"]
+        if back:
+            where_now = f"going back: {sum(1 for n in back if n.state is NodeState.reverted)}/{len(back)} back"
+        else:
+            where_now = f"this batch {batch_done}/{len(batch_nodes)}"
+        head.update(
+            Text("\n").join(
+                [
+                    plain(
+                        f"{spec.id} · {status.phase.value} · → {spec.target_version} · batch "
+                        f"{status.batch + 1}/{len(spec.batches())} · max unavailable {spec.max_unavailable}",
+                        "bold",
+                    ),
+                    plain(status.message),
+                    plain(f"{where_now} · {eta(rollout, time.time())}".rstrip(" ·")),
+                ]
+            )
+        )
+        cursor = nodes.cursor_row
+        nodes.clear()
+        snapshots = self.lifsea.fleet.snapshots
+        for node in rollout.nodes:
+            style = self.lifsea.colour(STATE_STYLE.get(node.state, ""))
+            live = snapshots[node.name].booted_version if node.name in snapshots else None  # fresher than etcd's
+            state = node.state.value + (" ←" if node.direction == "back" else "")
+            nodes.add_row(
+                node.name,
+                str(node.batch + 1),
+                plain(state, style),
+                live or node.booted_version or "",
+                node.reason,
+                key=node.name,
+            )
+        if rollout.nodes:
+            nodes.move_cursor(row=min(cursor, len(rollout.nodes) - 1))
+        lines = []
+        for entry in rollout.log[-LOG_LINES:]:
+            when = datetime.fromtimestamp(entry.time).strftime("%H:%M:%S")
+            lines.append(f"{when} {entry.who}: {entry.action}: {entry.reason}")
+        decisions.update(plain_lines(lines))
+
+    # -- steering --------------------------------------------------------------------------------------
+
+    def action_act(self, what: str) -> None:
+        if what == "new":
+            self._new()
+            return
+        rollout = self.current()
+        if rollout is None:
+            return
+
+        def chosen(reason: str | None) -> None:
+            if reason:
+                self.ask(rollout.spec.id, Intent(action=what, reason=reason))  # type: ignore[arg-type]
+
+        self.app.push_screen(ReasonModal(what, [rollout.spec.id], title=INTENT_TEXT[what], noun="rollout"), chosen)
+
+    def _new(self) -> None:
+        fleet = self.lifsea.fleet
+        nodes = self.nodes or sorted(fleet.snapshots)
+        booted = {name: fleet.snapshots[name].booted_version for name in nodes if name in fleet.snapshots}
+        offered: dict[str, str] = {}
+        for snapshot in fleet.snapshots.values():
+            for target in snapshot.update.targets if snapshot.update else []:
+                if target.version and target.version not in offered:
+                    diff = target.diff
+                    offered[target.version] = (
+                        f"{target.subject or ''} · files +{diff.added} ~{diff.modified} -{diff.removed}"
+                        if diff
+                        else (target.subject or "")
+                    )
+
+        def chosen(spec: RolloutSpec | None) -> None:
+            if spec is not None:
+                self.start(spec)
+
+        self.app.push_screen(NewRolloutModal(nodes, booted, offered), chosen)
+
+    @work(group="rollouts-write", exit_on_error=False)
+    async def start(self, spec: RolloutSpec) -> None:
+        store = self.lifsea.rollout_store
+        assert store is not None
+        try:
+            await self.lifsea.net.run(store_keys.start(store, spec))
+        except (store_keys.RolloutRefused, StoreUnavailable) as error:
+            self.notify(f"rollout not started: {error}", severity="error", timeout=15)
+            return
+        self.chosen = spec.id
+        self.notify(f"rollout {spec.id} written; the controller takes it from here", timeout=6)
+
+    @work(group="rollouts-write", exit_on_error=False)
+    async def ask(self, rollout_id: str, intent: Intent) -> None:
+        store = self.lifsea.rollout_store
+        assert store is not None
+        try:
+            await self.lifsea.net.run(store_keys.ask(store, rollout_id, intent, store_keys.who()))
+        except (store_keys.RolloutRefused, StoreUnavailable) as error:
+            self.notify(f"{intent.action}: {error}", severity="error", timeout=15)
+            return
+        self.notify(f"{intent.action} asked of {rollout_id}; the controller acts on it within a second", timeout=6)
