@@ -268,3 +268,44 @@ def test_bad_requests_are_refused_clearly(lab3) -> None:
     )
     assert "unknown version 9.9" in refused.status.message and "1.0" in refused.status.message
     assert all(n.state.value == "skipped" for n in refused.nodes)
+
+
+async def test_a_multi_node_reboot_from_the_fleet_rolls_through_the_shared_slots(lab3) -> None:
+    """Select all, r: one node down at a time, and none while a FleetLock client holds the only slot."""
+    from lifsea_tui.client.fleet import Fleet
+    from lifsea_tui.client.inventory import from_lab
+    from lifsea_tui.tui.app import LifseaApp
+
+    status, _, layout = lab3
+    boots = {name: layout.node(name).state().get("boots", 0) for name in NODES}
+    store = Store(EtcdTarget.from_json(status["etcd"], "console"))
+    assert await rollouts.take_slot(store, "default", "zincati-7", 1, "FleetLock client")
+    app = LifseaApp(
+        Fleet(from_lab("operator", status=status)),
+        refresh_interval=3600,
+        rollout_store=EtcdTarget.from_json(status["etcd"], "console"),
+    )
+    try:
+        with DownWatcher(layout) as watcher:
+            async with app.run_test(size=(120, 36)) as pilot:
+                await pilot.pause(2)
+                await pilot.press("a", "r")
+                await pilot.pause(0.5)
+                await pilot.press(*"CHG-40 kernel parameters", "enter")
+                await pilot.pause(6)
+                assert {n: layout.node(n).state().get("boots", 0) for n in NODES} == boots, "rebooted without a slot"
+                await rollouts.free_slot(store, "default", "zincati-7")
+                deadline = time.monotonic() + 240
+                while any(layout.node(n).state().get("boots", 0) == boots[n] for n in NODES):
+                    assert time.monotonic() < deadline, "not every node rebooted"
+                    await pilot.pause(0.5)
+                while await rollouts.slots(store, "default"):
+                    assert time.monotonic() < deadline, "the console kept a slot after the reboots"
+                    await pilot.pause(0.5)
+        assert watcher.most_down == 1, f"{watcher.most_down} machines were down at once"
+        assert watcher.went_down[:3] == NODES, watcher.went_down
+        reasons = [r for actor, action, r in audit_reasons(status, "node2") if action == "reboot"]
+        assert reasons[-1] == "CHG-40 kernel parameters (rolling reboot 2/3)", reasons
+    finally:
+        await rollouts.free_slot(store, "default", "zincati-7")
+        await store.aclose()

@@ -244,9 +244,10 @@ async def slots(store: Store, group: str | None = None) -> list[Slot]:
 
 
 async def take_slot(
-    store: Store, group: str, holder: str, limit: int, what: str, *, guard: list[Any] | None = None
+    store: Store, group: str, holder: str, limit: int, what: str, *, guard: list[Any] | None = None, lease: Any = None
 ) -> bool:
-    """Hold one of the group's `limit` slots (True), or find them all held (False). Taking one held is True."""
+    """Hold one of the group's `limit` slots (True), or find them all held (False). Taking one held is True.
+    With a lease, the slot goes when the lease does (a holder that may die without letting go)."""
     for _ in range(APPEND_RETRIES):
         stamp = await store.get(_guard_key(group))
         held = await slots(store, group)
@@ -256,7 +257,7 @@ async def take_slot(
             return False
         compare = [store.ops.mod(store.key(_guard_key(group))) == (stamp.mod_revision if stamp else 0), *(guard or [])]
         value = {"group": group, "holder": holder, "since": time.time(), "what": what}
-        writes = [store.put_op(_slot_key(group, holder), value), store.put_op(_guard_key(group), holder)]
+        writes = [store.put_op(_slot_key(group, holder), value, lease=lease), store.put_op(_guard_key(group), holder)]
         if await store.txn(compare, writes):
             return True
         if guard:

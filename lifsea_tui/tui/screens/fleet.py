@@ -12,11 +12,13 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from lifsea_tui.api import ActionRequest
+from lifsea_tui.client import rollouts as store_keys
+from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.fleet import NodeSnapshot, version_drift
-from lifsea_tui.client.node import NodeError
+from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.screens.base import ConsoleScreen
-from lifsea_tui.tui.screens.modals import ReasonModal
+from lifsea_tui.tui.screens.modals import ReasonModal, RebootModal
 from lifsea_tui.tui.tables import PlainTable
 
 # Fixed widths: cells change all the time, and measuring a thousand rows on each change would cost more
@@ -36,6 +38,10 @@ COLUMNS = (
 SORTS = ("name", "state", "booted", "latency")
 CELL = 64  # characters of node text a fleet cell keeps (its column is narrower; the node screen has all)
 BUSY_STATES = ("checking", "staging")
+REBOOT_SLOTS = 1  # nodes a multi-node reboot from the fleet takes down at once
+REBOOT_BACK = 600.0  # seconds a node may take to answer again after its reboot
+SHARE_WIDTH = 24  # cells of the version-share bar
+ROLLOUT_POLL = 3.0
 
 
 def ago(when: float | None) -> str:
@@ -47,6 +53,36 @@ def ago(when: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m ago"
     return f"{seconds // 3600}h ago"
+
+
+async def reboot_in_slot(client: NodeClient, store: Store | None, reason: str) -> None:
+    """Take a reboot slot (waiting while all are held), reboot, wait until the node has booted again, free
+    the slot. The slot is bound to a lease, so a console that dies meanwhile does not hold it forever."""
+    name = client.target.name
+    lease = None
+    if store is not None:
+        lease = await store.lease(int(REBOOT_BACK))
+        what = f"console reboot by {store_keys.who()}"
+        while not await store_keys.take_slot(store, "default", name, REBOOT_SLOTS, what, lease=lease):
+            await asyncio.sleep(2)
+    try:
+        sent = time.time()
+        await client.action("reboot", ActionRequest(reason=reason))
+        deadline = time.monotonic() + REBOOT_BACK
+        while True:
+            await asyncio.sleep(2)
+            try:
+                info = await client.node()
+            except NodeError:
+                info = None  # going down, or not up yet
+            if info is not None and info.uptime_seconds is not None and time.time() - info.uptime_seconds > sent - 2:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not answer within {REBOOT_BACK:.0f} s of its reboot")
+    finally:
+        if store is not None:
+            await store_keys.free_slot(store, "default", name)
+            await store.revoke(lease)
 
 
 class NodeTable(PlainTable):
@@ -90,6 +126,7 @@ class FleetScreen(ConsoleScreen[None]):
         self._warned: set[str] = set()  # nodes whose audit-chain warning was shown (network loop only)
         self._rebuild = True
         self._rebuilt_at = 0.0
+        self.rollout_line: Text | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -111,6 +148,8 @@ class FleetScreen(ConsoleScreen[None]):
         if len(self.lifsea.fleet.snapshots) <= self.lifsea.events_limit:
             self.follow_events()
         self.app.theme_changed_signal.subscribe(self, self._restyle)
+        if self.lifsea.rollout_store is not None:
+            self.watch_rollouts()
         self._flush()
 
     def _restyle(self, _theme: object) -> None:
@@ -248,16 +287,61 @@ class FleetScreen(ConsoleScreen[None]):
         snapshots = list(self.lifsea.fleet.snapshots.values())
         drift = version_drift(snapshots)
         down = sum(1 for s in snapshots if s.problem)
-        parts = [f"{version}: {count}" for version, count in drift.items()]
         text = Text("Versions  ", style="bold")
-        text.append_text(plain("   ".join(parts)))
+        text.append_text(self._share_bar(drift, len(snapshots)))
         if len([v for v in drift if v != "unknown"]) > 1:
             text.append("    (drift)", style=self._style("pending"))
+        if self.rollout_line is not None:
+            text.append("    ")
+            text.append_text(self.rollout_line)
         if down:
             text.append(f"    {down} not answering", style=self._style("node-down"))
         if self.selected:
             text.append(f"    {len(self.selected)} selected", style="bold")
         self.query_one("#drift", Static).update(text)
+
+    def _share_bar(self, drift: dict[str, int], total: int) -> Text:
+        """The versions as one bar, each its share of the fleet, then each named with its count."""
+        palette = [self._style(name) for name in ("booted", "pending", "node-ok", "node-down")]
+        # A version keeps its colour while shares change: colours follow the versions' order, not their counts.
+        order = sorted(drift)
+        colours = {v: self._style("node-unknown") if v == "unknown" else palette[order.index(v) % 4] for v in drift}
+        text, used = Text(), 0
+        for index, (version, count) in enumerate(drift.items()):
+            cells = SHARE_WIDTH - used if index == len(drift) - 1 else round(SHARE_WIDTH * count / max(total, 1))
+            text.append("█" * cells, style=colours[version])
+            used += cells
+        for version, count in drift.items():
+            text.append("  ■ ", style=colours[version])
+            text.append_text(plain(f"{version} {count} ({100 * count // max(total, 1)}%)", limit=40))
+        return text
+
+    @work(exclusive=True, group="fleet-rollouts", exit_on_error=False)
+    async def watch_rollouts(self) -> None:
+        """A rollout that has not finished shows in the header (etcd, every few seconds)."""
+        store = self.lifsea.rollout_store
+        assert store is not None
+        while True:
+            try:
+                running = store_keys.active(await self.lifsea.net.run(store_keys.read_all(store)))
+            except StoreUnavailable:
+                line: Text | None = Text("rollouts: store unreachable", style=self._style("node-down"))
+            else:
+                line = None
+                if running:
+                    rollout = running[-1]
+                    done = sum(1 for n in rollout.nodes if n.state.value in ("done", "reverted"))
+                    line = plain(
+                        f"⟳ {rollout.spec.id} {rollout.status.phase.value} → "
+                        f"{rollout.spec.target_version} {done}/{len(rollout.nodes)} (R)",
+                        "bold",
+                    )
+                    if len(running) > 1:
+                        line.append(f" and {len(running) - 1} more")
+            if line != self.rollout_line:
+                self.rollout_line = line
+                self._update_drift()
+            await asyncio.sleep(ROLLOUT_POLL)
 
     def _cursor_name(self) -> str | None:
         table = self.query_one("#nodes", DataTable)
@@ -348,12 +432,44 @@ class FleetScreen(ConsoleScreen[None]):
 
         def chosen(reason: str | None) -> None:
             if reason:
-                self.run_action(action, nodes, reason)
+                self.act_on_nodes(action, nodes, reason)
 
-        self.app.push_screen(ReasonModal(action, nodes), chosen)
+        def reboot_chosen(answer: tuple[str, bool] | None) -> None:
+            if answer is not None:
+                reason, all_at_once = answer
+                if all_at_once:
+                    self.act_on_nodes(action, nodes, f"{reason} (all at once, as asked)")
+                else:
+                    self.rolling_reboot(nodes, reason)
+
+        if action == "reboot" and len(nodes) > 1:
+            self.app.push_screen(RebootModal(nodes, REBOOT_SLOTS), reboot_chosen)
+        else:
+            self.app.push_screen(ReasonModal(action, nodes), chosen)
 
     @work(group="fleet-actions", exit_on_error=False)
-    async def run_action(self, action: str, nodes: list[str], reason: str) -> None:
+    async def rolling_reboot(self, nodes: list[str], reason: str) -> None:
+        """Reboot `nodes` one at a time: each takes a reboot slot (the same slots rollouts and FleetLock
+        clients take, when there is a store), reboots, and is back before the next goes down."""
+        fleet, store = self.lifsea.fleet, self.lifsea.rollout_store
+        self.notify(f"rolling reboot of {len(nodes)} nodes, {REBOOT_SLOTS} at a time…", timeout=5)
+        done, failed = 0, []
+        for index, name in enumerate(nodes, start=1):
+            why = f"{reason} (rolling reboot {index}/{len(nodes)})"
+            try:
+                await self.lifsea.net.run(reboot_in_slot(fleet.client(name), store, why))
+                done += 1
+            except (NodeError, StoreUnavailable, TimeoutError) as error:
+                failed.append(f"{name}: {error or type(error).__name__}")
+                self.notify(f"rolling reboot stopped at {name}: {error}", severity="error", timeout=20)
+                break
+            finally:
+                self._changed(await self.lifsea.net.run(fleet.refresh_node(name)))
+        if not failed:
+            self.notify(f"rolling reboot: all {done} nodes back", timeout=8)
+
+    @work(group="fleet-actions", exit_on_error=False)
+    async def act_on_nodes(self, action: str, nodes: list[str], reason: str) -> None:
         fleet = self.lifsea.fleet
         self.notify(f"{action} on {len(nodes)} node(s)…", timeout=3)
 

@@ -70,6 +70,56 @@ class ReasonModal(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+class RebootModal(ModalScreen[tuple[str, bool] | None]):
+    """Confirm a reboot of several nodes: one at a time (the default) or, said explicitly, all at once.
+    Dismisses with (reason, all_at_once), or None."""
+
+    DEFAULT_CSS = ReasonModal.DEFAULT_CSS.replace("ReasonModal", "RebootModal")
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="reboot-modal-cancel")]
+
+    def __init__(self, nodes: list[str], slots: int) -> None:
+        super().__init__()
+        self.nodes = nodes
+        self.slots = slots
+
+    def compose(self) -> ComposeResult:
+        count = len(self.nodes)
+        shown = ", ".join(self.nodes[:6]) + (f" and {count - 6} more" if count > 6 else "")
+        with Vertical():
+            yield Label(plain(ACTION_TEXT["reboot"]), id="title")
+            yield Static(plain(f"on {count} nodes: {shown}"), id="nodes")
+            yield Select(
+                [
+                    (f"rolling: {self.slots} at a time, each back before the next", False),
+                    (f"ALL AT ONCE: all {count} nodes down together", True),
+                ],
+                value=False,
+                allow_blank=False,
+                id="how",
+            )
+            yield Input(placeholder="reason (required; written to each node's audit log)", id="reason", max_length=500)
+            yield Static("", id="problem")
+            yield Static("enter confirm · esc cancel", id="keys")
+
+    def on_mount(self) -> None:
+        self.query_one("#reason", Input).focus()
+
+    @on(Select.Changed, "#how")
+    def _chosen(self) -> None:
+        self.query_one("#reason", Input).focus()
+
+    @on(Input.Submitted, "#reason")
+    def confirm(self, event: Input.Submitted) -> None:
+        reason = event.value.strip()
+        if not reason:
+            self.query_one("#problem", Static).update("A reason is required: it goes into the audit log.")
+            return
+        self.dismiss((reason, bool(self.query_one("#how", Select).value)))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class OpsModal(ModalScreen[OpsSessionRequest | None]):
     """Ask for what a break-glass shell needs: reason, ticket, access level, TTL. Dismisses with the request
     the node is sent, or None.

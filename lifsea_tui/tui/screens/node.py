@@ -190,7 +190,7 @@ class NodeScreen(ConsoleScreen[None]):
 
         def chosen(reason: str | None) -> None:
             if reason:
-                self.run_action(action, reason)
+                self.act_on_node(action, reason)
 
         self.app.push_screen(ReasonModal(action, [self.node_name]), chosen)
 
@@ -199,7 +199,7 @@ class NodeScreen(ConsoleScreen[None]):
             self.lifsea.open_shell(self.node_name, request)
 
     @work(group="node-actions", exit_on_error=False)
-    async def run_action(self, action: str, reason: str) -> None:
+    async def act_on_node(self, action: str, reason: str) -> None:
         self._set_live(f"{action}: sent…")
         client = self.lifsea.fleet.client(self.node_name)
         try:
