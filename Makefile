@@ -22,6 +22,7 @@ bench:
 	.venv/bin/python -m benchmarks.agent
 	.venv/bin/python -m benchmarks.ops_shell
 	.venv/bin/python -m benchmarks.services_logs
+	.venv/bin/python -m benchmarks.rollout
 
 lab-down: setup
 	.venv/bin/lifsea-lab down

@@ -40,10 +40,14 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
-def start_fake_fleet(count: int, work: Path) -> tuple[subprocess.Popen[str], list[NodeTarget]]:
+def start_fake_fleet(
+    count: int, work: Path, upgrades: tuple[float, float] | None = None
+) -> tuple[subprocess.Popen[str], list[NodeTarget]]:
+    """`upgrades`: (stage seconds, reboot seconds) to run each node's upgrade state machine."""
     cert, key = certs.issue(work / "ca", work / "certs", "fake")
+    extra = ["--upgrades", str(upgrades[0]), str(upgrades[1])] if upgrades else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.fakefleet", str(count), str(cert), str(key)],
+        [sys.executable, "-m", "benchmarks.fakefleet", str(count), str(cert), str(key), *extra],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -2,8 +2,12 @@
 fleet refresh calls, with the API's own models. A real agent needs ~70 MB, so a thousand of them do not
 fit this machine; these stand in for them in the fleet benchmark only.
 
-Run: python -m benchmarks.fakefleet COUNT CERT KEY; prints {"ports": [...]} on one line, then serves
-until stdin closes.
+With --upgrades STAGE REBOOT each node also runs the upgrade state machine a rollout drives (check,
+stage taking STAGE seconds, reboot taking REBOOT seconds during which the node does not answer, rollback),
+so the fleet controller can be measured against a thousand of them.
+
+Run: python -m benchmarks.fakefleet COUNT CERT KEY [--upgrades STAGE REBOOT]; prints {"ports": [...]} on
+one line, then serves until stdin closes.
 """
 
 from __future__ import annotations
@@ -12,9 +16,19 @@ import asyncio
 import json
 import ssl
 import sys
+import time
 from datetime import UTC, datetime
 
-from lifsea_tui.api import Capability, Deployment, DeploymentList, NodeInfo, NodeSummary, UpdateState, UpdateStatus
+from lifsea_tui.api import (
+    Capability,
+    Deployment,
+    DeploymentList,
+    NodeInfo,
+    NodeSummary,
+    UpdateState,
+    UpdateStatus,
+    UpdateTarget,
+)
 from lifsea_tui.api import routes as r
 
 
@@ -69,14 +83,150 @@ def bodies(name: str, index: int) -> dict[str, bytes]:
     }
 
 
-async def serve_node(answers: dict[str, bytes], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+OLD, NEW = "a" * 64, "b" * 64
+
+
+class UpgradingNode:
+    """One node's deployments and update state, moved by the routes a rollout calls, in real time."""
+
+    def __init__(self, name: str, index: int, stage_delay: float, reboot_delay: float) -> None:
+        self.name, self.index = name, index
+        self.stage_delay, self.reboot_delay = stage_delay, reboot_delay
+        self.booted, self.default, self.other = OLD, OLD, None  # checksums
+        self.state = UpdateState.idle
+        self.staged_at: float | None = None
+        self.boot_time = time.time() - 3600
+        self.down_until = 0.0
+
+    def down(self) -> bool:
+        now = time.time()
+        if self.down_until and now >= self.down_until:  # the reboot ends: boot the default deployment
+            self.down_until = 0.0
+            self.booted, self.boot_time = self.default, now
+            self.state = UpdateState.idle
+        return now < self.down_until
+
+    def _deployment(self, index: int, checksum: str) -> Deployment:
+        version = "1.1" if checksum == NEW else "1.0"
+        return Deployment(
+            index=index,
+            osname="lifsea",
+            checksum=checksum,
+            serial=0,
+            version=version,
+            timestamp=None,
+            subject=f"LifseaOS {version}",
+            origin_refspec="lab:lifsea/x86_64/stable",
+            booted=checksum == self.booted,
+            default=index == 0,
+            pending=index == 0 and checksum != self.booted,
+            rollback=index == 1 and checksum != self.booted,
+            pinned=False,
+        )
+
+    def summary(self) -> bytes:
+        if self.state is UpdateState.staging and self.staged_at and time.time() >= self.staged_at:
+            self.state, self.other, self.default = UpdateState.staged, self.default, NEW
+        order = [self.default] + [c for c in (self.booted, self.other) if c and c != self.default]
+        listing = DeploymentList(
+            deployments=[self._deployment(i, c) for i, c in enumerate(order[:2])], booted_known=True
+        )
+        targets = (
+            []
+            if NEW in order
+            else [UpdateTarget(checksum=NEW, version="1.1", timestamp=None, subject="LifseaOS 1.1", diff=None)]
+        )
+        update = UpdateStatus(
+            state=self.state,
+            refspec="lab:lifsea/x86_64/stable",
+            booted_checksum=self.booted,
+            targets=targets,
+            operation="stage" if self.state is UpdateState.staging else None,
+            last_error=None,
+            last_checked=None,
+            changed_at=datetime.now(UTC),
+        )
+        return (
+            NodeSummary(deployments=listing, update=update, audit_head_seq=1, audit_head_hash=None, failed_units=[])
+            .model_dump_json()
+            .encode()
+        )
+
+    def info(self) -> bytes:
+        version = "1.1" if self.booted == NEW else "1.0"
+        return (
+            NodeInfo(
+                name=self.name,
+                machine_id=f"{self.index:032x}",
+                os_name="LifseaOS",
+                os_version=version,
+                kernel="6.1",
+                uptime_seconds=time.time() - self.boot_time,
+                agent_version="bench",
+                booted_checksum=self.booted,
+                capabilities={"deployments": Capability(available=True)},
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    def answer(self, method: str, path: str) -> tuple[int, bytes] | None:
+        """(status, body), or None: the node is rebooting and does not answer at all."""
+        if self.down():
+            return None
+        if method == "GET" and path == r.SUMMARY:
+            return 200, self.summary()
+        if method == "GET" and path == r.NODE:
+            return 200, self.info()
+        if method == "POST":
+            if path == r.UPGRADES_STAGE:
+                self.state, self.staged_at = UpdateState.staging, time.time() + self.stage_delay
+            elif path == r.UPGRADES_CANCEL:
+                self.state, self.default = UpdateState.idle, self.booted
+            elif path == r.ROLLBACK and self.other:
+                self.default, self.other = self.other, self.default
+            elif path == r.REBOOT:
+                self.down_until = time.time() + self.reboot_delay
+            elif path != r.UPGRADES_CHECK:
+                return 404, b'{"error":"not_found","detail":"no such route"}'
+            result = {
+                "operation": path,
+                "accepted": True,
+                "audit_seq": 1,
+                "status": json.loads(self.summary())["update"],
+            }
+            return (202 if path == r.UPGRADES_STAGE else 200), json.dumps(result).encode()
+        return 404, b'{"error":"not_found","detail":"no such route"}'
+
+
+async def serve_node(
+    answers: dict[str, bytes] | UpgradingNode, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
-            path = head.split(b" ", 2)[1].decode()
-            body = answers.get(path)
-            status = b"200 OK" if body is not None else b"404 Not Found"
-            body = body if body is not None else b'{"error":"not_found","detail":"no such route"}'
+            method, path = (part.decode() for part in head.split(b" ", 2)[:2])
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.lower().split(b"\r\n")
+                    if line.startswith(b"content-length:")
+                ),
+                0,
+            )
+            if length:
+                await reader.readexactly(length)
+            path = path.split("?", 1)[0]
+            if isinstance(answers, UpgradingNode):
+                answered = answers.answer(method, path)
+                if answered is None:
+                    return  # rebooting: the connection drops, as a node going down drops it
+                code, body = answered
+                status = {200: b"200 OK", 202: b"202 Accepted"}.get(code, b"404 Not Found")
+            else:
+                found = answers.get(path)
+                status = b"200 OK" if found is not None else b"404 Not Found"
+                body = found if found is not None else b'{"error":"not_found","detail":"no such route"}'
             writer.write(
                 b"HTTP/1.1 "
                 + status
@@ -94,11 +244,16 @@ async def serve_node(answers: dict[str, bytes], reader: asyncio.StreamReader, wr
 
 async def main() -> None:
     count, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    upgrades = sys.argv[4:5] == ["--upgrades"]
+    stage_delay, reboot_delay = (float(sys.argv[5]), float(sys.argv[6])) if upgrades else (0.0, 0.0)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     servers, ports = [], []
     for index in range(count):
-        answers = bodies(f"fake-{index:04}", index)
+        name = f"fake-{index:04}"
+        answers: dict[str, bytes] | UpgradingNode = (
+            UpgradingNode(name, index, stage_delay, reboot_delay) if upgrades else bodies(name, index)
+        )
         server = await asyncio.start_server(
             lambda rd, wr, a=answers: serve_node(a, rd, wr), "127.0.0.1", 0, ssl=context, backlog=64
         )

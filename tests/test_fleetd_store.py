@@ -227,3 +227,22 @@ def test_windows() -> None:
     with pytest.raises(ValueError):
         Window(start="25:00", minutes=60)
     assert timedelta(minutes=weekdays.minutes) == timedelta(hours=2)
+
+
+async def test_a_rollout_of_a_thousand_nodes_fits_etcds_transaction_limits(store: Store) -> None:
+    """etcd takes 128 operations a transaction: a 1,000-node rollout is written, refused and skipped whole."""
+    names = [f"n{i:04}" for i in range(1000)]
+    await rollouts.start(store, spec("r-big", names, max_unavailable=50))
+    found = await rollouts.read(store, "r-big")
+    assert found is not None and len(found.nodes) == 1000 and len(found.spec.batches()) == 21
+    controller = Controller(store, {}, ident="c", tick=0.1)  # knows none of the nodes: refuses the rollout
+    assert await controller.campaign()
+    await controller.reconcile()
+    refused = await rollouts.read(store, "r-big")
+    assert refused is not None and refused.status.phase is Phase.aborted
+    assert "unknown nodes" in refused.status.message
+    assert {n.state.value for n in refused.nodes} == {"skipped"}
+    slots_taken = await rollouts.take_slots(store, "big", names[:200], 150, "test")
+    assert slots_taken == names[:60]  # one transaction's worth at a time, never past the limit
+    assert len(await rollouts.take_slots(store, "big", names[:200], 150, "test")) == 120
+    await controller.resign()

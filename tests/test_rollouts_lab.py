@@ -152,9 +152,20 @@ async def test_rolling_upgrade_and_rollback_survive_killed_controllers_and_a_fro
     published = lab(["publish", "--version", "2.1"], env)
     assert published.returncode == 0, published.stderr
     started = rollout_cli(
-        env, "start", "--version", "2.1", "--canary", "1", "--max-unavailable", "1", "--soak", "3",
-        "--reason", "CHG-21 move the fleet to 2.1", "--json",
-    )  # fmt: skip
+        env,
+        "start",
+        "--version",
+        "2.1",
+        "--canary",
+        "1",
+        "--max-unavailable",
+        "1",
+        "--soak",
+        "3",
+        "--reason",
+        "CHG-21 move the fleet to 2.1",
+        "--json",
+    )
     assert started.returncode == 0, started.stderr
     rollout_id = json.loads(started.stdout)["id"]
     watch = Watch(status, rollout_id)
@@ -184,8 +195,12 @@ async def test_rolling_upgrade_and_rollback_survive_killed_controllers_and_a_fro
     # Roll the whole fleet back, and freeze the store for a while in the middle of it.
     back = rollout_cli(env, "rollback", rollout_id, "--reason", "CHG-21 back out")
     assert back.returncode == 0, back.stderr
-    etcd_pid = next(int(p) for p in subprocess.run(["pgrep", "-f", f"{layout.etcd_dir}/etcd1/data"],
-                                                   capture_output=True, text=True).stdout.split())  # fmt: skip
+    etcd_pid = next(
+        int(p)
+        for p in subprocess.run(
+            ["pgrep", "-f", f"{layout.etcd_dir}/etcd1/data"], capture_output=True, text=True
+        ).stdout.split()
+    )
     with DownWatcher(layout) as watcher:
         await watch.until(lambda r: r.node("node1").state.value == "reverted", 180, "node1 reverted")
         seen = len((layout.root / "fleetd.log").read_text())
@@ -308,4 +323,82 @@ async def test_a_multi_node_reboot_from_the_fleet_rolls_through_the_shared_slots
         assert reasons[-1] == "CHG-40 kernel parameters (rolling reboot 2/3)", reasons
     finally:
         await rollouts.free_slot(store, "default", "zincati-7")
+        await store.aclose()
+
+
+async def test_hooks_fail_a_node_before_it_is_touched_and_a_standby_controller_takes_over(lab3) -> None:
+    status, env, layout = lab3
+    standby = subprocess.Popen(
+        [sys.executable, "-m", "lifsea_tui.fleetd.cli", "--lab-dir", str(layout.root), "--id", "standby"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(layout.root / "standby.log", "wb"),
+    )
+    store = Store(EtcdTarget.from_json(status["etcd"], "console"))
+    try:
+        failing = rollout_cli(
+            env,
+            "start",
+            "--version",
+            "1.0",
+            "--nodes",
+            "node1",
+            "--reason",
+            "CHG-50 hook",
+            "--pre-hook",
+            "test {node} != node1",
+            "--json",
+        )
+        hanging = rollout_cli(
+            env,
+            "start",
+            "--version",
+            "1.0",
+            "--nodes",
+            "node2",
+            "--reason",
+            "CHG-51 hook",
+            "--pre-hook",
+            "sleep 60",
+            "--hook-timeout",
+            "2",
+            "--json",
+        )
+        ids = [json.loads(answer.stdout)["id"] for answer in (failing, hanging)]
+        first = await Watch(status, ids[0]).until(lambda r: r.status.phase.value == "paused", 60, "pre hook fails")
+        assert "pre hook: `test node1 != node1` exited 1" in first.node("node1").reason
+        second = await Watch(status, ids[1]).until(lambda r: r.status.phase.value == "paused", 60, "hook hangs")
+        assert "did not finish within 2 s and was killed" in second.node("node2").reason
+        for rollout_id, name in zip(ids, ("node1", "node2"), strict=True):
+            assert not [r for _, _, r in audit_reasons(status, name) if rollout_id in r], "touched before its hook"
+            assert rollout_cli(env, "abort", rollout_id, "--reason", "done testing hooks").returncode == 0
+
+        # Two controllers: one leads. Kill the leader; the other (or its restarted self) leads within the lease.
+        leader = await store.get(rollouts.LEADER)
+        assert leader is not None
+        leading = leader.value.decode()
+        if leading.startswith("standby"):
+            standby.kill()
+        else:
+            kill_controller(layout)
+        started = time.monotonic()
+        while True:
+            now = await store.get(rollouts.LEADER)
+            if now is not None and now.value.decode() != leading:
+                break
+            assert time.monotonic() - started < 10, "nobody took over within the lease"
+            await asyncio.sleep(0.2)
+        node3 = booted(status, "node3")
+        assert node3 is not None
+        after = rollout_cli(env, "start", "--version", node3, "--nodes", "node3", "--reason", "CHG-52", "--json")
+        done = await Watch(status, json.loads(after.stdout)["id"]).until(
+            lambda r: r.status.phase.value == "completed", 90, "the new leader completes a rollout"
+        )
+        assert done.node("node3").reason == "healthy on the target"
+        deciders = {e.who for e in done.log if e.kind == "decision"}
+        assert deciders == {now.value.decode()}, deciders  # only the leader acts
+        assert not [r for actor, a, r in audit_reasons(status, "node3") if a == "upgrade.stage" and "CHG-52" in r]
+    finally:
+        standby.kill()
+        standby.wait()
         await store.aclose()

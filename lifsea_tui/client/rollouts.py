@@ -2,7 +2,8 @@
 
     rollouts/<id>/spec          immutable RolloutSpec
     rollouts/<id>/status        RolloutStatus (written by the leading controller only)
-    rollouts/<id>/nodes/<node>  NodeRollout (written by the leading controller only)
+    rollouts/<id>/nodes/<node>  NodeRollout (written by the leading controller once the node moves;
+                                absent, the node is pending in its batch)
     rollouts/<id>/log/<seq>     LogEntry, append-only; rollouts/<id>/logseq holds the last seq
     rollouts/guard              bumped by every new rollout, so two starts cannot both pass the overlap check
     slots/<group>/<holder>      a reboot slot: who holds it, since when, for what
@@ -33,7 +34,7 @@ from lifsea_tui.api.rollouts import (
     RolloutSpec,
     RolloutStatus,
 )
-from lifsea_tui.client.etcd import Store
+from lifsea_tui.client.etcd import KV, Store
 
 LEADER = "leader"
 ROLLOUTS = "rollouts/"
@@ -92,16 +93,17 @@ def new_id(now: datetime | None = None) -> str:
 def _assemble(rollout_id: str, items: dict[str, Any]) -> Rollout | None:
     if "spec" not in items or "status" not in items:
         return None
-    nodes = [NodeRollout.model_validate(value) for key, value in items.items() if key.startswith("nodes/")]
-    order = {name: index for index, name in enumerate(items["spec"]["nodes"])}
-    nodes.sort(key=lambda node: order.get(node.name, len(order)))
+    spec = RolloutSpec.model_validate(items["spec"])
+    written = {key[len("nodes/") :]: value for key, value in items.items() if key.startswith("nodes/")}
+    # A node has a record once something happened to it; until then it is pending in its batch (derived
+    # from the spec, so a rollout of any size is written in one transaction).
+    nodes = [
+        NodeRollout.model_validate(written[name]) if name in written else NodeRollout(name=name, batch=index)
+        for index, batch in enumerate(spec.batches())
+        for name in batch
+    ]
     log = [LogEntry.model_validate(value) for key, value in sorted(items.items()) if key.startswith("log/")]
-    return Rollout(
-        spec=RolloutSpec.model_validate(items["spec"]),
-        status=RolloutStatus.model_validate(items["status"]),
-        nodes=nodes,
-        log=log,
-    )
+    return Rollout(spec=spec, status=RolloutStatus.model_validate(items["status"]), nodes=nodes, log=log)
 
 
 async def read(store: Store, rollout_id: str) -> Rollout | None:
@@ -110,14 +112,28 @@ async def read(store: Store, rollout_id: str) -> Rollout | None:
     return _assemble(rollout_id, items)
 
 
-async def read_all(store: Store) -> list[Rollout]:
-    """Every rollout, oldest first."""
-    grouped: dict[str, dict[str, Any]] = {}
+async def read_all(store: Store, cache: dict[str, tuple[int, Rollout]] | None = None) -> list[Rollout]:
+    """Every rollout, oldest first.
+
+    With a `cache` (a reader's own, whose Rollouts it never changes), a rollout none of whose keys changed
+    since the last read is not parsed again: a console watching a 1,000-node rollout parses what moved."""
+    grouped: dict[str, list[KV]] = {}
     for kv in await store.range(ROLLOUTS):
         rollout_id, _, rest = kv.key[len(ROLLOUTS) :].partition("/")
         if rest:
-            grouped.setdefault(rollout_id, {})[rest] = kv.json()
-    found = [rollout for rid, items in grouped.items() if (rollout := _assemble(rid, items)) is not None]
+            grouped.setdefault(rollout_id, []).append(kv)
+    found = []
+    for rollout_id, kvs in grouped.items():
+        revision = max(kv.mod_revision for kv in kvs)
+        if cache is not None and rollout_id in cache and cache[rollout_id][0] == revision:
+            found.append(cache[rollout_id][1])
+            continue
+        prefix = f"{rollout_id}/"
+        rollout = _assemble(rollout_id, {kv.key[len(ROLLOUTS) + len(prefix) :]: kv.json() for kv in kvs})
+        if rollout is not None:
+            found.append(rollout)
+            if cache is not None:
+                cache[rollout_id] = (revision, rollout)
     return sorted(found, key=lambda rollout: rollout.spec.created_at)
 
 
@@ -153,7 +169,6 @@ async def start(store: Store, spec: RolloutSpec) -> Rollout:
             store.put_op(log_key(spec.id, 1), entry.model_dump(mode="json")),
             store.put_op(logseq_key(spec.id), 1),
             store.put_op(f"{ROLLOUTS}guard", spec.id),
-            *(store.put_op(node_key(spec.id, node.name), node.model_dump(mode="json")) for node in nodes),
         ]
         if await store.txn(compare, writes):
             return Rollout(spec=spec, status=status, nodes=nodes, log=[entry])
@@ -243,31 +258,75 @@ async def slots(store: Store, group: str | None = None) -> list[Slot]:
     return sorted(found, key=lambda slot: (slot.group, slot.since))
 
 
-async def take_slot(
-    store: Store, group: str, holder: str, limit: int, what: str, *, guard: list[Any] | None = None, lease: Any = None
-) -> bool:
-    """Hold one of the group's `limit` slots (True), or find them all held (False). Taking one held is True.
-    With a lease, the slot goes when the lease does (a holder that may die without letting go)."""
+TXN_HOLDERS = 60  # etcd takes at most 128 operations in a transaction (--max-txn-ops); two a holder
+
+
+async def take_slots(
+    store: Store,
+    group: str,
+    holders: list[str],
+    limit: int,
+    what: str,
+    *,
+    guard: list[Any] | None = None,
+    lease: Any = None,
+    also: dict[str, list[Any]] | None = None,
+) -> list[str]:
+    """Take slots of the group for as many of `holders`, in order, as its `limit` leaves room for; the ones
+    that hold a slot now (already held counts). One transaction for them all (with what `also` names for
+    each), so a batch starts in one round trip and nothing can slip past the limit in between.
+    With a lease, a slot goes when the lease does (a holder that may die without letting go)."""
+    also = also or {}
     for _ in range(APPEND_RETRIES):
         stamp = await store.get(_guard_key(group))
-        held = await slots(store, group)
-        if any(slot.holder == holder for slot in held):
-            return True
-        if len(held) >= limit:
-            return False
+        held = {slot.holder for slot in await slots(store, group)}
+        mine = [holder for holder in holders if holder in held]
+        room = max(0, limit - len(held))
+        new = [holder for holder in holders if holder not in held][: min(room, TXN_HOLDERS)]
+        if not new:
+            if mine and any(also.get(holder) for holder in mine):
+                if not await store.txn(list(guard or []), [op for h in mine for op in also.get(h, [])]):
+                    return []
+            return mine
         compare = [store.ops.mod(store.key(_guard_key(group))) == (stamp.mod_revision if stamp else 0), *(guard or [])]
-        value = {"group": group, "holder": holder, "since": time.time(), "what": what}
-        writes = [store.put_op(_slot_key(group, holder), value, lease=lease), store.put_op(_guard_key(group), holder)]
+        now = time.time()
+        writes = [store.put_op(_guard_key(group), new[-1])]
+        for holder in new:
+            value = {"group": group, "holder": holder, "since": now, "what": what}
+            writes += [store.put_op(_slot_key(group, holder), value, lease=lease), *also.get(holder, [])]
+        for holder in mine:
+            writes += also.get(holder, [])
         if await store.txn(compare, writes):
-            return True
+            return [holder for holder in holders if holder in held or holder in new]
         if guard:
             again = await store.get(_guard_key(group))
             if (again.mod_revision if again else 0) == (stamp.mod_revision if stamp else 0):
-                return False  # the guard failed, not the race
-    return False
+                return []  # the guard failed, not the race
+    return []
+
+
+async def take_slot(
+    store: Store,
+    group: str,
+    holder: str,
+    limit: int,
+    what: str,
+    *,
+    guard: list[Any] | None = None,
+    lease: Any = None,
+    also: list[Any] | None = None,
+) -> bool:
+    """Hold one of the group's `limit` slots (True), or find them all held (False). Taking one held is True."""
+    extra = {holder: also} if also else None
+    return holder in await take_slots(store, group, [holder], limit, what, guard=guard, lease=lease, also=extra)
+
+
+def free_slot_ops(store: Store, group: str, holder: str) -> list[Any]:
+    """The writes that let go of a slot, for a transaction that does more. The guard is not bumped: a
+    taker racing a release can only have counted one slot too many, which costs it a retry, not the limit."""
+    return [store.delete_op(_slot_key(group, holder))]
 
 
 async def free_slot(store: Store, group: str, holder: str, *, guard: list[Any] | None = None) -> bool:
     """Let go of a slot (True also when it was not held); False when a guard failed."""
-    writes = [store.delete_op(_slot_key(group, holder)), store.put_op(_guard_key(group), f"-{holder}")]
-    return await store.txn(list(guard or []), writes)
+    return await store.txn(list(guard or []), free_slot_ops(store, group, holder))

@@ -32,6 +32,7 @@ from lifsea_tui.api.rollouts import (
     OnFailure,
     Phase,
     Rollout,
+    RolloutSpec,
     Window,
 )
 from lifsea_tui.client import rollouts as keys
@@ -43,6 +44,7 @@ log = logging.getLogger("lifsea.fleetd")
 
 LEASE_TTL = 5
 TICK = 1.0
+NODE_POLL = 0.25  # seconds between looks at a node that is staging or rebooting
 
 
 def window_open(windows: list[Window], at: float) -> bool:
@@ -85,6 +87,7 @@ class Controller:
         self.problem: str | None = None  # why it cannot act now (the store), for its log and its status
         self.clients: dict[str, NodeClient] = {}
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.wake = asyncio.Event()  # a node settled, or the controller is asked to stop: look again now
 
     # -- leadership --------------------------------------------------------------------------------------
 
@@ -135,7 +138,8 @@ class Controller:
                 self.leading = False
                 self.lease = None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.tick)
+                await asyncio.wait_for(self.wake.wait(), self.tick)
+            self.wake.clear()
         await self.shutdown()
 
     async def shutdown(self) -> None:
@@ -173,9 +177,19 @@ class Controller:
         nodes: Sequence[NodeRollout] = (),
         status: dict[str, Any] | None = None,
         decision: tuple[str, str] | None = None,
+        also: Sequence[Any] = (),
     ) -> bool:
         spec_id = rollout.spec.id
         writes = [self.store.put_op(keys.node_key(spec_id, node.name), node.model_dump(mode="json")) for node in nodes]
+        writes += also
+        # etcd takes at most 128 operations a transaction: many nodes at once (an abort, a rollback of a
+        # thousand) go in fenced chunks first, the status and the decision with the last. A controller that
+        # dies in between redoes it all: each of these changes is the same when made twice.
+        while len(writes) > 2 * keys.TXN_HOLDERS:
+            chunk, writes = writes[: 2 * keys.TXN_HOLDERS], writes[2 * keys.TXN_HOLDERS :]
+            if not await self.store.txn(self.fence, chunk):
+                self.leading = False
+                return False
         if status is not None:
             new = rollout.status.model_copy(update={**status, "updated_at": time.time()})
             writes.append(self.store.put_op(keys.status_key(spec_id), new.model_dump(mode="json")))
@@ -328,6 +342,7 @@ class Controller:
                     },
                     decision=("planned", f"{len(spec.batches())} batches; target {checksum[:12]}"),
                 )
+                self.wake.set()
                 return
             break  # one update server answered: the version is not on it
         if offered:
@@ -345,53 +360,68 @@ class Controller:
         key = (rollout.spec.id, node.name)
         if key in self.tasks and not self.tasks[key].done():
             return
-        self.tasks[key] = asyncio.create_task(self.one_step(rollout, node), name=f"{key}")
+        self.tasks[key] = asyncio.create_task(self.drive_node(rollout, node), name=f"{key}")
 
-    async def one_step(self, rollout: Rollout, node: NodeRollout) -> None:
+    async def drive_node(self, rollout: Rollout, node: NodeRollout) -> None:
+        """One node, step after step, until it settles: each step written (fenced) before its action is
+        asked of the node, and waits (staging, the reboot) polled every NODE_POLL seconds."""
         spec = rollout.spec
         client = self.client(node.name)
         try:
-            if client is None:
-                result: steps.Step | None = steps.Step(
-                    node.model_copy(update={"state": NodeState.failed, "reason": "not in the inventory"}),
-                    decision=f"{node.name} failed: not in the controller's inventory",
-                )
-            else:
-                result = await steps.step(spec, rollout.status.target_checksum or "", node, client, time.time())
-            if result is None:
-                return
-            if result.hook is not None:
-                why = await steps.run_hook(result.hook, node.name, spec.hook_timeout)
-                if why is not None:
-                    which = "pre" if result.hook == spec.pre_hook and node.state is NodeState.staging else "post"
-                    result = steps.Step(
-                        node.model_copy(
-                            update={
-                                "state": NodeState.failed,
-                                "reason": f"{which} hook: {why}",
-                                "finished_at": time.time(),
-                            }
-                        ),
-                        decision=f"{node.name} failed: {which} hook: {why}",
+            while True:
+                if client is None:
+                    result: steps.Step | None = steps.Step(
+                        node.model_copy(update={"state": NodeState.failed, "reason": "not in the inventory"}),
+                        decision=f"{node.name} failed: not in the controller's inventory",
                     )
-            decision = ("node", result.decision) if result.decision else None
-            if not await self.write(rollout, nodes=[result.node], decision=decision):
-                return
-            if result.node.state in SETTLED:
-                await keys.free_slot(self.store, spec.group, node.name, guard=self.fence)
-            if result.action is not None and client is not None:
-                name, request = result.action
-                try:
-                    await client.action(name, request)
-                except NodeError as error:
-                    undo: dict[str, Any] = {"reason": f"{name} refused: {error}"}
-                    if name == "reboot":
-                        undo["reboot_at"] = None
-                    await self.write(rollout, nodes=[result.node.model_copy(update=undo)])
+                else:
+                    result = await steps.step(spec, rollout.status.target_checksum or "", node, client, time.time())
+                if result is None:
+                    await asyncio.sleep(NODE_POLL)
+                    continue
+                if result.hook is not None:
+                    result = await self._hook(spec, node, result)
+                settled = result.node.state in SETTLED
+                also = keys.free_slot_ops(self.store, spec.group, node.name) if settled else []
+                # The log keeps decisions worth a person's reading: a node that failed, not each node done.
+                failed = result.node.state is NodeState.failed
+                decision = ("node", result.decision) if result.decision and failed else None
+                if not await self.write(rollout, nodes=[result.node], decision=decision, also=also):
+                    return
+                node = result.node
+                if result.action is not None and client is not None:
+                    name, request = result.action
+                    try:
+                        await client.action(name, request)
+                    except NodeError as error:
+                        undo: dict[str, Any] = {"reason": f"{name} refused: {error}"}
+                        if name == "reboot":
+                            undo["reboot_at"] = None
+                        node = node.model_copy(update=undo)
+                        if not await self.write(rollout, nodes=[node]):
+                            return
+                        await asyncio.sleep(NODE_POLL)
+                if settled:
+                    self.wake.set()  # the batch may be complete: look again now, not at the next tick
+                    client = self.clients.pop(node.name, None)
+                    if client is not None:  # a thousand settled nodes need no open connections
+                        await client.aclose()
+                    return
         except StoreUnavailable as error:
             log.warning("%s/%s: %s", spec.id, node.name, error)
         except Exception:
             log.exception("%s/%s: step failed", spec.id, node.name)
+
+    async def _hook(self, spec: RolloutSpec, node: NodeRollout, result: steps.Step) -> steps.Step:
+        assert result.hook is not None
+        why = await steps.run_hook(result.hook, node.name, spec.hook_timeout)
+        if why is None:
+            return result
+        which = "pre" if result.hook == spec.pre_hook and node.state is NodeState.staging else "post"
+        failed = node.model_copy(
+            update={"state": NodeState.failed, "reason": f"{which} hook: {why}", "finished_at": time.time()}
+        )
+        return steps.Step(failed, decision=f"{node.name} failed: {which} hook: {why}")
 
     # -- phases ------------------------------------------------------------------------------------------
 
@@ -448,20 +478,31 @@ class Controller:
         await self.start_nodes(rollout, pending, "forward")
 
     async def start_nodes(self, rollout: Rollout, pending: list[NodeRollout], direction: str) -> None:
-        spec = rollout.spec
-        for node in pending:
-            what = f"rollout {spec.id}"
-            if not await keys.take_slot(
-                self.store, spec.group, node.name, spec.max_unavailable, what, guard=self.fence
-            ):
-                held = await keys.slots(self.store, spec.group)
-                why = f"waiting for a reboot slot ({len(held)} of {spec.max_unavailable} held)"
-                if node.reason != why:
-                    await self.write(rollout, nodes=[node.model_copy(update={"reason": why})])
-                return
-            moving = steps.started(node, spec, time.time(), direction)
-            if await self.write(rollout, nodes=[moving], decision=("start", f"{node.name}: {moving.reason}")):
-                self.spawn(rollout, moving)
+        """Start what the reboot slots allow: the nodes' slots and their new states in one fenced transaction."""
+        spec, now = rollout.spec, time.time()
+        moving = {node.name: steps.started(node, spec, now, direction) for node in pending}
+        also = {
+            name: [self.store.put_op(keys.node_key(spec.id, name), node.model_dump(mode="json"))]
+            for name, node in moving.items()
+        }
+        taken = await keys.take_slots(
+            self.store,
+            spec.group,
+            list(moving),
+            spec.max_unavailable,
+            f"rollout {spec.id}",
+            guard=self.fence,
+            also=also,
+        )
+        for name in taken:
+            self.spawn(rollout, moving[name])
+        waiting = [node for node in pending if node.name not in taken]
+        if waiting:
+            held = await keys.slots(self.store, spec.group)
+            why = f"waiting for a reboot slot ({len(held)} of {spec.max_unavailable} held)"
+            changed = [node.model_copy(update={"reason": why}) for node in waiting if node.reason != why]
+            if changed:
+                await self.write(rollout, nodes=changed[: keys.TXN_HOLDERS])
 
     async def next_batch(self, rollout: Rollout) -> None:
         spec, status = rollout.spec, rollout.status
@@ -500,6 +541,7 @@ class Controller:
             },
             decision=("batch", f"batch {status.batch + 2} of {last + 1} starts"),
         )
+        self.wake.set()  # start the next batch now, not a tick later
 
     async def soak(self, rollout: Rollout) -> None:
         status = rollout.status

@@ -155,23 +155,26 @@ async def _forward(spec: RolloutSpec, target: str, node: NodeRollout, client: No
         if node.before_checksum is None:
             if booted is None:
                 return None
-            return Step(
-                _update(
-                    node,
-                    before_checksum=booted.checksum,
-                    before_version=booted.version,
-                    booted_version=booted.version,
-                    baseline_failed=sorted(summary.failed_units or []),
-                    reason=f"was on {booted.version or booted.checksum[:12]}",
-                )
+            # What it ran before, and its failed units then (the baseline the health gate compares with),
+            # are written with whatever this step goes on to do: one write, not two.
+            node = _update(
+                node,
+                before_checksum=booted.checksum,
+                before_version=booted.version,
+                booted_version=booted.version,
+                baseline_failed=sorted(summary.failed_units or []),
+                reason=f"was on {booted.version or booted.checksum[:12]}",
             )
+            recorded = Step(node)
+        else:
+            recorded = None
         if booted is not None and booted.checksum == target:
             return Step(_update(node, state=NodeState.verifying, reason="already booted on the target"))
         if pending is not None and pending.checksum == target:
-            return Step(_update(node, state=NodeState.rebooting, reason="staged; rebooting"))
+            return _reboot(spec, node, now, f"reboot into {spec.target_version}", "staged; rebooting")
         update = summary.update
         if update.state in (UpdateState.checking, UpdateState.staging) or update.operation:
-            return None if node.reason == "staging" else Step(_update(node, reason="staging"))
+            return recorded if node.reason == "staging" else Step(_update(node, reason="staging"))
         if update.state is UpdateState.failed and node.reason == "staging":
             return _fail(node, f"staging failed: {update.last_error or 'no detail'}", now)
         if not any(t.checksum == target for t in update.targets):
@@ -186,10 +189,15 @@ async def _forward(spec: RolloutSpec, target: str, node: NodeRollout, client: No
     return None
 
 
+def _reboot(spec: RolloutSpec, node: NodeRollout, now: float, what: str, reason: str = "rebooting") -> Step:
+    """Into rebooting, with the time it was asked (written before the node is asked, as every action is)."""
+    request = ActionRequest(reason=action_reason(spec, node, what))
+    return Step(_update(node, state=NodeState.rebooting, reboot_at=now, reason=reason), action=("reboot", request))
+
+
 async def _rebooting(spec: RolloutSpec, node: NodeRollout, client: NodeClient, now: float, what: str) -> Step | None:
-    if node.reboot_at is None:
-        request = ActionRequest(reason=action_reason(spec, node, what))
-        return Step(_update(node, reboot_at=now, reason="rebooting"), action=("reboot", request))
+    if node.reboot_at is None:  # its reboot was refused: ask again
+        return _reboot(spec, node, now, what)
     info = await client.node()
     if info.uptime_seconds is not None and now - info.uptime_seconds > node.reboot_at - REBOOT_SLACK:
         return Step(_update(node, state=NodeState.verifying, reason="booted again; checking its health"))
@@ -234,7 +242,7 @@ async def _back(spec: RolloutSpec, node: NodeRollout, client: NodeClient, now: f
                 decision=f"{node.name} reverted: it had not moved",
             )
         if default is not None and default.checksum == before:
-            return Step(_update(node, state=NodeState.rebooting, reboot_at=None, reason="rolled back; rebooting"))
+            return _reboot(spec, node, now, f"reboot back into {node.before_version}", "rolled back; rebooting")
         rollback = next((d for d in summary.deployments.deployments if d.rollback), None)
         if rollback is not None and rollback.checksum == before:
             request = ActionRequest(reason=action_reason(spec, node, "roll back to the deployment it had"))

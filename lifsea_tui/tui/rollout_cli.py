@@ -56,6 +56,7 @@ def plan(args: argparse.Namespace) -> RolloutSpec:
             on_failure=OnFailure(args.on_failure),
             pre_hook=args.pre_hook,
             post_hook=args.post_hook,
+            hook_timeout=args.hook_timeout,
             probe=args.probe,
             reason=args.reason,
             created_by=store_keys.who(),
@@ -140,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--nodes", help="comma-separated node names (default: every node)")
     start.add_argument("--pre-hook", help="command before a node is touched, {node} is its name")
     start.add_argument("--post-hook", help="command after a node passed its gates")
+    start.add_argument("--hook-timeout", type=float, default=300.0, help="seconds a hook may run (default 300)")
     start.add_argument("--probe", help="URL template ({node}) that must answer 2xx after a reboot")
     start.add_argument("--id", help="the rollout's id (default r-DATE-TIME-XXXX)")
     start.add_argument("--reason", required=True, help="why (goes into the log and each node's audit log)")

@@ -28,6 +28,8 @@ from lifsea_tui.tui.screens.modals import ReasonModal
 from lifsea_tui.tui.tables import PlainTable
 
 POLL = 1.0
+DETAIL_EVERY = 5.0
+NODE_COLUMNS = ("name", "batch", "state", "booted", "why")
 LOG_LINES = 8
 STATE_STYLE = {
     NodeState.done: "node-ok",
@@ -233,6 +235,10 @@ class RolloutsScreen(ConsoleScreen[None]):
         self.chosen: str | None = None
         self.problem: str | None = None
         self._shown: tuple[object, ...] = ()
+        self._node_rows: dict[str, tuple[object, ...]] = {}
+        self._parsed: dict[str, tuple[int, Rollout]] = {}  # what read_all need not parse again
+        self._detail_of: tuple[tuple[str, int], float] | None = None  # ((rollout, etcd revision), when) shown
+        self._node_rows_of: tuple[str, list[str]] | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -251,12 +257,8 @@ class RolloutsScreen(ConsoleScreen[None]):
         yield Static("", id="detail-head")
         yield ProgressBar(id="overall", show_eta=False)
         nodes = PlainTable(id="rollout-nodes", cursor_type="row", zebra_stripes=True)
-        for key, label, width in (
-            ("name", "Node", 14),
-            ("batch", "Batch", 5),
-            ("state", "State", 10),
-            ("booted", "Booted", 10),
-            ("why", "Why", 70),
+        for key, label, width in zip(
+            NODE_COLUMNS, ("Node", "Batch", "State", "Booted", "Why"), (14, 5, 12, 10, 70), strict=True
         ):
             nodes.add_column(label, key=key, width=width)
         yield nodes
@@ -286,7 +288,7 @@ class RolloutsScreen(ConsoleScreen[None]):
         assert store is not None
         while True:
             try:
-                self.rollouts = await self.lifsea.net.run(store_keys.read_all(store))
+                self.rollouts = await self.lifsea.net.run(store_keys.read_all(store, self._parsed))
                 self.problem = None
             except StoreUnavailable as error:
                 self.problem = str(error)
@@ -337,13 +339,21 @@ class RolloutsScreen(ConsoleScreen[None]):
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key.value is not None and event.row_key.value != self.chosen:
             self.chosen = str(event.row_key.value)
-            self._detail()
+            self._detail(force=True)
 
     def current(self) -> Rollout | None:
         return next((r for r in self.rollouts if r.spec.id == self.chosen), None)
 
-    def _detail(self) -> None:
+    def _detail(self, *, force: bool = False) -> None:
         rollout = self.current()
+        # Unchanged in etcd (the same parsed object): rebuild only every few seconds, for the ETA and the
+        # booted versions the fleet refresh brings.
+        now = time.monotonic()
+        seen = (rollout.spec.id, self._parsed.get(rollout.spec.id, (0, rollout))[0]) if rollout else None
+        if not force and seen is not None and self._detail_of is not None:
+            if self._detail_of[0] == seen and now - self._detail_of[1] < DETAIL_EVERY:
+                return
+        self._detail_of = (seen, now) if seen is not None else None
         head = self.query_one("#detail-head", Static)
         nodes = self.query_one("#rollout-nodes", DataTable)
         decisions = self.query_one("#decisions", Static)
@@ -377,23 +387,30 @@ class RolloutsScreen(ConsoleScreen[None]):
                 ]
             )
         )
-        cursor = nodes.cursor_row
-        nodes.clear()
         snapshots = self.lifsea.fleet.snapshots
+        rows: dict[str, tuple[object, ...]] = {}
         for node in rollout.nodes:
             style = self.lifsea.colour(STATE_STYLE.get(node.state, ""))
             live = snapshots[node.name].booted_version if node.name in snapshots else None  # fresher than etcd's
             state = node.state.value + (" ←" if node.direction == "back" else "")
-            nodes.add_row(
-                node.name,
-                str(node.batch + 1),
-                plain(state, style),
-                live or node.booted_version or "",
-                node.reason,
-                key=node.name,
-            )
-        if rollout.nodes:
-            nodes.move_cursor(row=min(cursor, len(rollout.nodes) - 1))
+            rows[node.name] = (node.name, str(node.batch + 1), plain(state, style),
+                               live or node.booted_version or "", node.reason)  # fmt: skip
+        if (rollout.spec.id, list(rows)) != self._node_rows_of:
+            # Another rollout, or its first read: build the table. After that only changed cells are
+            # repainted (a thousand rows rebuilt every second would cost every key press its time).
+            self._node_rows_of = (rollout.spec.id, list(rows))
+            cursor = nodes.cursor_row
+            nodes.clear()
+            for name, row in rows.items():
+                nodes.add_row(*row, key=name)
+            if rows:
+                nodes.move_cursor(row=min(cursor, len(rows) - 1))
+        else:
+            for name, row in rows.items():
+                if self._node_rows.get(name) != row:
+                    for key, cell in zip(NODE_COLUMNS, row, strict=True):
+                        nodes.update_cell(name, key, cell)
+        self._node_rows = rows
         lines = []
         for entry in rollout.log[-LOG_LINES:]:
             when = datetime.fromtimestamp(entry.time).strftime("%H:%M:%S")
