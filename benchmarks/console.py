@@ -101,6 +101,17 @@ def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
 
 
+def press_and_time(session: str, key: str, give_up: float = 5.0) -> float:
+    """Press `key` in a tmux session and read the screen until it changes: milliseconds, as a person sees it."""
+    before = tmux("capture-pane", "-p", "-e", "-t", session)
+    pressed = time.perf_counter()
+    tmux("send-keys", "-t", session, key)
+    while tmux("capture-pane", "-p", "-e", "-t", session) == before:
+        if time.perf_counter() - pressed > give_up:
+            break
+    return (time.perf_counter() - pressed) * 1000
+
+
 def key_latency(targets: list[NodeTarget], presses: int, work: Path) -> None:
     """Key-to-screen in a real terminal: press a key with tmux, read the screen until it changes.
 
@@ -130,13 +141,7 @@ def key_latency(targets: list[NodeTarget], presses: int, work: Path) -> None:
         shown = time.perf_counter() - started
         latencies = []
         for index in range(presses):
-            before = tmux("capture-pane", "-p", "-e", "-t", session)
-            pressed = time.perf_counter()
-            tmux("send-keys", "-t", session, "Down" if index % 20 < 10 else "Up")
-            while tmux("capture-pane", "-p", "-e", "-t", session) == before:
-                if time.perf_counter() - pressed > 5:
-                    break
-            latencies.append((time.perf_counter() - pressed) * 1000)
+            latencies.append(press_and_time(session, "Down" if index % 20 < 10 else "Up"))
             time.sleep(0.05)
         pid = tmux("list-panes", "-t", session, "-F", "#{pane_pid}").strip()
         console = subprocess.run(

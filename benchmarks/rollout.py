@@ -4,7 +4,8 @@ etcd writes per node, and the console's key-to-screen while its Rollouts screen 
 The nodes are benchmarks.fakefleet with --upgrades (a real agent needs ~70 MB: a thousand do not fit this
 machine); etcd is real (Debian's etcd-server, TLS), lifsea-fleetd and the console are the real programs.
 The ideal is batches × the time a node cannot be made faster by the controller: its staging, its reboot
-and the controller's settle time after boot (SETTLE_SECONDS), run back to back.
+and the controller's settle time after boot (SETTLE_SECONDS), run back to back; the ratio against
+batches × the measured median time of a node is printed too (what batching itself costs).
 
 Figures, not assertions: printed and appended to benchmarks/results/rollout.jsonl.
 Run: `python -m benchmarks.rollout [--nodes 1000] [--max-unavailable 50] [--stage 1] [--reboot 2]`.
@@ -19,14 +20,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.console import start_fake_fleet, tmux
+from benchmarks.console import press_and_time, start_fake_fleet, tmux
 from benchmarks.results import pct, recorder
-from lifsea_tui.api.rollouts import Phase, RolloutSpec
+from lifsea_tui.api.rollouts import Intent, Phase, RolloutSpec
 from lifsea_tui.client import rollouts
 from lifsea_tui.client.etcd import Store
 from lifsea_tui.fleetd.steps import SETTLE_SECONDS
@@ -57,8 +59,11 @@ def proc_figures(pid: int) -> tuple[float, float]:
     return rss, (int(fields[11]) + int(fields[12])) / ticks
 
 
-def console_keys(work: Path, inventory: Path, etcd_flags: list[str], stop_at: list[float]) -> list[float]:
-    """Key-to-screen on the Rollouts screen (its node table) in a real terminal, until stop_at[0] passes."""
+def console_keys(
+    work: Path, inventory: Path, etcd_flags: list[str], stop_at: list[float], ready: threading.Event
+) -> list[tuple[float, float]]:
+    """Key-to-screen on the Rollouts screen (its node table) in a real terminal, until stop_at[0] passes:
+    (when, milliseconds) for each press. `ready` is set once the screen is open and keys are going."""
     session = "lifsea-bench-rollout"
     tmux("kill-session", "-t", session)
     command = (
@@ -66,26 +71,22 @@ def console_keys(work: Path, inventory: Path, etcd_flags: list[str], stop_at: li
         f"--refresh 5 {' '.join(etcd_flags)}; sleep 5"
     )
     tmux("new-session", "-d", "-s", session, "-x", "150", "-y", "45", command)
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
     try:
         started = time.perf_counter()
         while "● ok" not in tmux("capture-pane", "-p", "-t", session):
             if time.perf_counter() - started > 90:
+                ready.set()
                 return latencies
             time.sleep(0.1)
         tmux("send-keys", "-t", session, "R")
         time.sleep(2)
         tmux("send-keys", "-t", session, "Tab")  # to the nodes of the rollout
         time.sleep(0.5)
+        ready.set()
         index = 0
         while time.time() < stop_at[0]:
-            before = tmux("capture-pane", "-p", "-e", "-t", session)
-            pressed = time.perf_counter()
-            tmux("send-keys", "-t", session, "Down" if index % 20 < 10 else "Up")
-            while tmux("capture-pane", "-p", "-e", "-t", session) == before:
-                if time.perf_counter() - pressed > 5:
-                    break
-            latencies.append((time.perf_counter() - pressed) * 1000)
+            latencies.append((time.time(), press_and_time(session, "Down" if index % 20 < 10 else "Up")))
             index += 1
             time.sleep(0.1)
     finally:
@@ -148,6 +149,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         before = etcd_counters(cluster)
         rss_idle, cpu_idle = proc_figures(fleetd.pid)
         console_cert, console_key = cluster.client_cert("console")
+        ready = threading.Event()
         keys_task = asyncio.get_running_loop().run_in_executor(
             None,
             console_keys,
@@ -155,16 +157,26 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             inventory,
             [*flags, f"--etcd-cert={console_cert}", f"--etcd-key={console_key}"],
             stop_at,
+            ready,
         )
-        started = time.monotonic()
+        # The rollout is written paused, so the console shows its thousand nodes while keys are pressed
+        # against the fleet refresh alone (the same run's baseline); then it is resumed and timed.
         await rollouts.start(store, spec)
+        await rollouts.ask(store, spec.id, Intent(action="pause", reason="baseline first"), "bench")
+        await asyncio.get_running_loop().run_in_executor(None, ready.wait)
+        await asyncio.sleep(args.baseline)
+        rollout_began = time.time()
+        started = time.monotonic()
+        await rollouts.ask(store, spec.id, Intent(action="resume", reason="measure"), "bench")
         peak_rss = rss_idle
         while True:
             await asyncio.sleep(1)
             peak_rss = max(peak_rss, proc_figures(fleetd.pid)[0])
             found = await rollouts.read(store, spec.id)
             assert found is not None
-            if found.status.phase in (Phase.completed, Phase.paused, Phase.aborted):
+            if found.status.phase in (Phase.completed, Phase.aborted) or (
+                found.status.phase is Phase.paused and found.status.applied >= 3
+            ):
                 break
             if time.monotonic() - started > args.timeout:
                 raise SystemExit(f"not done within {args.timeout} s: {found.status.message}")
@@ -191,6 +203,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             took_s=round(took, 1),
             ideal_s=round(ideal, 1),
             ratio=round(took / ideal, 3),
+            ratio_to_measured_node=round(took / (batches * statistics.median(spans)), 3) if spans else None,
             aim_ratio=1.05,
             node_median_s=round(statistics.median(spans), 2) if spans else None,
             controller_rss_mb=round(peak_rss, 1),
@@ -202,15 +215,21 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             etcd_write_requests_per_node=round(writes / args.nodes, 2),
             aim_writes_per_node=10,
         )
-        if latencies:
+        during = [ms for when, ms in latencies if when >= rollout_began]
+        before_rollout = [ms for when, ms in latencies if when < rollout_began]
+        if during and before_rollout:
             record(
                 "rollout-console-keys",
-                presses=len(latencies),
-                p50_ms=round(statistics.median(latencies), 1),
-                p99_ms=round(pct(latencies, 99), 1),
-                max_ms=round(max(latencies), 1),
+                presses=len(during),
+                p50_ms=round(statistics.median(during), 1),
+                p99_ms=round(pct(during, 99), 1),
+                max_ms=round(max(during), 1),
+                baseline_presses=len(before_rollout),
+                baseline_p50_ms=round(statistics.median(before_rollout), 1),
+                baseline_p99_ms=round(pct(before_rollout, 99), 1),
                 aim_p99_ms=50,
-                note="Rollouts screen open on the running rollout; includes tmux send-keys and capture-pane",
+                note="Rollouts screen open; baseline: the same console before the rollout starts (its fleet "
+                "refresh of 1,000 nodes running); includes tmux send-keys and capture-pane",
             )
         await store.aclose()
     finally:
@@ -231,6 +250,7 @@ def main() -> None:
     parser.add_argument("--stage", type=float, default=1.0, help="seconds a fake node takes to stage")
     parser.add_argument("--reboot", type=float, default=2.0, help="seconds a fake node is down rebooting")
     parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--baseline", type=float, default=20.0, help="seconds of key presses before the rollout")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lifsea-bench-rollout-") as tmp:
         asyncio.run(run(args, Path(tmp)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -52,15 +53,17 @@ def lab(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.fixture(scope="session")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict, dict[str, str], Layout]]:
-    """A real 2-node lab for the session, in its own directory, taken down (and checked clean) at the end."""
+@contextlib.contextmanager
+def running_lab(
+    tmp_path_factory: pytest.TempPathFactory, nodes: int, name: str
+) -> Iterator[tuple[dict, dict[str, str], Layout]]:
+    """A real lab of `nodes` nodes in its own directory, taken down (and checked clean) at the end."""
     missing = lab_missing()
     if missing:
         pytest.skip(missing)
-    root = tmp_path_factory.mktemp("lab")
+    root = tmp_path_factory.mktemp(name)
     env = {**os.environ, "LIFSEA_LAB_DIR": str(root)}
-    started = lab(["up", "--nodes", "2"], env)
+    started = lab(["up", "--nodes", str(nodes)], env)
     try:
         assert started.returncode == 0, started.stderr
         status = lab(["status", "--json"], env)
@@ -70,5 +73,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict, dict
         stopped = lab(["down", "--purge"], env)
         assert stopped.returncode == 0, stopped.stderr
         leftovers = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
-        assert not leftovers, f"processes left running: {leftovers}"
+        assert not leftovers, f"processes left running (nodes, agents, etcd, controller?): {leftovers}"
         assert str(root) not in Path("/proc/self/mountinfo").read_text()
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict, dict[str, str], Layout]]:
+    """A real 2-node lab for the session."""
+    with running_lab(tmp_path_factory, 2, "lab") as running:
+        yield running

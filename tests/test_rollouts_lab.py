@@ -26,7 +26,7 @@ from lifsea_tui.api import routes
 from lifsea_tui.client import rollouts
 from lifsea_tui.client.etcd import EtcdTarget, Store
 from lifsea_tui.lab.layout import Layout
-from tests.conftest import lab, lab_missing
+from tests.conftest import lab, running_lab
 
 pytestmark = pytest.mark.lab
 NODES = ["node1", "node2", "node3"]
@@ -34,21 +34,8 @@ NODES = ["node1", "node2", "node3"]
 
 @pytest.fixture(scope="module")
 def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Any], dict[str, str], Layout]]:
-    missing = lab_missing()
-    if missing:
-        pytest.skip(missing)
-    root = tmp_path_factory.mktemp("lab3")
-    env = {**os.environ, "LIFSEA_LAB_DIR": str(root)}
-    started = lab(["up", "--nodes", "3"], env)
-    try:
-        assert started.returncode == 0, started.stderr
-        status = lab(["status", "--json"], env)
-        yield json.loads(status.stdout), env, Layout(root)
-    finally:
-        stopped = lab(["down", "--purge"], env)
-        assert stopped.returncode == 0, stopped.stderr
-        leftovers = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
-        assert not leftovers, f"processes left running (etcd, controller, nodes?): {leftovers}"
+    with running_lab(tmp_path_factory, 3, "lab3") as running:
+        yield running
 
 
 def rollout_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -402,3 +389,41 @@ async def test_hooks_fail_a_node_before_it_is_touched_and_a_standby_controller_t
         standby.kill()
         standby.wait()
         await store.aclose()
+
+
+async def test_a_node_that_does_not_answer_waits_until_its_deadline_then_fails(lab3) -> None:
+    status, env, layout = lab3
+    version = booted(status, "node3")
+    agent_pid = int((layout.node("node3").root / "agent.pid").read_text())
+    os.kill(agent_pid, signal.SIGSTOP)  # its port still takes connections; nothing answers on them
+    try:
+        started = rollout_cli(
+            env,
+            "start",
+            "--version",
+            str(version),
+            "--nodes",
+            "node2,node3",
+            "--canary",
+            "0",
+            "--max-unavailable",
+            "2",
+            "--node-deadline",
+            "25",
+            "--error-budget",
+            "1",
+            "--reason",
+            "CHG-60 one node frozen",
+            "--json",
+        )
+        assert started.returncode == 0, started.stderr
+        rollout_id = json.loads(started.stdout)["id"]
+        watch = Watch(status, rollout_id)
+        waiting = await watch.until(lambda r: r.node("node3").reason.startswith("waiting:"), 60, "node3 waits")
+        assert waiting.node("node3").state.value == "staging"
+        done = await watch.until(lambda r: r.status.phase.value == "completed", 90, "the deadline passes")
+        assert done.node("node3").state.value == "failed"
+        assert "no verdict before its deadline (25 s" in done.node("node3").reason
+        assert done.node("node2").state.value == "done"  # within the error budget, the rollout goes on
+    finally:
+        os.kill(agent_pid, signal.SIGCONT)

@@ -41,6 +41,18 @@ class EtcdTarget:
         return ",".join(self.endpoints)
 
     @classmethod
+    def from_flags(
+        cls,
+        endpoints: str,
+        ca_file: Path | None,
+        cert_file: Path | None,
+        key_file: Path | None,
+        server_name: str | None,
+    ) -> EtcdTarget:
+        """From command-line flags: `endpoints` is host:port[,host:port...]."""
+        return cls(tuple(endpoints.split(",")), ca_file, cert_file, key_file, server_name)
+
+    @classmethod
     def from_json(cls, data: dict[str, Any], user: str) -> EtcdTarget:
         """From the `etcd` object of `lifsea-lab status --json`, as the client certificate of `user`."""
         creds = data.get("users", {}).get(user)

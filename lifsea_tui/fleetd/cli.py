@@ -64,13 +64,7 @@ def resolve(args: argparse.Namespace) -> tuple[EtcdTarget, dict[str, NodeTarget]
         assert lab is not None
         nodes = inventory.from_lab("controller", status=lab)
     if args.etcd:
-        target = EtcdTarget(
-            endpoints=tuple(args.etcd.split(",")),
-            ca_file=args.etcd_ca,
-            cert_file=args.etcd_cert,
-            key_file=args.etcd_key,
-            server_name=args.etcd_server_name,
-        )
+        target = EtcdTarget.from_flags(args.etcd, args.etcd_ca, args.etcd_cert, args.etcd_key, args.etcd_server_name)
     else:
         assert lab is not None
         target = EtcdTarget.from_json(lab["etcd"], USER)

@@ -87,6 +87,7 @@ class Controller:
         self.problem: str | None = None  # why it cannot act now (the store), for its log and its status
         self.clients: dict[str, NodeClient] = {}
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.parsed: keys.Parsed = {}  # etcd keys already parsed, by revision (see rollouts.read_all)
         self.wake = asyncio.Event()  # a node settled, or the controller is asked to stop: look again now
 
     # -- leadership --------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class Controller:
         return self.clients[name]
 
     async def reconcile(self) -> None:
-        for rollout in await keys.read_all(self.store):
+        for rollout in await keys.read_all(self.store, self.parsed):
             busy = any(node.state in IN_FLIGHT for node in rollout.nodes)
             asked = any(e.kind == "intent" and e.seq > rollout.status.applied for e in rollout.log)
             if rollout.status.phase in FINISHED and not busy and not asked:
@@ -531,7 +532,7 @@ class Controller:
                 decision=("completed", f"{moved} nodes on {spec.target_version}"),
             )
             return
-        await self.write(
+        moved_on = await self.write(
             rollout,
             status={
                 "phase": Phase.progressing,
@@ -541,7 +542,8 @@ class Controller:
             },
             decision=("batch", f"batch {status.batch + 2} of {last + 1} starts"),
         )
-        self.wake.set()  # start the next batch now, not a tick later
+        if moved_on:  # start the next batch now (write() has its new status), not after another read of etcd
+            await self.progress(rollout)
 
     async def soak(self, rollout: Rollout) -> None:
         status = rollout.status

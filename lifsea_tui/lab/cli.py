@@ -306,6 +306,9 @@ def status(layout: Layout, as_json: bool) -> int:
         print(json.dumps(status_json(layout, spec), indent=2))
         return 0 if running else 1
     print(f"lab {layout.root}: {'up' if running else 'down'}; update server http://127.0.0.1:{spec.update_port}")
+    print(
+        f"  etcd https://127.0.0.1:{spec.etcd_port}  lifsea-fleetd (FleetLock http://127.0.0.1:{spec.fleetlock_port})"
+    )
     for node in spec.nodes:
         state = layout.node(node.name).state()
         print(

@@ -26,13 +26,7 @@ def sources(args: argparse.Namespace) -> tuple[list[NodeTarget], EtcdTarget | No
     """The nodes, and the fleet store (etcd) when there is one: --etcd, else the lab's when the nodes are."""
     store = None
     if getattr(args, "etcd", None):
-        store = EtcdTarget(
-            endpoints=tuple(args.etcd.split(",")),
-            ca_file=args.etcd_ca,
-            cert_file=args.etcd_cert,
-            key_file=args.etcd_key,
-            server_name=args.etcd_server_name,
-        )
+        store = EtcdTarget.from_flags(args.etcd, args.etcd_ca, args.etcd_cert, args.etcd_key, args.etcd_server_name)
     if args.inventory is not None:
         return inventory.from_file(args.inventory), store
     config = locations.config_file()

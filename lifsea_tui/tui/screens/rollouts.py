@@ -47,6 +47,12 @@ INTENT_TEXT = {
 }
 
 
+def rollout_revision(rollout: Rollout, parsed: store_keys.Parsed) -> int:
+    """The newest etcd revision among the rollout's keys that the reader has seen."""
+    prefix = f"{store_keys.ROLLOUTS}{rollout.spec.id}/"
+    return max((revision for key, (revision, _) in parsed.items() if key.startswith(prefix)), default=0)
+
+
 def progress_of(rollout: Rollout) -> tuple[int, int]:
     """Nodes settled, of the nodes this phase moves."""
     back = [n for n in rollout.nodes if n.direction == "back"]
@@ -236,7 +242,7 @@ class RolloutsScreen(ConsoleScreen[None]):
         self.problem: str | None = None
         self._shown: tuple[object, ...] = ()
         self._node_rows: dict[str, tuple[object, ...]] = {}
-        self._parsed: dict[str, tuple[int, Rollout]] = {}  # what read_all need not parse again
+        self._parsed: store_keys.Parsed = {}  # what read_all need not parse again
         self._detail_of: tuple[tuple[str, int], float] | None = None  # ((rollout, etcd revision), when) shown
         self._node_rows_of: tuple[str, list[str]] | None = None
 
@@ -349,7 +355,7 @@ class RolloutsScreen(ConsoleScreen[None]):
         # Unchanged in etcd (the same parsed object): rebuild only every few seconds, for the ETA and the
         # booted versions the fleet refresh brings.
         now = time.monotonic()
-        seen = (rollout.spec.id, self._parsed.get(rollout.spec.id, (0, rollout))[0]) if rollout else None
+        seen = (rollout.spec.id, rollout_revision(rollout, self._parsed)) if rollout else None
         if not force and seen is not None and self._detail_of is not None:
             if self._detail_of[0] == seen and now - self._detail_of[1] < DETAIL_EVERY:
                 return
