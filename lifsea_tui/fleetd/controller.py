@@ -581,7 +581,9 @@ class Controller:
         if all(n.state in SETTLED for n in rollout.nodes):
             reverted = sum(1 for n in back if n.state is NodeState.reverted)
             failed = [n.name for n in back if n.state is NodeState.failed]
-            why = f"{reverted} nodes back" + (f"; could not go back: {', '.join(failed)}" if failed else "")
+            why = f"{reverted} node{'' if reverted == 1 else 's'} back where they were" + (
+                f"; could not go back: {', '.join(failed)}" if failed else ""
+            )
             await self.write(
                 rollout, status={"phase": Phase.rolled_back, "message": why}, decision=("rolled-back", why)
             )

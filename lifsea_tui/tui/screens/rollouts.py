@@ -314,7 +314,7 @@ class RolloutsScreen(ConsoleScreen[None]):
             count = len(self.rollouts)
             line = plain(
                 f"store: {where} · {count} rollout{'' if count == 1 else 's'} · {len(running)} not finished · "
-                "↑↓ chooses one · n starts one"
+                f"↑↓ chooses one{'' if self.lifsea.read_only else ' · n starts one'}"
             )
         self.query_one("#store-line", Static).update(line)
         table = self.query_one("#rollouts", DataTable)
