@@ -8,6 +8,7 @@ each nspawn machine), not from what the controller says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -17,14 +18,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from lifsea_tui.api import routes
+from lifsea_tui.api.rollouts import RolloutSpec
 from lifsea_tui.client import rollouts
-from lifsea_tui.client.etcd import EtcdTarget, Store
+from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
+from lifsea_tui.lab.image import REF
 from lifsea_tui.lab.layout import Layout
 from tests.conftest import lab, running_lab
 
@@ -208,8 +212,23 @@ async def test_rolling_upgrade_and_rollback_survive_killed_controllers_and_a_fro
     assert reasons and "CHG-21 back out" in reasons[-1]
 
 
+def ostree_repo(layout: Layout, *args: str) -> str:
+    return subprocess.run(
+        ["ostree", f"--repo={layout.repo}", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 async def test_a_bad_canary_stops_the_rollout_and_no_other_node_moves(lab3) -> None:
-    status, env, _ = lab3
+    status, env, layout = lab3
+    good_head = ostree_repo(layout, "rev-parse", REF)
+    try:
+        await bad_canary(status, env)
+    finally:  # the next release is built on the update server's head: take the bad one off it
+        ostree_repo(layout, "reset", REF, good_head)
+        ostree_repo(layout, "summary", "--update")
+
+
+async def bad_canary(status: dict[str, Any], env: dict[str, str]) -> None:
     before = {name: booted(status, name) for name in NODES}
     published = lab(["publish", "--version", "3.0-bad", "--bad"], env)
     assert published.returncode == 0, published.stderr
@@ -427,3 +446,90 @@ async def test_a_node_that_does_not_answer_waits_until_its_deadline_then_fails(l
         assert done.node("node2").state.value == "done"  # within the error budget, the rollout goes on
     finally:
         os.kill(agent_pid, signal.SIGCONT)
+
+
+async def test_a_controller_on_a_three_member_etcd_goes_on_with_two_and_stops_with_one(lab3, tmp_path) -> None:
+    """A controller of the test's own (in this process) on three etcd members of the test's own: one member
+    stopped mid-rollout changes nothing; a second stops the dispatching (no quorum, said so) and nothing
+    moves; back to two, the rollout finishes where it was."""
+    from lifsea_tui.client.inventory import from_lab
+    from lifsea_tui.fleetd.controller import Controller
+    from lifsea_tui.lab.etcd import EtcdCluster
+
+    status, env, layout = lab3
+    published = lab(["publish", "--version", "4.0"], env)
+    assert published.returncode == 0, published.stderr
+    members = EtcdCluster.fresh(tmp_path / "etcd3", layout.pki / "ca", 3)
+    members.start()
+    await members.wait_ready()
+    store = Store(members.target("lifsea-fleetd", timeout=2))
+    watcher_store = Store(members.target("console", timeout=2))
+    controller = Controller(store, {t.name: t for t in from_lab("controller", status=status)}, tick=0.5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(controller.run(stop))
+    try:
+        await asyncio.sleep(1)
+        spec = RolloutSpec(
+            id="r-quorum",
+            target_version="4.0",
+            nodes=NODES,
+            canary=1,
+            max_unavailable=1,
+            reason="CHG-70 quorum",
+            created_by="test",
+            created_at=datetime.now(UTC),
+        )
+        await rollouts.start(watcher_store, spec)
+
+        async def until(check: Any, timeout: float, what: str) -> rollouts.Rollout:
+            deadline = time.monotonic() + timeout
+            found = None
+            while time.monotonic() < deadline:
+                with contextlib.suppress(StoreUnavailable):
+                    found = await rollouts.read(watcher_store, "r-quorum")
+                    if found is not None and check(found):
+                        return found
+                await asyncio.sleep(0.3)
+            last = found.summary() if found else None
+            raise AssertionError(f"timed out waiting for {what}; controller: {controller.problem}; last: {last}")
+
+        await until(lambda r: r.node("node1").state.value == "done", 120, "node1 done")
+        members.stop("etcd1")
+        await until(lambda r: r.node("node2").state.value == "done", 120, "node2 done with two members")
+        members.stop("etcd2")
+        frozen_at = time.monotonic()
+        while controller.problem is None:
+            assert time.monotonic() - frozen_at < 15, "the controller did not notice the store has no quorum"
+            await asyncio.sleep(0.2)
+        assert "no quorum" in controller.problem
+        boots = layout.node("node3").state().get("boots")
+        await asyncio.sleep(5)
+        assert layout.node("node3").state().get("boots") == boots  # nothing dispatched without quorum
+        members.start("etcd1")
+        done = await until(lambda r: r.status.phase.value == "completed", 180, "completed with quorum back")
+        assert [n.booted_version for n in done.nodes] == ["4.0"] * 3
+        assert controller.problem is None
+    finally:
+        stop.set()
+        controller.wake.set()
+        await running
+        await store.aclose()
+        await watcher_store.aclose()
+        members.stop()
+    back = rollout_cli(
+        env,
+        "start",
+        "--version",
+        "1.0",
+        "--max-unavailable",
+        "3",
+        "--canary",
+        "0",
+        "--reason",
+        "CHG-71 back to 1.0",
+        "--json",
+    )
+    assert back.returncode == 0, back.stderr
+    await Watch(status, json.loads(back.stdout)["id"]).until(
+        lambda r: r.status.phase.value == "completed", 180, "back on 1.0"
+    )

@@ -174,10 +174,16 @@ async def _forward(spec: RolloutSpec, target: str, node: NodeRollout, client: No
             return _reboot(spec, node, now, f"reboot into {spec.target_version}", "staged; rebooting")
         update = summary.update
         if update.state in (UpdateState.checking, UpdateState.staging) or update.operation:
-            return recorded if node.reason == "staging" else Step(_update(node, reason="staging"))
+            return recorded if node.reason in ("staging", "checking") else Step(_update(node, reason="staging"))
         if update.state is UpdateState.failed and node.reason == "staging":
             return _fail(node, f"staging failed: {update.last_error or 'no detail'}", now)
+        rollback = next((d for d in summary.deployments.deployments if d.rollback), None)
+        if rollback is not None and rollback.checksum == target:  # an older release, still on the node
+            request = ActionRequest(reason=action_reason(spec, node, f"roll back to {spec.target_version}"))
+            return Step(_update(node, reason="rolling back to the target"), action=("rollback", request))
         if not any(t.checksum == target for t in update.targets):
+            if node.reason == "checking":  # checked once already: not offered here, and checking again won't
+                return _fail(node, f"{spec.target_version} is not offered to this node by its update server", now)
             request = ActionRequest(reason=action_reason(spec, node, "check for updates"))
             return Step(_update(node, reason="checking"), action=("check", request))
         request = StageRequest(reason=action_reason(spec, node, f"stage {spec.target_version}"), checksum=target)

@@ -174,8 +174,10 @@ class Supervised:
                 )
             finally:
                 log_file.close()
-            if self.pid_path is not None:
-                self.pid_path.write_text(str(self.proc.pid))
+            if self.pid_path is not None:  # replaced whole: a reader never sees it empty
+                fresh = self.pid_path.with_suffix(".tmp")
+                fresh.write_text(str(self.proc.pid))
+                os.replace(fresh, self.pid_path)
             status = await self.proc.wait()
             if not self.stopping:
                 log.warning("%s exited %s; restarting", self.name, status)
