@@ -146,9 +146,6 @@ class LogEntry(BaseModel):
     reason: str
 
 
-INTENTS = ("pause", "resume", "abort", "rollback")
-
-
 class Intent(Strict):
     action: Literal["pause", "resume", "abort", "rollback"]
     reason: str = Field(min_length=1, max_length=REASON_MAX, pattern=r"[^ \t\n\r\f\v]")

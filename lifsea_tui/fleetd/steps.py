@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shlex
-import time
-from dataclasses import dataclass, field
+import signal
+from dataclasses import dataclass
 
 import httpx
 
@@ -36,9 +37,7 @@ class Step:
     node: NodeRollout
     action: tuple[str, ActionRequest] | None = None
     decision: str | None = None  # worth a line in the rollout's log
-    changed: bool = True
     hook: str | None = None  # a hook command to run before writing (pre or post)
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def _booted(summary: NodeSummary) -> Deployment | None:
@@ -87,9 +86,6 @@ async def run_hook(template: str, node: str, timeout: float) -> str | None:
         output, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
-            import os
-            import signal
-
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         return f"`{command}` did not finish within {timeout:.0f} s and was killed"
@@ -143,7 +139,7 @@ async def step(spec: RolloutSpec, target: str, node: NodeRollout, client: NodeCl
         why = f"waiting: {error}"
         if node.reason == why:
             return None
-        return Step(_update(node, reason=why), changed=True)
+        return Step(_update(node, reason=why))
 
 
 async def _forward(spec: RolloutSpec, target: str, node: NodeRollout, client: NodeClient, now: float) -> Step | None:
@@ -182,7 +178,10 @@ async def _forward(spec: RolloutSpec, target: str, node: NodeRollout, client: No
             request = ActionRequest(reason=action_reason(spec, node, f"roll back to {spec.target_version}"))
             return Step(_update(node, reason="rolling back to the target"), action=("rollback", request))
         if not any(t.checksum == target for t in update.targets):
-            if node.reason == "checking":  # checked once already: not offered here, and checking again won't
+            # The node says it checked since this node's turn began (not just that a check was asked: the
+            # ask may never have reached it): not offered here, and checking again will not change that.
+            last, began = update.last_checked, node.started_at
+            if node.reason == "checking" and last is not None and began is not None and last.timestamp() >= began:
                 return _fail(node, f"{spec.target_version} is not offered to this node by its update server", now)
             request = ActionRequest(reason=action_reason(spec, node, "check for updates"))
             return Step(_update(node, reason="checking"), action=("check", request))
@@ -273,7 +272,3 @@ def started(node: NodeRollout, spec: RolloutSpec, now: float, direction: str = "
         pre_hook_done=False if direction == "forward" else True,
         reason="starting" if direction == "forward" else "going back",
     )
-
-
-def now() -> float:
-    return time.time()
