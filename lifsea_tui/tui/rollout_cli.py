@@ -19,7 +19,7 @@ from lifsea_tui.api.rollouts import Intent, OnFailure, Rollout, RolloutSpec
 from lifsea_tui.client import inventory
 from lifsea_tui.client import rollouts as store_keys
 from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
-from lifsea_tui.tui.cli import add_inventory_options, add_store_options, sources
+from lifsea_tui.tui.sources import add_inventory_options, add_store_options, sources
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 
