@@ -198,3 +198,15 @@ def test_rollouts_screen_snapshot(snap_compare, cluster: etcd.EtcdCluster) -> No
 
     app = LifseaApp(FrozenFleet(), refresh_interval=3600, rollout_store=cluster.target("console"))
     assert snap_compare(app, terminal_size=SIZE, run_before=open_rollouts)
+
+
+async def test_the_rollout_command_prints_node_text_plain(store: Store) -> None:
+    """`rollout status` prints reasons an agent wrote (its error details): no escape sequence reaches the terminal."""
+    from lifsea_tui.tui.rollout_cli import describe
+
+    await written_rollout(store)
+    found = await rollouts.read(store, "r-20261126-030000-beef")
+    assert found is not None
+    printed = describe(found)
+    assert "\x1b" not in printed and "\x07" not in printed
+    assert "␛]52;c;aGk=␇" in printed

@@ -19,6 +19,7 @@ from lifsea_tui.api.rollouts import Intent, OnFailure, Rollout, RolloutSpec
 from lifsea_tui.client import inventory
 from lifsea_tui.client import rollouts as store_keys
 from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
+from lifsea_tui.tui.plain import visible
 from lifsea_tui.tui.sources import add_inventory_options, add_store_options, sources
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
@@ -76,7 +77,8 @@ def describe(rollout: Rollout) -> str:
     ]
     for node in rollout.nodes:
         lines.append(f"  {node.name:16} {node.state.value:10} {node.booted_version or '-':10} {node.reason}")
-    return "\n".join(lines)
+    # Reasons carry node text (an agent's error detail): every control character shown, none sent raw.
+    return "\n".join(visible(line, keep_newlines=False) for line in lines)
 
 
 async def run(args: argparse.Namespace) -> int:
