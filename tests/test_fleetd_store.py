@@ -15,11 +15,22 @@ import httpx
 import pytest
 import uvicorn
 
-from lifsea_tui.api.rollouts import Intent, Phase, RolloutSpec, Window
+from lifsea_tui.api.rollouts import (
+    Intent,
+    NodeRollout,
+    NodeState,
+    Phase,
+    RolloutSpec,
+    Window,
+    next_opening,
+    parse_selector,
+    selects,
+    window_open,
+)
 from lifsea_tui.client import rollouts
 from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.fleetd import fleetlock
-from lifsea_tui.fleetd.controller import Controller, window_open
+from lifsea_tui.fleetd.controller import Controller
 from lifsea_tui.lab import etcd
 
 pytestmark = pytest.mark.skipif(etcd.missing() is not None, reason=etcd.MISSING)
@@ -227,6 +238,36 @@ def test_windows() -> None:
     with pytest.raises(ValueError):
         Window(start="25:00", minutes=60)
     assert timedelta(minutes=weekdays.minutes) == timedelta(hours=2)
+    # When the next one opens: Monday 11:00 -> Tuesday 08:00; Friday 11:00 -> Monday 08:00.
+    assert next_opening([weekdays], monday_0900 + 2 * hour) == monday_0900 + 23 * hour
+    assert next_opening([weekdays], monday_0900 + 4 * 24 * hour + 2 * hour) == monday_0900 + 7 * 24 * hour - hour
+    assert next_opening([], monday_0900) is None
+
+
+def test_windows_are_written_as_people_say_them_and_bad_ones_are_named() -> None:
+    window = Window.parse("fri-mon 22:00 1h30m Europe/Berlin")  # a range through the week's end
+    assert (window.days, window.start, window.minutes, window.tz) == (
+        ["mon", "fri", "sat", "sun"],
+        "22:00",
+        90,
+        "Europe/Berlin",
+    )
+    assert Window.parse(str(window)) == window
+    assert Window.parse("daily 02:00 4h").days == ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    for text, says in (
+        ("mon 25:00 1h", "a start is HH:MM"),
+        ("mon 02:00 0m", "more than 0"),
+        ("mon 02:00 200h", "at most a week"),
+        ("moon 02:00 1h", "days are mon..sun"),
+        ("mon 02:00 an-hour", "hours and minutes"),
+        ("mon 02:00", "DAYS HH:MM LENGTH"),
+        ("mon 02:00 1h Mars/Olympus", "unknown time zone"),
+        ("mon 02:00 1h ../../etc/passwd", "unknown time zone"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            Window.parse(text)
+    with pytest.raises(ValueError, match="unknown time zone"):  # written to etcd by hand: refused on reading too
+        Window(start="02:00", minutes=60, tz="Nowhere/Special")
 
 
 async def test_a_rollout_of_a_thousand_nodes_fits_etcds_transaction_limits(store: Store) -> None:
@@ -246,3 +287,77 @@ async def test_a_rollout_of_a_thousand_nodes_fits_etcds_transaction_limits(store
     assert slots_taken == names[:60]  # one transaction's worth at a time, never past the limit
     assert len(await rollouts.take_slots(store, "big", names[:200], 150, "test")) == 120
     await controller.resign()
+
+
+async def test_a_rollout_that_does_not_parse_is_set_aside_and_named_while_the_others_go_on(store: Store) -> None:
+    """Written by hand, or by a newer console with an option this controller does not know: the controller
+    neither guesses at it nor stops; readers name it."""
+    await rollouts.start(store, spec("r-good", ["a"]))
+    await store.put_json("rollouts/r-newer/spec", {**rollouts.spec_json(spec("r-newer", ["b"])), "surge": 3})
+    await store.put_json("rollouts/r-newer/status", {"phase": "planned", "message": "-", "updated_at": 0})
+    await store.client.put(store.key("rollouts/r-junk/spec"), b"not json {")
+    unreadable: dict[str, str] = {}
+    assert [r.spec.id for r in await rollouts.read_all(store, {}, unreadable)] == ["r-good"]
+    assert "surge" in unreadable["r-newer"] and set(unreadable) == {"r-newer", "r-junk"}
+    with pytest.raises(rollouts.RolloutUnreadable, match="r-newer cannot be read: spec: surge"):
+        await rollouts.read(store, "r-newer")
+    controller = Controller(store, {}, tick=0.1)
+    assert await controller.campaign()
+    await controller.reconcile()  # does not raise; r-good has no node the controller knows: refused, not stuck
+    assert set(controller.unreadable) == {"r-newer", "r-junk"}
+    good = await rollouts.read(store, "r-good")
+    assert good is not None and good.status.phase is Phase.aborted
+    # What an older controller sees of a rollout that uses no newer option: only the fields it knows.
+    written = await store.get("rollouts/r-good/spec")
+    assert written is not None and not {"selector", "group_by", "groups", "group_max", "windows"} & set(written.json())
+
+
+def test_labels_select_nodes_and_groups_spread_the_batches() -> None:
+    labels = {"n1": {"zone": "a"}, "n2": {"zone": "a"}, "n3": {"zone": "b"}, "n4": {"zone": "a", "gpu": ""}, "n5": {}}
+    assert [n for n in labels if selects(parse_selector("zone=a"), labels[n])] == ["n1", "n2", "n4"]
+    assert [n for n in labels if selects(parse_selector("zone!=a, gpu"), labels[n])] == []
+    assert [n for n in labels if selects(parse_selector("gpu"), labels[n])] == ["n4"]
+    for bad in ("zone==a", "Zone=a", "zone=a b", "", "zone=[red]"):
+        with pytest.raises(ValueError, match="a selector is"):
+            parse_selector(bad)
+    order, groups, limits = rollouts.grouped(list(labels), labels, "zone", "50%")
+    assert order == ["n1", "n3", "n5", "n2", "n4"]  # a, b, none, a, a
+    assert groups["n5"] == "" and limits == {"a": 1, "b": 1, "": 1}
+    assert rollouts.grouped(list(labels), labels, "zone", "2")[2] == {"a": 2, "b": 2, "": 2}
+    for bad in ("zone", "=1", "zone="):
+        with pytest.raises(ValueError, match="LABEL=N"):
+            rollouts.parse_group_limit(bad)
+    with pytest.raises(ValueError, match="group_by and group_max go together"):
+        spec("r-x", ["n1"], group_by="zone")
+    with pytest.raises(ValueError, match="every node of a grouped rollout"):
+        spec("r-x", ["n1", "n3"], group_by="zone", groups={"n1": "a"}, group_max={"a": 1})
+    grouped = spec("r-x", order, group_by="zone", groups=groups, group_max={"a": 1, "b": 1, "": 1}, max_unavailable=5)
+    rollout = rollouts.Rollout(
+        spec=grouped,
+        status=rollouts.RolloutStatus(phase=Phase.progressing, message="", updated_at=0),
+        nodes=[
+            NodeRollout(name=n, batch=0, state=NodeState.staging if n == "n1" else NodeState.pending) for n in order
+        ],
+        log=[],
+    )
+    admitted, held = Controller._within_groups(rollout, [n for n in rollout.nodes if n.name != "n1"])
+    assert [n.name for n in admitted] == ["n3", "n5"]  # n1 already moves in zone a: n2 and n4 wait
+    assert [n.name for n in held] == ["n2", "n4"] and held[0].reason == "waiting: 1 of zone=a already moving"
+
+
+def test_labels_in_the_agent_config_and_the_inventory_are_checked(tmp_path: Path) -> None:
+    from lifsea_tui.agent.config import ConfigError, load
+    from lifsea_tui.client.inventory import InventoryError, parse
+
+    token = "\n[[tokens]]\nname = 'x'\nrole = 'reader'\nsha256 = '" + "0" * 64 + "'\n"
+    config = tmp_path / "agent.toml"
+    config.write_text("node_name = 'n1'\n[labels]\nzone = 'a'\n'topology.io/rack' = 'r-7'\n" + token)
+    assert load(config, {}).labels == {"zone": "a", "topology.io/rack": "r-7"}
+    for bad in ("'Zone' = 'a'", "zone = '[b]ad'", "zone = 3", "zone = 'x\\u001b]52;c;AAAA'"):
+        config.write_text(f"node_name = 'n1'\n[labels]\n{bad}\n" + token)
+        with pytest.raises(ConfigError, match=r"\[labels\]"):
+            load(config, {})
+    node = {"name": "n1", "url": "https://10.0.0.1:7443", "token": "t", "labels": {"zone": "b"}}
+    assert parse({"nodes": [node]}, "inv", tmp_path)[0].labels == {"zone": "b"}
+    with pytest.raises(InventoryError, match="node 'n1': labels: label key"):
+        parse({"nodes": [{**node, "labels": {"Bad Key": "x"}}]}, "inv", tmp_path)

@@ -60,6 +60,7 @@ class DownWatcher:
         self.layout = layout
         self.most_down = 0
         self.went_down: list[str] = []
+        self.down_sets: set[frozenset[str]] = set()  # every set of machines seen down together
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -68,6 +69,7 @@ class DownWatcher:
         while not self.stop.is_set():
             down = {name for name in NODES if self.layout.node(name).state().get("state") != "running"}
             self.most_down = max(self.most_down, len(down))
+            self.down_sets.add(frozenset(down))
             self.went_down += sorted(down - previous)
             previous = down
             time.sleep(0.1)
@@ -533,3 +535,81 @@ async def test_a_controller_on_a_three_member_etcd_goes_on_with_two_and_stops_wi
     await Watch(status, json.loads(back.stdout)["id"]).until(
         lambda r: r.status.phase.value == "completed", 180, "back on 1.0"
     )
+
+
+async def test_nodes_are_chosen_by_their_labels_and_each_zone_keeps_its_own_limit(lab3) -> None:
+    """The lab's agents say zone=a (node1, node3) or zone=b (node2) in /v1/node and /v1/summary. A
+    selector picks by them; a per-zone limit of 1 with a fleet-wide limit of 3 lets node2 move beside a
+    zone-a node but never both zone-a nodes at once (seen from the lab's view of the machines)."""
+    status, env, layout = lab3
+    for name, zone in (("node1", "a"), ("node2", "b"), ("node3", "a")):
+        with node_http(status, name) as http:
+            assert http.get(routes.NODE).json()["labels"] == {"zone": zone, "pool": "lab"}
+            assert http.get(routes.SUMMARY).json()["labels"]["zone"] == zone
+    nothing = rollout_cli(env, "start", "--version", "1.0", "--selector", "zone=c", "--reason", "CHG-90")
+    assert nothing.returncode == 2 and "none has zone=c" in nothing.stderr, nothing
+    bad = rollout_cli(env, "start", "--version", "1.0", "--max-unavailable-per", "zone", "--reason", "CHG-90")
+    assert bad.returncode == 2 and "LABEL=N" in bad.stderr, bad
+    published = lab(["publish", "--version", "4.1"], env)
+    assert published.returncode == 0, published.stderr
+    started = rollout_cli(
+        env,
+        *("start", "--version", "4.1", "--selector", "pool=lab,zone!=c", "--canary", "0"),
+        *("--max-unavailable", "3", "--max-unavailable-per", "zone=1", "--reason", "CHG-91 zone by zone", "--json"),
+    )
+    assert started.returncode == 0, started.stderr
+    watch = Watch(status, json.loads(started.stdout)["id"])
+    with DownWatcher(layout) as watcher:
+        done = await watch.until(lambda r: r.status.phase.value == "completed", 240, "completed")
+    assert done.spec.nodes == ["node1", "node2", "node3"]  # zones taken in turn: a, b, a
+    assert done.spec.groups == {"node1": "a", "node2": "b", "node3": "a"}
+    assert done.spec.group_max == {"a": 1, "b": 1}
+    assert {n.booted_version for n in done.nodes} == {"4.1"}
+    assert not any({"node1", "node3"} <= down for down in watcher.down_sets), watcher.down_sets
+    assert watcher.most_down == 2, f"node2 never moved beside a zone-a node: {watcher.down_sets}"
+    summary = json.loads(rollout_cli(env, "status", done.spec.id, "--json").stdout)
+    assert summary["group_by"] == "zone" and [n["group"] for n in summary["nodes"]] == ["a", "b", "a"]
+    only_b = rollout_cli(env, "start", "--version", "4.1", "--selector", "zone=b", "--reason", "CHG-92", "--json")
+    assert only_b.returncode == 0, only_b.stderr
+    done = await Watch(status, json.loads(only_b.stdout)["id"]).until(
+        lambda r: r.status.phase.value == "completed", 60, "zone b alone"
+    )
+    assert [n.name for n in done.nodes] == ["node2"] and done.spec.selector == "zone=b"
+
+
+async def test_a_window_closing_mid_rollout_lets_the_node_in_flight_finish_and_starts_nothing_until_the_next(
+    lab3,
+) -> None:
+    """Two windows a minute apart: the canary is still moving when the first closes (it finishes), the rest
+    wait through the gap (phase waiting, no node started in it, no deadline counted), then move once the
+    second window opens."""
+    status, env, _ = lab3
+    published = lab(["publish", "--version", "5.0"], env)
+    assert published.returncode == 0, published.stderr
+    now = time.time()
+    minute = now // 60 * 60
+    closes = minute + 60 * -(-(now + 40 - minute) // 60)  # the first minute boundary at least 40 s away
+    opens = closes + 60
+    first = f"daily {datetime.fromtimestamp(minute, UTC):%H:%M} {int(closes - minute) // 60}m UTC"
+    second = f"daily {datetime.fromtimestamp(opens, UTC):%H:%M} 1h UTC"
+    hold = max(1, int(closes - time.time()) - 4)  # the canary's hook ends just before the close: it is in flight
+    started = rollout_cli(
+        env,
+        *("start", "--version", "5.0", "--canary", "1", "--max-unavailable", "1", "--node-deadline", "90"),
+        *("--window", first, "--window", second, "--pre-hook", f"test {{node}} != node1 || sleep {hold}"),
+        *("--reason", "CHG-80 in the windows only", "--json"),
+    )
+    assert started.returncode == 0, started.stderr
+    watch = Watch(status, json.loads(started.stdout)["id"])
+    waiting = await watch.until(lambda r: r.status.phase.value == "waiting", closes - time.time() + 60, "waiting")
+    assert "outside its maintenance windows; the next opens" in waiting.status.message
+    assert time.time() >= closes - 1
+    done = await watch.until(lambda r: r.status.phase.value == "completed", opens - time.time() + 150, "completed")
+    canary, rest = done.node("node1"), [done.node("node2"), done.node("node3")]
+    assert canary.state.value == "done" and canary.finished_at is not None and canary.finished_at > closes
+    for node in rest:
+        assert node.state.value == "done", node
+        assert node.started_at is not None and node.started_at >= opens - 1, f"{node.name} started in the gap"
+    actions = [e.action for e in done.log if e.kind == "decision"]
+    assert actions.index("window-closed") < actions.index("window-open")
+    assert {n.booted_version for n in done.nodes} == {"5.0"}

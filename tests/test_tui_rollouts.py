@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Input, Static
 
 from lifsea_tui.api.rollouts import LogEntry, NodeState, Phase, RolloutSpec
 from lifsea_tui.client import rollouts
@@ -97,6 +97,41 @@ async def test_start_a_rollout_from_the_form_and_steer_it(cluster: etcd.EtcdClus
         await settle(pilot, 5.0)
         assert "store unreachable" in text_of(app, "#store-line")
         assert spec.id in text_of(app, "#detail-head")
+
+
+async def test_the_form_narrows_by_labels_limits_each_zone_and_keeps_to_windows(
+    cluster: etcd.EtcdCluster, store: Store
+) -> None:
+    app = LifseaApp(FrozenFleet(), refresh_interval=3600, rollout_store=cluster.target("console"))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.open_rollouts()
+        await settle(pilot, 1.0)
+        await pilot.press("n")
+        await settle(pilot)
+        form = app.screen
+        form.query_one("#windows", Input).value = "sat,sun 02:00 4h Mars/Base"
+        await settle(pilot, 0.2)
+        assert "unknown time zone 'Mars/Base'" in text_of(app, "#preview")
+        form.query_one("#windows", Input).value = "sat,sun 02:00 4h Europe/Berlin"
+        form.query_one("#selector", Input).value = "zone=c"
+        await settle(pilot, 0.2)
+        assert "no node is labelled zone=c" in text_of(app, "#preview")
+        form.query_one("#selector", Input).value = "zone!=b"
+        form.query_one("#per-group", Input).value = "zone=1"
+        form.query_one("#max-unavailable", Input).value = "2"
+        await settle(pilot, 0.2)
+        preview = text_of(app, "#preview")
+        assert "2 nodes in" in preview and "at most per zone: a 1" in preview, preview
+        assert "starts nodes only within sat,sun 02:00 4h Europe/Berlin" in preview, preview
+        await pilot.press(*"CHG-6 zone a, weekends", "enter")
+        await settle(pilot, 2.0)
+        (written,) = await rollouts.read_all(store)
+        spec = written.spec
+        assert spec.nodes == ["edge-1", "edge-3"] and spec.selector == "zone!=b"
+        assert (spec.group_by, spec.group_max) == ("zone", {"a": 1})
+        assert [str(w) for w in spec.windows] == ["sat,sun 02:00 4h Europe/Berlin"]
+        assert "at most per zone: a 1" in text_of(app, "#detail-head")
 
 
 async def test_read_only_hides_every_key_that_writes(cluster: etcd.EtcdCluster, store: Store) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lifsea_tui.api import OpsAccess, Role
+from lifsea_tui.api.models import check_labels
 
 
 class ConfigError(Exception):
@@ -183,6 +184,7 @@ class AgentConfig:
     ops: OpsConfig = field(default_factory=OpsConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def is_loopback(host: str) -> bool:
@@ -268,6 +270,10 @@ def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
     config.ops = _ops(data.get("ops", {}))
     config.services = _services(data.get("services", {}))
     config.limits = _limits(data.get("limits", {}))
+    try:
+        config.labels = check_labels(data.get("labels", {}))
+    except ValueError as error:
+        raise ConfigError(f"[labels]: {error}") from None
     if not config.tokens:
         raise ConfigError("no [[tokens]]: nobody could use this agent")
     if config.tls_client_ca is not None and config.tls_cert is None:

@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 # A reason is what an auditor reads months later: short enough for one line, never empty.
 REASON_MAX = 500
+
+# Labels name what a node is for (zone=a, pool=edge), as Kubernetes labels do, with the same spelling:
+# a key of lower-case letters, digits and . _ / -; a value of letters, digits and . _ - (or empty).
+LABEL_KEY = re.compile(r"[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
+LABELS_MAX = 32
+
+
+def check_labels(labels: object) -> dict[str, str]:
+    """The labels, or ValueError naming the first one that is not a label."""
+    if not isinstance(labels, dict):
+        raise ValueError('labels are a table of key = "value"')
+    if len(labels) > LABELS_MAX:
+        raise ValueError(f"at most {LABELS_MAX} labels")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
+            raise ValueError(f"label key {key!r}: lower-case letters, digits and . _ / - (at most 63)")
+        if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
+            raise ValueError(f"label {key}={value!r}: a value is letters, digits and . _ - (at most 63)")
+    return dict(labels)
+
+
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
 
 
 class Strict(BaseModel):
@@ -45,6 +69,7 @@ class NodeInfo(BaseModel):
     agent_version: str
     booted_checksum: str | None
     capabilities: dict[str, Capability]
+    labels: Labels = Field(default_factory=dict, description="what the node is for, from the agent's [labels]")
 
 
 class Deployment(BaseModel):
@@ -131,6 +156,7 @@ class NodeSummary(BaseModel):
     failed_units: list[str] | None = Field(
         default=None, description="units in the failed state (at most 50); null while the bus is unreachable"
     )
+    labels: Labels = Field(default_factory=dict, description="the agent's [labels], as in /v1/node")
 
 
 class ActionRequest(Strict):

@@ -11,10 +11,11 @@ import enum
 import re
 from datetime import datetime
 from typing import Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from lifsea_tui.api.models import REASON_MAX, Strict
+from lifsea_tui.api.models import LABEL_KEY, LABEL_VALUE, REASON_MAX, Strict
 
 
 class Phase(enum.StrEnum):
@@ -65,6 +66,126 @@ class Window(Strict):
     minutes: int = Field(gt=0, le=7 * 24 * 60)
     tz: str = "UTC"
 
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, tz: str) -> str:
+        # An unknown zone would otherwise surface in the controller, at every tick, as an exception.
+        try:
+            ZoneInfo(tz)
+        except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"unknown time zone {tz!r} (an IANA name such as Europe/Berlin)") from None
+        return tz
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """`DAYS HH:MM LENGTH [ZONE]`, as a person writes it: `mon-fri 02:00 4h Europe/Berlin`,
+        `sat,sun 22:00 90m`, `daily 01:00 1h30m`. ValueError says what is wrong."""
+        parts = text.split()
+        if len(parts) not in (3, 4):
+            raise ValueError(f"a window is 'DAYS HH:MM LENGTH [ZONE]', e.g. 'mon-fri 02:00 4h UTC'; not {text!r}")
+        days_text, start, length = parts[:3]
+        days: list[Day] = []
+        for item in days_text.lower().split(","):
+            if item in ("daily", "*"):
+                days += DAYS
+                continue
+            first, _, last = item.partition("-")
+            if first not in DAYS or (last and last not in DAYS):
+                raise ValueError(f"days are mon..sun, ranges (mon-fri), lists (sat,sun) or daily; not {item!r}")
+            lo = DAYS.index(first)
+            hi = DAYS.index(last) if last else lo
+            days += [DAYS[(lo + i) % 7] for i in range((hi - lo) % 7 + 1)]
+        match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?", length.lower())
+        if not length or match is None:
+            raise ValueError(f"a length is hours and minutes: 4h, 90m, 1h30m; not {length!r}")
+        minutes = int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+        zone = parts[3] if len(parts) == 4 else "UTC"
+        try:
+            return cls(days=sorted(set(days), key=DAYS.index), start=start, minutes=minutes, tz=zone)
+        except ValidationError as error:
+            field = str(error.errors()[0]["loc"][0])
+            raise ValueError(
+                {
+                    "start": f"a start is HH:MM from 00:00 to 23:59; not {start!r}",
+                    "minutes": f"a length is more than 0 and at most a week; not {length!r}",
+                }.get(field, f"unknown time zone {zone!r} (an IANA name such as Europe/Berlin)")
+            ) from None
+
+    def __str__(self) -> str:
+        days = "daily" if len(self.days) == 7 else ",".join(self.days)
+        hours, minutes = divmod(self.minutes, 60)
+        length = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+        return f"{days} {self.start} {length} {self.tz}"
+
+
+def _begins(window: Window, at: float, days: range) -> list[float]:
+    """When `window` begins on each day of `days` (offsets from the day of `at`, in its zone)."""
+    zone = ZoneInfo(window.tz)
+    today = datetime.fromtimestamp(at, zone).date().toordinal()
+    hour, minute = (int(part) for part in window.start.split(":"))
+    begins = []
+    for offset in days:
+        begin = datetime.fromordinal(today + offset).replace(hour=hour, minute=minute, tzinfo=zone)
+        if DAYS[begin.weekday()] in window.days:
+            begins.append(begin.timestamp())
+    return begins
+
+
+def window_open(windows: list[Window], at: float) -> bool:
+    """No windows: any time. Else whether one is open at `at` (one that began days ago may still be)."""
+    if not windows:
+        return True
+    return any(b <= at < b + w.minutes * 60 for w in windows for b in _begins(w, at, range(-7, 1)))
+
+
+def next_opening(windows: list[Window], at: float) -> float | None:
+    """When the next window begins after `at` (None with no windows)."""
+    return min((b for w in windows for b in _begins(w, at, range(0, 9)) if b > at), default=None)
+
+
+Selector = list[tuple[str, str, str | None]]  # (key, "=" | "!=" | "has", value)
+
+
+def parse_selector(text: str) -> Selector:
+    """`zone=a,pool!=edge,gpu`: every term must hold (a bare key: the label is there). ValueError says why."""
+    terms: Selector = []
+    for term in (part.strip() for part in text.split(",")):
+        key, op, value = term, "has", None
+        for sign in ("!=", "="):
+            if sign in term:
+                key, _, value = term.partition(sign)
+                op = sign
+                break
+        key = key.strip()
+        if not LABEL_KEY.fullmatch(key) or (value is not None and not LABEL_VALUE.fullmatch(value.strip())):
+            raise ValueError(f"a selector is key=value, key!=value or key, joined by commas; not {term!r}")
+        terms.append((key, op, value.strip() if value is not None else None))
+    return terms
+
+
+def selects(selector: Selector, labels: dict[str, str]) -> bool:
+    for key, op, value in selector:
+        if op == "has" and key not in labels:
+            return False
+        if op == "=" and labels.get(key) != value:
+            return False
+        if op == "!=" and labels.get(key) == value:
+            return False
+    return True
+
+
+def spread(nodes: list[str], groups: dict[str, str]) -> list[str]:
+    """The nodes taken from each group in turn (a, b, c, a, b, ...), so each batch spans the groups."""
+    queues: dict[str, list[str]] = {}
+    for name in nodes:
+        queues.setdefault(groups.get(name, ""), []).append(name)
+    order: list[str] = []
+    while any(queues.values()):
+        for queue in queues.values():
+            if queue:
+                order.append(queue.pop(0))
+    return order
+
 
 class RolloutSpec(Strict):
     """Immutable once written."""
@@ -75,6 +196,10 @@ class RolloutSpec(Strict):
     canary: int = Field(default=1, ge=0)
     max_unavailable: int = Field(ge=1, description="nodes in flight at once, this rollout's and other holders'")
     group: str = Field(default="default", description="the reboot slot group it shares with FleetLock clients")
+    selector: str | None = Field(default=None, description="the labels the nodes were chosen by, as given")
+    group_by: str | None = Field(default=None, description="a label key; group_max limits each of its values")
+    groups: dict[str, str] = Field(default_factory=dict, description="node -> its group_by label value")
+    group_max: dict[str, int] = Field(default_factory=dict, description="group value -> nodes moving at once")
     soak: float = Field(default=0.0, ge=0, description="seconds of health after each batch before the next")
     node_deadline: float = Field(default=900.0, gt=0, description="seconds from a node's start to its verdict")
     error_budget: int = Field(default=0, ge=0, description="failed nodes tolerated before it stops")
@@ -87,6 +212,23 @@ class RolloutSpec(Strict):
     reason: str = Field(min_length=1, max_length=REASON_MAX, pattern=r"[^ \t\n\r\f\v]")
     created_by: str
     created_at: datetime
+
+    @model_validator(mode="after")
+    def _grouped(self) -> RolloutSpec:
+        if (self.group_by is None) != (not self.group_max):
+            raise ValueError("group_by and group_max go together")
+        if self.group_by is not None:
+            if set(self.groups) != set(self.nodes):
+                raise ValueError("every node of a grouped rollout has its group")
+            if set(self.groups.values()) - set(self.group_max):
+                raise ValueError("every group has its limit")
+            if min(self.group_max.values()) < 1:
+                raise ValueError("a group limit of 0 lets no node of it move")
+        return self
+
+    def group_of(self, node: str) -> str | None:
+        """The group `node` counts in (None when the rollout is not grouped)."""
+        return self.groups.get(node) if self.group_by is not None else None
 
     @field_validator("nodes")
     @classmethod
@@ -172,6 +314,10 @@ class Rollout(BaseModel):
             "batch": self.status.batch,
             "batches": len(self.spec.batches()),
             "max_unavailable": self.spec.max_unavailable,
+            "selector": self.spec.selector,
+            "group_by": self.spec.group_by,
+            "group_max": self.spec.group_max,
+            "windows": [str(window) for window in self.spec.windows],
             "created_by": self.spec.created_by,
             "reason": self.spec.reason,
             "nodes": [
@@ -180,6 +326,7 @@ class Rollout(BaseModel):
                     "state": node.state.value,
                     "direction": node.direction,
                     "batch": node.batch,
+                    "group": self.spec.group_of(node.name),
                     "booted": node.booted_version,
                     "before": node.before_version,
                     "reason": node.reason,

@@ -43,6 +43,7 @@ class NodeSnapshot:
     audit_warning: str | None = None  # the chain no longer holds a record the console saw (see heads.py)
     ops_sessions: int = 0  # open break-glass sessions
     failed_units: list[str] | None = None  # None: the node cannot say (its bus is down)
+    labels: dict[str, str] = field(default_factory=dict)  # the agent's, with the inventory's over them
     latency_ms: float | None = None
     last_seen: float | None = None  # wall-clock time of the last good answer
     failures: int = 0
@@ -78,7 +79,10 @@ class Fleet:
     def __init__(self, targets: list[NodeTarget], *, concurrency: int = 64, heads: AuditHeads | None = None) -> None:
         self.clients = {target.name: NodeClient(target) for target in targets}
         self.heads = heads or AuditHeads(None)
-        self.snapshots = {target.name: NodeSnapshot(target.name, target.url) for target in targets}
+        self.targets = {target.name: target for target in targets}
+        self.snapshots = {
+            target.name: NodeSnapshot(target.name, target.url, labels=dict(target.labels)) for target in targets
+        }
         self._semaphore = asyncio.Semaphore(concurrency)
         self._next_try: dict[str, float] = {}
 
@@ -108,6 +112,7 @@ class Fleet:
                     audit_warning=warning,
                     ops_sessions=summary.ops_sessions,
                     failed_units=summary.failed_units,
+                    labels=summary.labels | self.targets[name].labels,
                     latency_ms=(time.perf_counter() - started) * 1000,
                     last_seen=time.time(),
                 )

@@ -8,6 +8,7 @@ Inventory and config files are TOML with one [[nodes]] table per node:
     ca_file = "/etc/lifsea/ca.pem"         # optional: the system's CAs otherwise
     token_file = "~/.config/lifsea-tui/edge.token"   # or token_env = "LIFSEA_TOKEN", or token = "..."
     timeout = 10                            # seconds, optional
+    labels = { zone = "a", pool = "edge" }  # optional: added to (and over) the agent's own labels
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from lifsea_tui.api.models import check_labels
 from lifsea_tui.client.node import NodeTarget
 
 DEFAULT_TIMEOUT = 10.0
@@ -77,6 +79,10 @@ def parse(data: dict[str, Any], source: str, base: Path) -> list[NodeTarget]:
         timeout = entry.get("timeout", DEFAULT_TIMEOUT)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise InventoryError(f"{where}: timeout must be a positive number of seconds")
+        try:
+            labels = check_labels(entry.get("labels", {}))
+        except ValueError as error:
+            raise InventoryError(f"{where}: labels: {error}") from None
         names.add(name)
         targets.append(
             NodeTarget(
@@ -85,6 +91,7 @@ def parse(data: dict[str, Any], source: str, base: Path) -> list[NodeTarget]:
                 token=_token(entry, where, base),
                 ca_file=ca_path,
                 timeout=float(timeout),
+                labels=labels,
             )
         )
     return targets

@@ -7,7 +7,7 @@ import enum
 import json
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -88,6 +88,7 @@ class NodeTarget:
     token: str
     ca_file: Path | None = None
     timeout: float = 10.0
+    labels: dict[str, str] = field(default_factory=dict, hash=False)  # the inventory's, over the agent's
 
 
 @lru_cache(maxsize=64)

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
+from lifsea_tui.api.models import LABEL_KEY
 from lifsea_tui.api.rollouts import (
     FINISHED,
     Intent,
@@ -33,6 +36,7 @@ from lifsea_tui.api.rollouts import (
     Rollout,
     RolloutSpec,
     RolloutStatus,
+    spread,
 )
 from lifsea_tui.client.etcd import KV, Store
 
@@ -85,6 +89,27 @@ def parse_max_unavailable(text: str, total: int) -> int:
     return value
 
 
+def parse_group_limit(text: str) -> tuple[str, str]:
+    """`zone=1` or `zone=25%`: a label key and a limit for each of its values; ValueError says why."""
+    key, sign, limit = text.partition("=")
+    if not sign or not LABEL_KEY.fullmatch(key.strip()) or not limit.strip():
+        raise ValueError(f"a per-group limit is LABEL=N or LABEL=P% (zone=1, zone=25%); not {text!r}")
+    return key.strip(), limit.strip()
+
+
+def grouped(
+    nodes: list[str], labels: dict[str, dict[str, str]], group_by: str, limit: str
+) -> tuple[list[str], dict[str, str], dict[str, int]]:
+    """The nodes spread across the values of `group_by` (a node without the label is in group ""), each
+    node's group, and each group's limit (a percentage of that group's size)."""
+    groups = {name: labels.get(name, {}).get(group_by, "") for name in nodes}
+    sizes: dict[str, int] = {}
+    for group in groups.values():
+        sizes[group] = sizes.get(group, 0) + 1
+    group_max = {group: parse_max_unavailable(limit, size) for group, size in sizes.items()}
+    return spread(nodes, groups), groups, group_max
+
+
 def new_id(now: datetime | None = None) -> str:
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     return f"r-{stamp}-{secrets.token_hex(2)}"
@@ -93,19 +118,40 @@ def new_id(now: datetime | None = None) -> str:
 Parsed = dict[str, tuple[int, Any]]  # a reader's cache: key -> (mod revision, what it holds, parsed)
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A key of a rollout that does not parse: written by hand, or by a newer version with fields this one
+    does not know. Its rollout is set aside and named (never guessed at, never a reason to stop)."""
+
+    key: str
+    why: str
+
+
 def _parse(rest: str, kv: KV) -> Any:
+    model: type[BaseModel] | None = None
     if rest == "spec":
-        return RolloutSpec.model_validate_json(kv.value)
-    if rest == "status":
-        return RolloutStatus.model_validate_json(kv.value)
-    if rest.startswith("nodes/"):
-        return NodeRollout.model_validate_json(kv.value)
-    if rest.startswith("log/"):
-        return LogEntry.model_validate_json(kv.value)
-    return kv.json()
+        model = RolloutSpec
+    elif rest == "status":
+        model = RolloutStatus
+    elif rest.startswith("nodes/"):
+        model = NodeRollout
+    elif rest.startswith("log/"):
+        model = LogEntry
+    try:
+        return model.model_validate_json(kv.value) if model is not None else kv.json()
+    except ValueError as error:  # ValidationError, or JSON that is not JSON
+        if isinstance(error, ValidationError):
+            problem = error.errors()[0]
+            why = f"{'.'.join(str(p) for p in problem['loc']) or 'value'}: {problem['msg']}"
+        else:
+            why = str(error)
+        return Unreadable(rest, why[:300])
 
 
-def _assemble(items: dict[str, Any]) -> Rollout | None:
+def _assemble(items: dict[str, Any]) -> Rollout | Unreadable | None:
+    bad = next((value for value in items.values() if isinstance(value, Unreadable)), None)
+    if bad is not None:
+        return bad
     spec, status = items.get("spec"), items.get("status")
     if not isinstance(spec, RolloutSpec) or not isinstance(status, RolloutStatus):
         return None
@@ -140,24 +186,46 @@ def _grouped(kvs: list[KV], cache: Parsed | None) -> dict[str, dict[str, Any]]:
     return grouped
 
 
+class RolloutUnreadable(Exception):
+    pass
+
+
 async def read(store: Store, rollout_id: str, cache: Parsed | None = None) -> Rollout | None:
     items = _grouped(await store.range(f"{ROLLOUTS}{rollout_id}/"), cache)
-    return _assemble(items.get(rollout_id, {}))
+    found = _assemble(items.get(rollout_id, {}))
+    if isinstance(found, Unreadable):
+        raise RolloutUnreadable(f"rollout {rollout_id} cannot be read: {found.key}: {found.why}")
+    return found
 
 
-async def read_all(store: Store, cache: Parsed | None = None) -> list[Rollout]:
-    """Every rollout, oldest first."""
+async def read_all(
+    store: Store, cache: Parsed | None = None, unreadable: dict[str, str] | None = None
+) -> list[Rollout]:
+    """Every rollout, oldest first; those that cannot be read are left out, and named in `unreadable`."""
     kvs = await store.range(ROLLOUTS)
     if cache is not None:  # keys gone from etcd leave the cache too
         live = {kv.key for kv in kvs}
         for key in [key for key in cache if key not in live]:
             del cache[key]
-    found = [rollout for items in _grouped(kvs, cache).values() if (rollout := _assemble(items)) is not None]
+    found = []
+    for rollout_id, items in _grouped(kvs, cache).items():
+        rollout = _assemble(items)
+        if isinstance(rollout, Unreadable):
+            if unreadable is not None:
+                unreadable[rollout_id] = f"{rollout.key}: {rollout.why}"
+        elif rollout is not None:
+            found.append(rollout)
     return sorted(found, key=lambda rollout: rollout.spec.created_at)
 
 
 def active(rollouts: list[Rollout]) -> list[Rollout]:
     return [rollout for rollout in rollouts if rollout.status.phase not in FINISHED]
+
+
+def spec_json(spec: RolloutSpec) -> dict[str, Any]:
+    """The spec as written to etcd, without the options it does not use (None, [] or {}): a rollout that
+    uses no newer option stays readable by an older controller, which refuses one it cannot honour."""
+    return {key: value for key, value in spec.model_dump(mode="json").items() if value not in (None, [], {})}
 
 
 async def start(store: Store, spec: RolloutSpec) -> Rollout:
@@ -183,7 +251,7 @@ async def start(store: Store, spec: RolloutSpec) -> Rollout:
             store.ops.mod(store.key(f"{ROLLOUTS}guard")) == (guard.mod_revision if guard else 0),
         ]
         writes = [
-            store.put_op(spec_key(spec.id), spec.model_dump(mode="json")),
+            store.put_op(spec_key(spec.id), spec_json(spec)),
             store.put_op(status_key(spec.id), status.model_dump(mode="json")),
             store.put_op(log_key(spec.id, 1), entry.model_dump(mode="json")),
             store.put_op(logseq_key(spec.id), 1),

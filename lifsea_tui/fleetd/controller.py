@@ -16,13 +16,11 @@ import secrets
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from lifsea_tui.api import ActionRequest
 from lifsea_tui.api.rollouts import (
-    DAYS,
     FINISHED,
     IN_FLIGHT,
     SETTLED,
@@ -34,6 +32,8 @@ from lifsea_tui.api.rollouts import (
     Rollout,
     RolloutSpec,
     Window,
+    next_opening,
+    window_open,
 )
 from lifsea_tui.client import rollouts as keys
 from lifsea_tui.client.etcd import Store, StoreUnavailable
@@ -47,22 +47,14 @@ TICK = 1.0
 NODE_POLL = 0.25  # seconds between looks at a node that is staging or rebooting
 
 
-def window_open(windows: list[Window], at: float) -> bool:
-    if not windows:
-        return True
-    for window in windows:
-        zone = ZoneInfo(window.tz)
-        local = datetime.fromtimestamp(at, zone)
-        hour, minute = (int(part) for part in window.start.split(":"))
-        # A window that began yesterday (or earlier in the week) may still be open now.
-        for days_back in range(0, 8):
-            day = local.date().toordinal() - days_back
-            begin = datetime.fromordinal(day).replace(hour=hour, minute=minute, tzinfo=zone)
-            if DAYS[begin.weekday()] not in window.days:
-                continue
-            if begin.timestamp() <= at < begin.timestamp() + window.minutes * 60:
-                return True
-    return False
+def closed_until(windows: list[Window], now: float) -> str:
+    """'; the next opens Mon 02:00 UTC (in 3 h 5 min)', for a person reading why nothing moves."""
+    opens = next_opening(windows, now)
+    if opens is None:
+        return ""
+    hours, minutes = divmod(int((opens - now + 59) // 60), 60)
+    wait = f"{hours} h {minutes} min" if hours else f"{minutes} min"
+    return f"; the next opens {datetime.fromtimestamp(opens, UTC):%a %H:%M} UTC (in {wait})"
 
 
 class Controller:
@@ -87,6 +79,7 @@ class Controller:
         self.problem: str | None = None  # why it cannot act now (the store), for its log and its status
         self.clients: dict[str, NodeClient] = {}
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.unreadable: dict[str, str] = {}  # rollout -> why it cannot be read (said once in the log)
         self.parsed: keys.Parsed = {}  # etcd keys already parsed, by revision (see rollouts.read_all)
         self.wake = asyncio.Event()  # a node settled, or the controller is asked to stop: look again now
 
@@ -162,7 +155,13 @@ class Controller:
         return self.clients[name]
 
     async def reconcile(self) -> None:
-        for rollout in await keys.read_all(self.store, self.parsed):
+        unreadable: dict[str, str] = {}
+        rollouts = await keys.read_all(self.store, self.parsed, unreadable)
+        for rollout_id, why in unreadable.items():
+            if self.unreadable.get(rollout_id) != why:
+                log.warning("rollout %s cannot be read, so it is left alone: %s", rollout_id, why)
+        self.unreadable = unreadable
+        for rollout in rollouts:
             busy = any(node.state in IN_FLIGHT for node in rollout.nodes)
             asked = any(e.kind == "intent" and e.seq > rollout.status.applied for e in rollout.log)
             if rollout.status.phase in FINISHED and not busy and not asked:
@@ -331,15 +330,17 @@ class Controller:
             offered |= set(found)
             if spec.target_version in found:
                 first = Phase.canary if spec.canary else Phase.progressing
+                checksum = found[spec.target_version]
+                message = f"target {spec.target_version} is {checksum[:12]}"
                 if not window_open(spec.windows, time.time()):
                     first = Phase.waiting
-                checksum = found[spec.target_version]
+                    message += f"; outside its maintenance windows{closed_until(spec.windows, time.time())}"
                 await self.write(
                     rollout,
                     status={
                         "phase": first,
                         "target_checksum": checksum,
-                        "message": f"target {spec.target_version} is {checksum[:12]}",
+                        "message": message,
                     },
                     decision=("planned", f"{len(spec.batches())} batches; target {checksum[:12]}"),
                 )
@@ -470,17 +471,24 @@ class Controller:
             return
         if not window_open(spec.windows, time.time()):
             if not any(n.state in IN_FLIGHT for n in rollout.nodes):
+                why = f"outside its maintenance windows{closed_until(spec.windows, time.time())}"
                 await self.write(
                     rollout,
-                    status={"phase": Phase.waiting, "message": "outside its maintenance windows"},
-                    decision=("window-closed", "outside its maintenance windows: nothing new starts"),
+                    status={"phase": Phase.waiting, "message": why},
+                    decision=("window-closed", f"{why}: nothing new starts"),
                 )
             return
         await self.start_nodes(rollout, pending, "forward")
 
     async def start_nodes(self, rollout: Rollout, pending: list[NodeRollout], direction: str) -> None:
-        """Start what the reboot slots allow: the nodes' slots and their new states in one fenced transaction."""
+        """Start what the reboot slots allow: the nodes' slots and their new states in one fenced transaction.
+        A grouped rollout (say, by zone) starts no more of a group than its limit, whatever the slots say."""
         spec, now = rollout.spec, time.time()
+        pending, held_back = self._within_groups(rollout, pending)
+        if held_back:
+            await self.write(rollout, nodes=held_back[: keys.TXN_HOLDERS])
+        if not pending:
+            return
         moving = {node.name: steps.started(node, spec, now, direction) for node in pending}
         also = {
             name: [self.store.put_op(keys.node_key(spec.id, name), node.model_dump(mode="json"))]
@@ -504,6 +512,30 @@ class Controller:
             changed = [node.model_copy(update={"reason": why}) for node in waiting if node.reason != why]
             if changed:
                 await self.write(rollout, nodes=changed[: keys.TXN_HOLDERS])
+
+    @staticmethod
+    def _within_groups(rollout: Rollout, pending: list[NodeRollout]) -> tuple[list[NodeRollout], list[NodeRollout]]:
+        """The pending nodes their group's limit lets start, and the others (with a new reason to wait)."""
+        spec = rollout.spec
+        if spec.group_by is None:
+            return pending, []
+        moving: dict[str, int] = {}
+        for node in rollout.nodes:
+            if node.state in IN_FLIGHT:
+                group = spec.groups[node.name]
+                moving[group] = moving.get(group, 0) + 1
+        admitted, held_back = [], []
+        for node in pending:
+            group = spec.groups[node.name]
+            limit = spec.group_max[group]
+            if moving.get(group, 0) < limit:
+                moving[group] = moving.get(group, 0) + 1
+                admitted.append(node)
+                continue
+            why = f"waiting: {limit} of {spec.group_by}={group or '(none)'} already moving"
+            if node.reason != why:
+                held_back.append(node.model_copy(update={"reason": why}))
+        return admitted, held_back
 
     async def next_batch(self, rollout: Rollout) -> None:
         spec, status = rollout.spec, rollout.status

@@ -82,6 +82,12 @@ def ensure_image(layout: Layout) -> None:
         subprocess.run(["ostree", f"--repo={layout.repo}", "summary", "--update"], check=True, capture_output=True)
 
 
+def lab_labels(name: str) -> dict[str, str]:
+    """Two zones, taken in turn (node1 a, node2 b, node3 a, ...), so that per-zone limits can be tried."""
+    number = int("".join(c for c in name if c.isdigit()) or 1)
+    return {"zone": "ab"[(number - 1) % 2], "pool": "lab"}
+
+
 def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
     node = layout.node(spec.name)
     cert, key = node.certs / f"{spec.name}.pem", node.certs / f"{spec.name}.key"
@@ -104,7 +110,9 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
         f'[ops]\nimage = "{sysroot.REMOTE}:{image.OPS_REF}"\nnamespaces = "{node.namespaces}"\n'
         # A full /var is cleared from the ops shell, so the lab lets an admin ask for every level.
         f'dir = "{node.ops_dir}"\naccess = ["read-only", "debug", "writable"]\n'
-        f'recordings = "{var / "lib" / "lifsea-agent" / "recordings"}"\n{tokens}'
+        f'recordings = "{var / "lib" / "lifsea-agent" / "recordings"}"\n\n[labels]\n'
+        + "".join(f'{key} = "{value}"\n' for key, value in lab_labels(spec.name).items())
+        + tokens
     )
     node.agent_config.chmod(0o600)
 

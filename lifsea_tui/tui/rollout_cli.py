@@ -15,10 +15,13 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from lifsea_tui.api.rollouts import Intent, OnFailure, Rollout, RolloutSpec
+from lifsea_tui.api.rollouts import Intent, OnFailure, Rollout, RolloutSpec, Window, parse_selector, selects
 from lifsea_tui.client import inventory
 from lifsea_tui.client import rollouts as store_keys
 from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
+from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.node import NodeTarget
+from lifsea_tui.client.rollouts import parse_group_limit
 from lifsea_tui.tui.plain import visible
 from lifsea_tui.tui.sources import add_inventory_options, add_store_options, sources
 
@@ -36,14 +39,53 @@ def etcd_target(args: argparse.Namespace) -> EtcdTarget:
     return store
 
 
-def plan(args: argparse.Namespace) -> RolloutSpec:
-    known = [target.name for target in sources(args)[0]]
+async def labels_of(targets: list[NodeTarget]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """Each node's labels (the agent's, the inventory's over them) and, for nodes that did not answer, why:
+    for those only the inventory's labels are known."""
+    fleet = Fleet(targets)
+    try:
+        await fleet.refresh(force=True)
+    finally:
+        await fleet.aclose()
+    snapshots = fleet.snapshots.values()
+    return {s.name: s.labels for s in snapshots}, {s.name: s.problem for s in snapshots if s.problem}
+
+
+async def plan(args: argparse.Namespace) -> RolloutSpec:
+    targets = sources(args)[0]
+    known = [target.name for target in targets]
     nodes = [name for name in (args.nodes or "").split(",") if name] if args.nodes is not None else known
-    if not nodes:
-        raise Usage("no nodes to roll out to")
     unknown = [name for name in nodes if name not in known]
     if unknown:
         raise Usage(f"unknown nodes: {', '.join(unknown)} (known: {', '.join(known)})")
+    try:
+        selector = parse_selector(args.selector) if args.selector else None
+        group_by, group_limit = parse_group_limit(args.max_unavailable_per) if args.max_unavailable_per else (None, "")
+    except ValueError as error:
+        raise Usage(str(error)) from None
+    labels: dict[str, dict[str, str]] = {}
+    if selector is not None or group_by is not None:
+        labels, problems = await labels_of([target for target in targets if target.name in nodes])
+        if selector is not None:
+            left_out = [name for name in nodes if name in problems and not selects(selector, labels[name])]
+            nodes = [name for name in nodes if selects(selector, labels[name])]
+            for name in left_out:  # its own labels are unknown: say so rather than guess
+                print(
+                    f"lifsea-tui rollout: left out {name}: its labels are unknown ({problems[name]})", file=sys.stderr
+                )
+    if not nodes:
+        raise Usage(f"no nodes to roll out to{f' (none has {args.selector})' if selector is not None else ''}")
+    groups: dict[str, str] = {}
+    group_max: dict[str, int] = {}
+    if group_by is not None:
+        try:
+            nodes, groups, group_max = store_keys.grouped(nodes, labels, group_by, group_limit)
+        except ValueError as error:
+            raise Usage(f"--max-unavailable-per: {error}") from None
+    try:
+        windows = [Window.parse(text) for text in args.window or []]
+    except ValueError as error:
+        raise Usage(f"--window: {error}") from None
     try:
         return RolloutSpec(
             id=args.id or store_keys.new_id(),
@@ -55,6 +97,11 @@ def plan(args: argparse.Namespace) -> RolloutSpec:
             node_deadline=args.node_deadline,
             error_budget=args.error_budget,
             on_failure=OnFailure(args.on_failure),
+            windows=windows,
+            selector=args.selector,
+            group_by=group_by,
+            groups=groups,
+            group_max=group_max,
             pre_hook=args.pre_hook,
             post_hook=args.post_hook,
             hook_timeout=args.hook_timeout,
@@ -85,12 +132,15 @@ async def run(args: argparse.Namespace) -> int:
     store = Store(etcd_target(args))
     try:
         if args.action == "start":
-            spec = plan(args)
+            spec = await plan(args)
             rollout = await store_keys.start(store, spec)
             print(json.dumps({"id": rollout.spec.id}) if args.json else rollout.spec.id)
             return 0
         if args.action == "list":
-            rollouts = await store_keys.read_all(store)
+            unreadable: dict[str, str] = {}
+            rollouts = await store_keys.read_all(store, unreadable=unreadable)
+            for rollout_id, why in unreadable.items():
+                print(visible(f"lifsea-tui rollout: {rollout_id} cannot be read: {why}"), file=sys.stderr)
             if args.json:
                 print(json.dumps([r.summary() for r in rollouts], indent=2))
             else:
@@ -112,7 +162,10 @@ async def run(args: argparse.Namespace) -> int:
         print(json.dumps({"id": args.id, "intent": args.action, "seq": seq}) if args.json else f"{args.action}: asked")
         return 0
     except store_keys.RolloutRefused as error:
-        print(f"lifsea-tui rollout: refused: {error}", file=sys.stderr)
+        print(visible(f"lifsea-tui rollout: refused: {error}"), file=sys.stderr)
+        return EXIT_REFUSED
+    except store_keys.RolloutUnreadable as error:
+        print(visible(f"lifsea-tui rollout: {error}"), file=sys.stderr)
         return EXIT_REFUSED
     except StoreUnavailable as error:
         print(f"lifsea-tui rollout: {error}", file=sys.stderr)
@@ -141,6 +194,18 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--error-budget", type=int, default=0, help="failed nodes tolerated (default 0)")
     start.add_argument("--on-failure", choices=["pause", "rollback"], default="pause")
     start.add_argument("--nodes", help="comma-separated node names (default: every node)")
+    start.add_argument("--selector", help="only nodes with these labels: zone=a,pool!=edge,gpu")
+    start.add_argument(
+        "--max-unavailable-per",
+        metavar="LABEL=N|P%",
+        help="also at most N (or P%%) of each value of LABEL at once, e.g. zone=1; batches take the values in turn",
+    )
+    start.add_argument(
+        "--window",
+        action="append",
+        metavar="'DAYS HH:MM LENGTH [ZONE]'",
+        help="when nodes may start, e.g. 'mon-fri 02:00 4h Europe/Berlin'; repeat for more (default: any time)",
+    )
     start.add_argument("--pre-hook", help="command before a node is touched, {node} is its name")
     start.add_argument("--post-hook", help="command after a node passed its gates")
     start.add_argument("--hook-timeout", type=float, default=300.0, help="seconds a hook may run (default 300)")

@@ -48,6 +48,7 @@ async def get_node(agent: AgentDep) -> NodeInfo:
         info.capabilities["logs"] = Capability(available=True, reason=None)
     except BackendError as error:
         info.capabilities["logs"] = Capability(available=False, reason=error.detail)
+    info.labels = config.labels
     return info
 
 
@@ -70,6 +71,7 @@ async def get_summary(agent: AgentDep) -> NodeSummary:
         audit_head_hash=head.hash if head.seq >= 0 else None,
         ops_sessions=len(agent.ops.sessions),
         failed_units=agent.services.failed_units(),
+        labels=agent.config.labels,
     )
 
 

@@ -19,7 +19,17 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Select, Static
 
-from lifsea_tui.api.rollouts import FINISHED, Intent, NodeState, OnFailure, Rollout, RolloutSpec
+from lifsea_tui.api.rollouts import (
+    FINISHED,
+    Intent,
+    NodeState,
+    OnFailure,
+    Rollout,
+    RolloutSpec,
+    Window,
+    parse_selector,
+    selects,
+)
 from lifsea_tui.client import rollouts as store_keys
 from lifsea_tui.client.etcd import StoreUnavailable
 from lifsea_tui.tui.plain import plain, plain_lines
@@ -78,6 +88,19 @@ def eta(rollout: Rollout, now: float) -> str:
     return f"ETA ~{seconds // 60} min {seconds % 60:02d} s ({per_node:.0f} s a node)"
 
 
+def limits_line(spec: RolloutSpec) -> str:
+    """Which nodes, by which labels and when, for a rollout that was narrowed by any of them."""
+    parts = []
+    if spec.selector:
+        parts.append(f"nodes labelled {spec.selector}")
+    if spec.group_by is not None:
+        limits = ", ".join(f"{group or '(none)'} {limit}" for group, limit in sorted(spec.group_max.items()))
+        parts.append(f"at most per {spec.group_by}: {limits}")
+    if spec.windows:
+        parts.append(f"starts nodes only within {'; '.join(str(window) for window in spec.windows)}")
+    return " · ".join(parts)
+
+
 class NewRolloutModal(ModalScreen[RolloutSpec | None]):
     """The form for a new rollout, with a preview of what it will do before anything is written."""
 
@@ -99,10 +122,17 @@ class NewRolloutModal(ModalScreen[RolloutSpec | None]):
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="rollout-form-cancel")]
 
-    def __init__(self, nodes: list[str], booted: dict[str, str | None], offered: dict[str, str]) -> None:
+    def __init__(
+        self,
+        nodes: list[str],
+        booted: dict[str, str | None],
+        offered: dict[str, str],
+        labels: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         super().__init__()
         self.nodes = nodes
         self.booted = booted
+        self.labels = labels or {}  # each node's, as the fleet last heard them
         self.offered = offered  # version -> what the update server says of it (its diff)
 
     def compose(self) -> ComposeResult:
@@ -112,6 +142,9 @@ class NewRolloutModal(ModalScreen[RolloutSpec | None]):
             ("max-unavailable", "Max unavailable (3 or 10%)", "1"),
             ("canary", "Canary nodes (first, alone)", "1"),
             ("soak", "Soak after each batch (s)", "0"),
+            ("selector", "Only nodes labelled (zone=a)", ""),
+            ("per-group", "Also per label (zone=1)", ""),
+            ("windows", "Windows (mon-fri 02:00 4h UTC; …)", ""),
         )
         with Vertical():
             yield Label(plain(f"New rollout on {len(self.nodes)} node(s)"), id="title")
@@ -146,21 +179,41 @@ class NewRolloutModal(ModalScreen[RolloutSpec | None]):
 
     def build(self) -> RolloutSpec:
         """The spec the form describes; ValueError says what is wrong, in the person's words."""
-        total = len(self.nodes)
-        value = {key: self.query_one(f"#{key}", Input).value.strip() for key in ("version", "canary", "soak")}
+        value = {
+            key: self.query_one(f"#{key}", Input).value.strip()
+            for key in ("version", "canary", "soak", "selector", "per-group")
+        }
+        nodes = self.nodes
+        if value["selector"]:
+            selector = parse_selector(value["selector"])
+            nodes = [name for name in nodes if selects(selector, self.labels.get(name, {}))]
+            if not nodes:
+                raise ValueError(f"no node is labelled {value['selector']}")
+        group_by, groups, group_max = None, {}, {}
+        if value["per-group"]:
+            group_by, limit = store_keys.parse_group_limit(value["per-group"])
+            nodes, groups, group_max = store_keys.grouped(nodes, self.labels, group_by, limit)
+        total = len(nodes)
         try:
             canary, soak = int(value["canary"] or 0), float(value["soak"] or 0)
         except ValueError:
             raise ValueError("canary is a count of nodes and soak a number of seconds") from None
         max_unavailable = store_keys.parse_max_unavailable(self.query_one("#max-unavailable", Input).value, total)
+        windows_text = self.query_one("#windows", Input).value
+        windows = [Window.parse(text) for text in windows_text.split(";") if text.strip()]
         try:
             return RolloutSpec(
                 id=store_keys.new_id(),
                 target_version=value["version"],
-                nodes=self.nodes,
+                nodes=nodes,
+                selector=value["selector"] or None,
+                group_by=group_by,
+                groups=groups,
+                group_max=group_max,
                 canary=max(0, min(canary, total)),
                 max_unavailable=max_unavailable,
                 soak=soak,
+                windows=windows,
                 on_failure=OnFailure(str(self.query_one("#on-failure", Select).value)),
                 reason=self.query_one("#reason", Input).value.strip() or "-",
                 created_by=store_keys.who(),
@@ -187,6 +240,8 @@ class NewRolloutModal(ModalScreen[RolloutSpec | None]):
             lines.append(f"  {label}: {moves}{more}")
         if len(spec.batches()) > 6:
             lines.append(f"  … {len(spec.batches()) - 6} more batches")
+        if limits_line(spec):
+            lines.append(f"  {limits_line(spec)}")
         if spec.target_version in self.offered:
             lines.append(f"  {spec.target_version}: {self.offered[spec.target_version]}")
         elif self.offered:
@@ -240,6 +295,7 @@ class RolloutsScreen(ConsoleScreen[None]):
         self.rollouts: list[Rollout] = []
         self.chosen: str | None = None
         self.problem: str | None = None
+        self.unreadable: dict[str, str] = {}  # rollouts in etcd that do not parse: named, not shown
         self._shown: tuple[object, ...] = ()
         self._node_rows: dict[str, tuple[object, ...]] = {}
         self._parsed: store_keys.Parsed = {}  # what read_all need not parse again
@@ -294,7 +350,9 @@ class RolloutsScreen(ConsoleScreen[None]):
         assert store is not None
         while True:
             try:
-                self.rollouts = await self.lifsea.net.run(store_keys.read_all(store, self._parsed))
+                unreadable: dict[str, str] = {}
+                self.rollouts = await self.lifsea.net.run(store_keys.read_all(store, self._parsed, unreadable))
+                self.unreadable = unreadable
                 self.problem = None
             except StoreUnavailable as error:
                 self.problem = str(error)
@@ -312,9 +370,10 @@ class RolloutsScreen(ConsoleScreen[None]):
             members = len(store.target.endpoints) if store else 0
             where = f"etcd ({members} member{'' if members == 1 else 's'})"
             count = len(self.rollouts)
+            unreadable = "".join(f" · {rid} cannot be read ({why})" for rid, why in self.unreadable.items())
             line = plain(
                 f"store: {where} · {count} rollout{'' if count == 1 else 's'} · {len(running)} not finished · "
-                f"↑↓ chooses one{'' if self.lifsea.read_only else ' · n starts one'}"
+                f"↑↓ chooses one{'' if self.lifsea.read_only else ' · n starts one'}{unreadable}"
             )
         self.query_one("#store-line", Static).update(line)
         table = self.query_one("#rollouts", DataTable)
@@ -389,6 +448,7 @@ class RolloutsScreen(ConsoleScreen[None]):
                         "bold",
                     ),
                     plain(status.message),
+                    *([plain(limits_line(spec))] if limits_line(spec) else []),
                     plain(f"{where_now} · {eta(rollout, time.time())}".rstrip(" ·")),
                 ]
             )
@@ -443,6 +503,7 @@ class RolloutsScreen(ConsoleScreen[None]):
         fleet = self.lifsea.fleet
         nodes = self.nodes or sorted(fleet.snapshots)
         booted = {name: fleet.snapshots[name].booted_version for name in nodes if name in fleet.snapshots}
+        labels = {name: fleet.snapshots[name].labels for name in nodes if name in fleet.snapshots}
         offered: dict[str, str] = {}
         for snapshot in fleet.snapshots.values():
             for target in snapshot.update.targets if snapshot.update else []:
@@ -458,7 +519,7 @@ class RolloutsScreen(ConsoleScreen[None]):
             if spec is not None:
                 self.start(spec)
 
-        self.app.push_screen(NewRolloutModal(nodes, booted, offered), chosen)
+        self.app.push_screen(NewRolloutModal(nodes, booted, offered, labels), chosen)
 
     @work(group="rollouts-write", exit_on_error=False)
     async def start(self, spec: RolloutSpec) -> None:
