@@ -17,6 +17,7 @@ import uvicorn
 
 from lifsea_tui.api.rollouts import (
     Intent,
+    LogEntry,
     NodeRollout,
     NodeState,
     Phase,
@@ -29,6 +30,7 @@ from lifsea_tui.api.rollouts import (
 )
 from lifsea_tui.client import rollouts
 from lifsea_tui.client.etcd import Store, StoreUnavailable
+from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.fleetd import fleetlock
 from lifsea_tui.fleetd.controller import Controller
 from lifsea_tui.lab import etcd
@@ -361,3 +363,54 @@ def test_labels_in_the_agent_config_and_the_inventory_are_checked(tmp_path: Path
     assert parse({"nodes": [node]}, "inv", tmp_path)[0].labels == {"zone": "b"}
     with pytest.raises(InventoryError, match="node 'n1': labels: label key"):
         parse({"nodes": [{**node, "labels": {"Bad Key": "x"}}]}, "inv", tmp_path)
+
+
+async def test_with_etcds_auth_on_each_intent_is_proven_by_its_writer_and_forgeries_are_not_taken(
+    cluster: etcd.EtcdCluster,
+) -> None:
+    """etcd's own users (certificate names): consoles may write rollouts, slots and their own writers/USER/
+    marks, nothing else; the controller takes only intents whose writer's mark matches the bytes."""
+    await cluster.wait_ready()
+    await cluster.enable_auth({"lifsea-fleetd": "lifsea-fleetd", "alice": "lifsea-console", "bob": "lifsea-console"})
+    await cluster.enable_auth({"lifsea-fleetd": "lifsea-fleetd", "alice": "lifsea-console", "bob": "lifsea-console"})
+    alice, bob = Store(cluster.target("alice")), Store(cluster.target("bob"))
+    fleetd, stranger = Store(cluster.target("lifsea-fleetd")), Store(cluster.target("mallory"))
+    unreachable = NodeTarget(name="n1", url="https://127.0.0.1:9", token="t", timeout=0.5)
+    controller = Controller(fleetd, {"n1": unreachable}, proven_writers=True)
+    try:
+        for forbidden in ("leader", "writers/bob/r-x/00000001", "fleet/anything"):
+            with pytest.raises(StoreUnavailable, match="permission denied"):
+                await alice.put_json(forbidden, "x")
+        with pytest.raises(StoreUnavailable, match="permission denied"):
+            await stranger.get("rollouts/")  # a certificate from the CA, but no etcd user: nothing
+        await rollouts.start(alice, spec("r-auth", ["n1"]))
+        assert await controller.campaign()
+        await controller.reconcile()  # the start is alice's: taken (n1 does not answer: it stays planned)
+        seq = await rollouts.ask(bob, "r-auth", Intent(action="pause", reason="INC-1 hold"), "bob@laptop")
+        await controller.reconcile()
+        paused = await rollouts.read(fleetd, "r-auth")
+        assert paused is not None and paused.status.phase is Phase.paused
+        assert "bob@laptop (etcd user bob)" in paused.status.message
+        # alice writes an entry that says bob wrote it: she cannot leave bob's mark, so it is not taken.
+        forged = LogEntry(
+            seq=seq + 1, time=time.time(), who="bob@laptop", kind="intent", action="resume", reason="go", writer="bob"
+        )
+        writes = [
+            alice.put_op(rollouts.logseq_key("r-auth"), seq + 1),
+            alice.put_op(rollouts.log_key("r-auth", seq + 1), forged.model_dump(mode="json")),
+        ]
+        await alice.txn([], writes)
+        await controller.reconcile()
+        after = await rollouts.read(fleetd, "r-auth")
+        assert after is not None and after.status.phase is Phase.paused, after.status
+        assert "resume by bob@laptop not taken: etcd does not prove who wrote it (it names bob" in after.log[-1].reason
+        # An entry changed after it was written no longer matches its writer's mark.
+        pause = next(e for e in after.log if e.seq == seq)
+        assert await rollouts.proven(fleetd, "r-auth", pause)
+        await alice.put_json(rollouts.log_key("r-auth", seq), {**pause.model_dump(mode="json"), "reason": "benign"})
+        changed = await rollouts.read(fleetd, "r-auth")
+        assert changed is not None
+        assert not await rollouts.proven(fleetd, "r-auth", next(e for e in changed.log if e.seq == seq))
+    finally:
+        for opened in (alice, bob, fleetd, stranger):
+            await opened.aclose()

@@ -613,3 +613,105 @@ async def test_a_window_closing_mid_rollout_lets_the_node_in_flight_finish_and_s
     actions = [e.action for e in done.log if e.kind == "decision"]
     assert actions.index("window-closed") < actions.index("window-open")
     assert {n.booted_version for n in done.nodes} == {"5.0"}
+
+
+class Console:
+    """The real console in a tmux pane of its own tmux server, read as a person would read it."""
+
+    def __init__(self, env: dict[str, str], name: str) -> None:
+        self.socket = f"lifsea-test-{os.getpid()}"
+        self.name = name
+        command = " ".join(
+            [
+                f"LIFSEA_LAB_DIR={env['LIFSEA_LAB_DIR']}",
+                f"LIFSEA_TUI_STATE_DIR={env['LIFSEA_LAB_DIR']}/console-state",
+                f"exec {sys.executable} -m lifsea_tui.tui.cli",
+            ]
+        )
+        self.tmux("new-session", "-d", "-s", name, "-x", "150", "-y", "45", command)
+        self.tmux("resize-window", "-t", name, "-x", "150", "-y", "45")  # a detached session may start smaller
+        self.pid = int(self.tmux("list-panes", "-t", name, "-F", "#{pane_pid}").strip())
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
+        return done.stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", self.name)
+
+    def until(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in (shown := self.screen()):
+            assert time.monotonic() < deadline, f"{text!r} never appeared; the screen:\n{shown}"
+            time.sleep(0.2)
+        return shown
+
+    def close(self) -> None:
+        self.tmux("kill-server")
+
+
+async def test_killing_the_console_mid_rollout_changes_nothing_and_reopening_shows_where_it_is(lab3) -> None:
+    status, env, _ = lab3
+    if subprocess.run(["which", "tmux"], capture_output=True).returncode != 0:
+        pytest.skip("tmux is not installed (scripts/setup.sh installs it)")
+    published = lab(["publish", "--version", "6.0"], env)
+    assert published.returncode == 0, published.stderr
+    started = rollout_cli(
+        env,
+        *("start", "--version", "6.0", "--canary", "1", "--max-unavailable", "1", "--soak", "5"),
+        *("--reason", "CHG-95 console killed on the way", "--json"),
+    )
+    assert started.returncode == 0, started.stderr
+    rollout_id = json.loads(started.stdout)["id"]
+    watch = Watch(status, rollout_id)
+    first = Console(env, "first")
+    try:
+        first.until("● ok", 60)
+        first.tmux("send-keys", "-t", "first", "R")
+        first.until("store: etcd", 15)
+        first.until(rollout_id, 15)
+        await watch.until(lambda r: r.node("node1").state.value in ("staging", "rebooting"), 60, "node1 moving")
+        os.kill(first.pid, signal.SIGKILL)  # as a lost laptop or a closed terminal would
+    finally:
+        first.close()
+    moved = await watch.until(lambda r: r.node("node2").state.value != "pending", 180, "node2 moves on its own")
+    assert moved.node("node1").state.value == "done"
+    second = Console(env, "second")
+    try:
+        second.until("● ok", 60)
+        second.tmux("send-keys", "-t", "second", "R")
+        second.until("store: etcd", 15)
+        shown = second.until(rollout_id, 15)
+        assert "node1" in shown and "done" in shown, shown
+        assert "batch 2/3" in shown or "batch 3/3" in shown, shown  # where it is, not where it was
+        done = await watch.until(lambda r: r.status.phase.value == "completed", 240, "completed")
+        second.until("3 of 3 nodes on 6.0", 15)
+    finally:
+        second.close()
+    assert {n.booted_version for n in done.nodes} == {"6.0"}
+
+
+async def test_a_release_that_crash_loops_is_caught_by_the_runbook_gate_and_the_canary_goes_back(lab3) -> None:
+    """A unit that systemd restarts for ever is never 'failed', so the failed-unit gate passes it; the
+    crash-loop runbook's first check sees it. Runbooks that fired before the node was touched do not count."""
+    status, env, _ = lab3
+    refused = rollout_cli(env, "start", "--version", "1.0", "--runbook-gate", "nope", "--reason", "CHG-96")
+    assert refused.returncode == 2 and "unknown runbooks nope (known: bad-upgrade" in refused.stderr, refused
+    published = lab(["publish", "--version", "7.0", "--crash-loop"], env)
+    assert published.returncode == 0, published.stderr
+    before = {name: booted(status, name) for name in NODES}
+    started = rollout_cli(
+        env,
+        *("start", "--version", "7.0", "--canary", "1", "--runbook-gate", "all", "--on-failure", "rollback"),
+        *("--reason", "CHG-97 a release that loops", "--json"),
+    )
+    assert started.returncode == 0, started.stderr
+    watch = Watch(status, json.loads(started.stdout)["id"])
+    done = await watch.until(lambda r: r.status.phase.value == "rolled-back", 300, "the canary caught and back")
+    canary = done.nodes[0]
+    assert canary.state.value == "reverted" and canary.direction == "back", canary
+    assert "runbook crash-loop (A service is crash-looping) applies" in (canary.reason_back or ""), canary
+    assert "lifsea-cache.service" in (canary.reason_back or "")
+    assert canary.baseline_runbooks is not None  # taken before the node was touched
+    assert [n.state.value for n in done.nodes[1:]] == ["skipped", "skipped"]
+    assert {name: booted(status, name) for name in NODES} == before

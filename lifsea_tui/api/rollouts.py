@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lifsea_tui.api.models import LABEL_KEY, LABEL_VALUE, REASON_MAX, Strict
 
@@ -209,6 +209,11 @@ class RolloutSpec(Strict):
     post_hook: str | None = Field(default=None, description="command run after a node passed its gates")
     hook_timeout: float = Field(default=300.0, gt=0)
     probe: str | None = Field(default=None, description="URL template ({node}) that must answer 2xx after a reboot")
+    runbooks: list[str] = Field(
+        default_factory=list,
+        description="runbooks whose first checks must stay clean after a reboot (those that fired before the "
+        "node was touched excepted)",
+    )
     reason: str = Field(min_length=1, max_length=REASON_MAX, pattern=r"[^ \t\n\r\f\v]")
     created_by: str
     created_at: datetime
@@ -275,6 +280,7 @@ class NodeRollout(BaseModel):
     before_version: str | None = None
     booted_version: str | None = None
     baseline_failed: list[str] | None = None
+    baseline_runbooks: list[str] | None = Field(default=None, description="gate runbooks that fired before")
     pre_hook_done: bool = False
     reason_back: str | None = Field(default=None, description="why it is going back (who asked, or which failure)")
 
@@ -282,10 +288,16 @@ class NodeRollout(BaseModel):
 class LogEntry(BaseModel):
     seq: int
     time: float
-    who: str
+    who: str = Field(description="the person or controller, as it names itself")
     kind: Literal["intent", "decision"]
     action: str
     reason: str
+    writer: str | None = Field(default=None, description="the etcd user that wrote it (its certificate's name)")
+    _digest: str | None = PrivateAttr(default=None)  # SHA-256 of the bytes etcd holds, set when read
+
+    @property
+    def digest(self) -> str | None:
+        return self._digest
 
 
 class Intent(Strict):
@@ -318,6 +330,7 @@ class Rollout(BaseModel):
             "group_by": self.spec.group_by,
             "group_max": self.spec.group_max,
             "windows": [str(window) for window in self.spec.windows],
+            "runbooks": self.spec.runbooks,
             "created_by": self.spec.created_by,
             "reason": self.spec.reason,
             "nodes": [

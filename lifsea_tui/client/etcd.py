@@ -13,12 +13,15 @@ import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aetcd
 import grpc
 from aetcd import rpc, watcher
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 T = TypeVar("T")
 
@@ -39,6 +42,11 @@ class EtcdTarget:
 
     def describe(self) -> str:
         return ",".join(self.endpoints)
+
+    @property
+    def user(self) -> str | None:
+        """The etcd user this client is, once etcd's auth is on: its certificate's common name."""
+        return cert_user(self.cert_file) if self.cert_file is not None else None
 
     @classmethod
     def from_flags(
@@ -65,6 +73,16 @@ class EtcdTarget:
             key_file=Path(creds["key"]),
             server_name=data.get("server_name"),
         )
+
+
+@lru_cache(maxsize=16)
+def cert_user(cert_file: Path) -> str | None:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,8 @@ def _explain(error: BaseException, where: str) -> StoreUnavailable:
         if "no leader" in text or "leader changed" in text:
             return StoreUnavailable(f"store at {where} has no leader (no quorum): {text}")
         return StoreUnavailable(f"store at {where} unreachable: {text}")
+    if "permission denied" in text:
+        return StoreUnavailable(f"store at {where} does not allow this user that (etcd: permission denied)")
     if isinstance(error, aetcd.exceptions.UnauthenticatedError):
         return StoreUnavailable(f"store at {where} refused us: {text}")
     return StoreUnavailable(f"store at {where}: {text}")
@@ -190,6 +210,9 @@ class Store:
 
     def put_op(self, key: str, value: Any, *, lease: Any = None) -> Any:
         return self.ops.put(self.key(key), json.dumps(value).encode(), lease=lease)
+
+    def put_bytes_op(self, key: str, value: bytes) -> Any:
+        return self.ops.put(self.key(key), value)
 
     def delete_op(self, key: str) -> Any:
         return self.ops.delete(self.key(key))

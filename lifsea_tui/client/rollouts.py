@@ -17,6 +17,8 @@ controller's, and every write of the controller's is a transaction that also che
 from __future__ import annotations
 
 import getpass
+import hashlib
+import json
 import secrets
 import socket
 import time
@@ -127,6 +129,32 @@ class Unreadable:
     why: str
 
 
+def writer_key(user: str, rollout_id: str, seq: int) -> str:
+    """Where the etcd user who wrote a log entry leaves its SHA-256. With etcd's auth on, each user may
+    write only under writers/USER/, so the key proves who wrote the entry and the hash that it is unchanged."""
+    return f"writers/{user}/{rollout_id}/{seq:08d}"
+
+
+def entry_ops(store: Store, rollout_id: str, entry: LogEntry) -> list[Any]:
+    """A log entry as this store's user writes it: the entry (naming the user) and its writer's mark."""
+    user = store.target.user
+    raw = json.dumps(entry.model_copy(update={"writer": user}).model_dump(mode="json")).encode()
+    ops = [store.put_bytes_op(log_key(rollout_id, entry.seq), raw)]
+    if user is not None:
+        ops.append(
+            store.put_bytes_op(writer_key(user, rollout_id, entry.seq), hashlib.sha256(raw).hexdigest().encode())
+        )
+    return ops
+
+
+async def proven(store: Store, rollout_id: str, entry: LogEntry) -> bool:
+    """Whether the writer the entry names left its mark for these very bytes (meaningful with auth on)."""
+    if entry.writer is None or entry.digest is None:
+        return False
+    mark = await store.get(writer_key(entry.writer, rollout_id, entry.seq))
+    return mark is not None and mark.value.decode() == entry.digest
+
+
 def _parse(rest: str, kv: KV) -> Any:
     model: type[BaseModel] | None = None
     if rest == "spec":
@@ -138,7 +166,10 @@ def _parse(rest: str, kv: KV) -> Any:
     elif rest.startswith("log/"):
         model = LogEntry
     try:
-        return model.model_validate_json(kv.value) if model is not None else kv.json()
+        parsed = model.model_validate_json(kv.value) if model is not None else kv.json()
+        if isinstance(parsed, LogEntry):
+            parsed._digest = hashlib.sha256(kv.value).hexdigest()
+        return parsed
     except ValueError as error:  # ValidationError, or JSON that is not JSON
         if isinstance(error, ValidationError):
             problem = error.errors()[0]
@@ -243,7 +274,15 @@ async def start(store: Store, spec: RolloutSpec) -> Rollout:
             raise RolloutRefused(f"these nodes are in a rollout that has not finished: {names}")
         now = time.time()
         status = RolloutStatus(phase=Phase.planned, message="waiting for a controller to pick it up", updated_at=now)
-        entry = LogEntry(seq=1, time=now, who=spec.created_by, kind="intent", action="start", reason=spec.reason)
+        entry = LogEntry(
+            seq=1,
+            time=now,
+            who=spec.created_by,
+            kind="intent",
+            action="start",
+            reason=spec.reason,
+            writer=store.target.user,
+        )
         batches = spec.batches()
         nodes = [NodeRollout(name=name, batch=index) for index, batch in enumerate(batches) for name in batch]
         compare = [
@@ -253,7 +292,7 @@ async def start(store: Store, spec: RolloutSpec) -> Rollout:
         writes = [
             store.put_op(spec_key(spec.id), spec_json(spec)),
             store.put_op(status_key(spec.id), status.model_dump(mode="json")),
-            store.put_op(log_key(spec.id, 1), entry.model_dump(mode="json")),
+            *entry_ops(store, spec.id, entry),
             store.put_op(logseq_key(spec.id), 1),
             store.put_op(f"{ROLLOUTS}guard", spec.id),
         ]
@@ -284,7 +323,7 @@ async def append(
         compare = [store.ops.mod(store.key(logseq_key(rollout_id))) == last.mod_revision, *(guard or [])]
         writes = [
             store.put_op(logseq_key(rollout_id), seq),
-            store.put_op(log_key(rollout_id, seq), entry.model_copy(update={"seq": seq}).model_dump(mode="json")),
+            *entry_ops(store, rollout_id, entry.model_copy(update={"seq": seq})),
             *(also or []),
         ]
         if await store.txn(compare, writes):

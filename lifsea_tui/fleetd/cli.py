@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--tick", type=float, default=TICK, help="seconds between looks at etcd")
     top.add_argument("--fleetlock", metavar="HOST:PORT", help="serve FleetLock here (plain HTTP: loopback only)")
     top.add_argument("--fleetlock-slots", type=int, default=1, help="slots per FleetLock group, default 1")
+    top.add_argument(
+        "--proven-writers",
+        action="store_true",
+        help="act only on rollout intents whose writer etcd's authentication proves (needs etcd auth on, "
+        "each user allowed to write only its own writers/USER/ keys; see README)",
+    )
     top.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return top
 
@@ -77,7 +83,9 @@ async def serve(args: argparse.Namespace) -> None:
     except inventory.InventoryError as error:
         raise SystemExit(f"lifsea-fleetd: {error}") from None
     store = Store(target)
-    controller = Controller(store, nodes, ident=args.id, lease_ttl=args.lease_ttl, tick=args.tick)
+    controller = Controller(
+        store, nodes, ident=args.id, lease_ttl=args.lease_ttl, tick=args.tick, proven_writers=args.proven_writers
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

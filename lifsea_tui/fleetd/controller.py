@@ -66,8 +66,12 @@ class Controller:
         ident: str | None = None,
         lease_ttl: int = LEASE_TTL,
         tick: float = TICK,
+        proven_writers: bool = False,
     ) -> None:
         self.store = store
+        # Act only on intents whose writer etcd's authentication proves (see rollouts.writer_key); for a
+        # store with auth on, where each user may write only its own writers/USER/ keys.
+        self.proven_writers = proven_writers
         self.targets = dict(nodes)
         # Unique to this process even when a successor is given the same name: a restarted controller must
         # not mistake its dead predecessor's leader key (still bound to a live lease) for its own.
@@ -246,6 +250,21 @@ class Controller:
         phase, who = rollout.status.phase, f"{entry.who}: {entry.reason}"
         change: dict[str, Any] = {"applied": entry.seq}
         nodes: list[NodeRollout] = []
+        if self.proven_writers:
+            if not await keys.proven(self.store, rollout.spec.id, entry):
+                why = (
+                    f"{entry.action} by {entry.who} not taken: etcd does not prove who wrote it "
+                    f"(it names {entry.writer or 'no etcd user'}; written without that user's credentials, "
+                    "or changed since)"
+                )
+                if entry.action != "start":
+                    return await self.write(rollout, status=change, decision=("ignored", why))
+                change |= {"phase": Phase.aborted, "message": why}
+                return await self.write(
+                    rollout, nodes=self._skip_pending(rollout, "the rollout was refused"), status=change,
+                    decision=("refused", why),
+                )  # fmt: skip
+            who = f"{entry.who} (etcd user {entry.writer}): {entry.reason}"
         if entry.action == "pause" and phase not in FINISHED and phase is not Phase.paused:
             change |= {"phase": Phase.paused, "paused_from": phase, "message": f"paused by {who}"}
         elif entry.action == "resume" and phase is Phase.paused:
@@ -311,6 +330,17 @@ class Controller:
                 status={"phase": Phase.aborted, "message": f"unknown nodes: {', '.join(unknown)}"},
                 nodes=self._skip_pending(rollout, "the rollout was refused"),
                 decision=("refused", f"not in the controller's inventory: {', '.join(unknown)}"),
+            )
+            return
+        books = steps.gate_runbooks()
+        unknown = [name for name in spec.runbooks if name not in books]
+        if unknown:
+            why = f"unknown gate runbooks: {', '.join(unknown)} (this controller has: {', '.join(sorted(books))})"
+            await self.write(
+                rollout,
+                status={"phase": Phase.aborted, "message": why},
+                nodes=self._skip_pending(rollout, "the rollout was refused"),
+                decision=("refused", why),
             )
             return
         problems = []

@@ -18,16 +18,33 @@ import os
 import shlex
 import signal
 from dataclasses import dataclass
+from functools import cache
 
 import httpx
 
 from lifsea_tui.api import ActionRequest, NodeSummary, StageRequest
 from lifsea_tui.api.models import Deployment, UpdateState
 from lifsea_tui.api.rollouts import NodeRollout, NodeState, RolloutSpec
+from lifsea_tui.client import runbook
 from lifsea_tui.client.node import NodeClient, NodeError
+from lifsea_tui.client.runbook import Proposal, Runbook
 
 SETTLE_SECONDS = 5.0  # a node judged this soon after boot may not have started (or failed) its units yet
+RUNBOOK_SETTLE = 20.0  # gate runbooks judge a node this long after boot: a loop has shown, DNS has come up
 REBOOT_SLACK = 2.0
+
+
+@cache
+def gate_runbooks() -> dict[str, Runbook]:
+    """The shipped runbooks a rollout may gate on, by id."""
+    found, _ = runbook.load([runbook.SHIPPED])
+    return {book.id: book for book in found}
+
+
+async def fired_runbooks(spec: RolloutSpec, client: NodeClient) -> list[Proposal]:
+    """The rollout's gate runbooks whose first checks find a problem on the node now."""
+    books = [gate_runbooks()[name] for name in spec.runbooks if name in gate_runbooks()]
+    return [p for p in await runbook.triage(client, books) if p.status is runbook.Status.problem]
 
 
 @dataclass
@@ -107,10 +124,27 @@ async def probe(template: str, node: str) -> str | None:
     return None
 
 
+async def runbook_gate(spec: RolloutSpec, node: NodeRollout, client: NodeClient) -> str | None:
+    """None when no gate runbook fires that had not fired before the rollout touched the node."""
+    if not spec.runbooks or node.direction != "forward":
+        return None
+    new = [p for p in await fired_runbooks(spec, client) if p.runbook.id not in (node.baseline_runbooks or [])]
+    if not new:
+        return None
+    return "; ".join(f"runbook {p.runbook.id} ({p.runbook.title}) applies: {p.summary}" for p in new)[:400]
+
+
 async def gates(
-    spec: RolloutSpec, node: NodeRollout, client: NodeClient, want: str, summary: NodeSummary | None = None
+    spec: RolloutSpec,
+    node: NodeRollout,
+    client: NodeClient,
+    want: str,
+    summary: NodeSummary | None = None,
+    *,
+    runbooks: bool = True,
 ) -> str | None:
-    """None when the node is healthy on `want` (a checksum), else why not."""
+    """None when the node is healthy on `want` (a checksum), else why not. `runbooks`: with the gate
+    runbooks (the verify step asks them apart, once the node has been up RUNBOOK_SETTLE)."""
     summary = summary or await client.summary()
     booted = _booted(summary)
     if booted is None:
@@ -122,8 +156,10 @@ async def gates(
     if new:
         return f"units failed that were not failed before: {', '.join(new[:5])}"
     if spec.probe and node.direction == "forward":
-        return await probe(spec.probe, node.name)
-    return None
+        why = await probe(spec.probe, node.name)
+        if why is not None:
+            return why
+    return await runbook_gate(spec, node, client) if runbooks else None
 
 
 async def step(spec: RolloutSpec, target: str, node: NodeRollout, client: NodeClient, now: float) -> Step | None:
@@ -153,12 +189,14 @@ async def _forward(spec: RolloutSpec, target: str, node: NodeRollout, client: No
                 return None
             # What it ran before, and its failed units then (the baseline the health gate compares with),
             # are written with whatever this step goes on to do: one write, not two.
+            fired = [p.runbook.id for p in await fired_runbooks(spec, client)] if spec.runbooks else None
             node = _update(
                 node,
                 before_checksum=booted.checksum,
                 before_version=booted.version,
                 booted_version=booted.version,
                 baseline_failed=sorted(summary.failed_units or []),
+                baseline_runbooks=fired,
                 reason=f"was on {booted.version or booted.checksum[:12]}",
             )
             recorded = Step(node)
@@ -217,7 +255,12 @@ async def _verify(
         return None
     summary = await client.summary()
     booted = _booted(summary)
-    why = await gates(spec, node, client, want, summary)
+    why = await gates(spec, node, client, want, summary, runbooks=False)
+    if why is None and spec.runbooks and node.direction == "forward":
+        if info.uptime_seconds is not None and info.uptime_seconds < RUNBOOK_SETTLE:
+            waiting = f"healthy so far; the gate runbooks look {RUNBOOK_SETTLE:.0f} s after boot"
+            return None if node.reason == waiting else Step(_update(node, reason=waiting))
+        why = await runbook_gate(spec, node, client)
     version = booted.version if booted else None
     if why is not None:
         return _fail(_update(node, booted_version=version), why, now)

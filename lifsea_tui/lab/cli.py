@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import secrets
@@ -117,7 +118,7 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
     node.agent_config.chmod(0o600)
 
 
-ETCD_USERS = ("lifsea-fleetd", "console")
+ETCD_USERS = {"lifsea-fleetd": "lifsea-fleetd", "console": "lifsea-console"}  # user -> its role
 
 
 def status_json(layout: Layout, spec: LabSpec) -> dict[str, Any]:
@@ -133,6 +134,7 @@ def status_json(layout: Layout, spec: LabSpec) -> dict[str, Any]:
             "ca_file": str(layout.ca_file),
             "server_name": "localhost",
             "users": users,
+            "auth": True,  # etcd's authentication is on: each user writes only what its role allows
             "log": str(layout.etcd_dir / "etcd.log"),
         },
         "controller": {
@@ -256,6 +258,8 @@ def up(layout: Layout, count: int) -> int:
     if not_ready:
         print(f"lifsea-lab: the lab did not come up: {'; '.join(not_ready)} (see {layout.root})", file=sys.stderr)
         return 1
+    # etcd's own users: the controller and the console each write as themselves, and prove it.
+    asyncio.run(lab_etcd(layout, spec).enable_auth(ETCD_USERS))
     progress(f"{count} nodes up in {time.monotonic() - started:.1f} s; `lifsea-lab status` shows them")
     return 0
 
@@ -348,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"a bad release: its new {scenarios.BAD_UNIT} fails at every boot (for rollouts' health gates)",
     )
+    publish_cmd.add_argument(
+        "--crash-loop",
+        action="store_true",
+        help=f"a release whose new {scenarios.LOOPING_UNIT} restarts for ever (never 'failed'; a runbook sees it)",
+    )
     break_cmd = commands.add_parser("break", help="put real trouble on a running node (see `scenarios`)")
     break_cmd.add_argument("node")
     break_cmd.add_argument("--scenario", required=True, choices=sorted(scenarios.SCENARIOS))
@@ -372,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "publish":
         try:
             checksum = image.publish(
-                layout.repo, args.version, args.subject, extra=scenarios.BAD_UPGRADE if args.bad else None
+                layout.repo,
+                args.version,
+                args.subject,
+                extra=scenarios.BAD_UPGRADE if args.bad else scenarios.LOOPING_UPGRADE if args.crash_loop else None,
             )
         except image.ImageError as error:
             print(f"lifsea-lab: {error}", file=sys.stderr)

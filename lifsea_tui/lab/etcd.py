@@ -14,10 +14,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+from aetcd import rpc
+
 from lifsea_tui.client.etcd import EtcdTarget, Store
 from lifsea_tui.lab import certs
 
 ETCD = "etcd"
+ROOT = "root"
+# What each kind of user may do, as key prefixes under the store's prefix ("" is all of it). Every user
+# may also write writers/USER/ (and only its own), where it marks the log entries it writes.
+ROLES: dict[str, list[tuple[int, str]]] = {
+    "lifsea-fleetd": [(rpc.Permission.READWRITE, "")],
+    "lifsea-console": [(rpc.Permission.READ, ""), (rpc.Permission.READWRITE, "rollouts/"),
+                       (rpc.Permission.READWRITE, "slots/")],
+}  # fmt: skip
+
+
+def _range_end(key: bytes) -> bytes:
+    """The end of the range of keys that start with `key` (etcd's prefix convention)."""
+    return key[:-1] + bytes([key[-1] + 1])
+
+
 MISSING = "etcd is missing (apt-get install etcd-server)"
 
 
@@ -102,6 +120,42 @@ class EtcdCluster:
             "--logger=zap",
             "--log-outputs=stderr",
         ]
+
+    async def enable_auth(self, users: dict[str, str]) -> None:
+        """Turn etcd's authentication on: `users` maps each user (a certificate's common name) to its role
+        in ROLES, and each gets writer-USER for its own writers/USER/ keys. Safe to run again."""
+        store = Store(self.target(ROOT))
+        try:
+            await store.client.connect()
+            auth = rpc.AuthStub(store.client.channel)
+            prefix = store.target.prefix.encode()
+
+            async def call(method: str, request: object) -> None:
+                try:
+                    await getattr(auth, method)(request, timeout=10)
+                except grpc.aio.AioRpcError as error:  # already there (a lab brought up again), or auth on
+                    if "already" not in (error.details() or "") and "enabled" not in (error.details() or ""):
+                        raise
+
+            async def role(name: str, grants: list[tuple[int, str]]) -> None:
+                await call("RoleAdd", rpc.AuthRoleAddRequest(name=name))
+                for kind, sub in grants:
+                    key = prefix + sub.encode()
+                    permission = rpc.Permission(permType=kind, key=key, range_end=_range_end(key))
+                    await call("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(name=name, perm=permission))
+
+            await call("UserAdd", rpc.AuthUserAddRequest(name=ROOT, options=rpc.UserAddOptions(no_password=True)))
+            await call("UserGrantRole", rpc.AuthUserGrantRoleRequest(user=ROOT, role="root"))
+            for name, grants in ROLES.items():
+                await role(name, grants)
+            for user, kind in users.items():
+                await role(f"writer-{user}", [(rpc.Permission.READWRITE, f"writers/{user}/")])
+                await call("UserAdd", rpc.AuthUserAddRequest(name=user, options=rpc.UserAddOptions(no_password=True)))
+                for granted in (kind, f"writer-{user}"):
+                    await call("UserGrantRole", rpc.AuthUserGrantRoleRequest(user=user, role=granted))
+            await call("AuthEnable", rpc.AuthEnableRequest())
+        finally:
+            await store.aclose()
 
     # -- for tests: members as child processes -----------------------------------------------------------
 

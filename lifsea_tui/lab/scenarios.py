@@ -156,6 +156,19 @@ ExecStart=/bin/sh -c 'echo "lifsea-storage: cannot open /dev/lifsea0: No such de
 """,
     f"/usr/lib/systemd/system/multi-user.target.wants/{BAD_UNIT}": f"-> ../{BAD_UNIT}",
 }
+LOOPING_UNIT = "lifsea-cache.service"
+LOOPING_UPGRADE = {  # a release whose new unit never stays up, yet is never "failed": systemd restarts it
+    f"/usr/lib/systemd/system/{LOOPING_UNIT}": """[Unit]
+Description=Cache warmer (new in this release; lab crash-looping release)
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=/bin/sh -c 'echo "lifsea-cache: cannot bind 127.0.0.1:6380: Address in use" >&2; exit 2'
+Restart=always
+RestartSec=1
+""",
+    f"/usr/lib/systemd/system/multi-user.target.wants/{LOOPING_UNIT}": f"-> ../{LOOPING_UNIT}",
+}
 BOOT_TIMEOUT = 120.0
 
 

@@ -210,6 +210,7 @@ def controller(layout: Layout, spec: LabSpec) -> Supervised:
         "lab-fleetd",
         "--fleetlock",
         f"127.0.0.1:{spec.fleetlock_port}",
+        "--proven-writers",
     ]
     return Supervised("lifsea-fleetd", argv, layout.root / "fleetd.log", layout.root / "fleetd.pid")
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from lifsea_tui.api.rollouts import Intent, OnFailure, Rollout, RolloutSpec, Window, parse_selector, selects
-from lifsea_tui.client import inventory
+from lifsea_tui.client import inventory, runbook
 from lifsea_tui.client import rollouts as store_keys
 from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
 from lifsea_tui.client.fleet import Fleet
@@ -86,6 +86,12 @@ async def plan(args: argparse.Namespace) -> RolloutSpec:
         windows = [Window.parse(text) for text in args.window or []]
     except ValueError as error:
         raise Usage(f"--window: {error}") from None
+    gate = [name for name in (args.runbook_gate or "").split(",") if name]
+    if gate:
+        shipped = sorted(book.id for book in runbook.load([runbook.SHIPPED])[0])
+        gate = shipped if gate == ["all"] else gate
+        if unknown_books := [name for name in gate if name not in shipped]:
+            raise Usage(f"--runbook-gate: unknown runbooks {', '.join(unknown_books)} (known: {', '.join(shipped)})")
     try:
         return RolloutSpec(
             id=args.id or store_keys.new_id(),
@@ -106,6 +112,7 @@ async def plan(args: argparse.Namespace) -> RolloutSpec:
             post_hook=args.post_hook,
             hook_timeout=args.hook_timeout,
             probe=args.probe,
+            runbooks=gate,
             reason=args.reason,
             created_by=store_keys.who(),
             created_at=datetime.now(UTC),
@@ -210,6 +217,11 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--post-hook", help="command after a node passed its gates")
     start.add_argument("--hook-timeout", type=float, default=300.0, help="seconds a hook may run (default 300)")
     start.add_argument("--probe", help="URL template ({node}) that must answer 2xx after a reboot")
+    start.add_argument(
+        "--runbook-gate",
+        metavar="all|ID,...",
+        help="runbooks whose first checks must stay clean after each reboot (unless they fired before)",
+    )
     start.add_argument("--id", help="the rollout's id (default r-DATE-TIME-XXXX)")
     start.add_argument("--reason", required=True, help="why (goes into the log and each node's audit log)")
     actions.add_parser("list", parents=[common], help="every rollout")

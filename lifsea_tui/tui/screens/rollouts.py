@@ -96,6 +96,8 @@ def limits_line(spec: RolloutSpec) -> str:
     if spec.group_by is not None:
         limits = ", ".join(f"{group or '(none)'} {limit}" for group, limit in sorted(spec.group_max.items()))
         parts.append(f"at most per {spec.group_by}: {limits}")
+    if spec.runbooks:
+        parts.append(f"gate runbooks: {', '.join(spec.runbooks)}")
     if spec.windows:
         parts.append(f"starts nodes only within {'; '.join(str(window) for window in spec.windows)}")
     return " · ".join(parts)
@@ -480,7 +482,10 @@ class RolloutsScreen(ConsoleScreen[None]):
         lines = []
         for entry in rollout.log[-LOG_LINES:]:
             when = datetime.fromtimestamp(entry.time).strftime("%H:%M:%S")
-            lines.append(f"{when} {entry.who}: {entry.action}: {entry.reason}")
+            who = entry.who  # a person's intent also names the etcd user that wrote it
+            if entry.kind == "intent" and entry.writer not in (None, entry.who):
+                who = f"{entry.who} (etcd user {entry.writer})"
+            lines.append(f"{when} {who}: {entry.action}: {entry.reason}")
         decisions.update(plain_lines(lines))
 
     # -- steering --------------------------------------------------------------------------------------
