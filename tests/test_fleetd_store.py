@@ -31,7 +31,7 @@ from lifsea_tui.api.rollouts import (
 from lifsea_tui.client import rollouts
 from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.node import NodeTarget
-from lifsea_tui.fleetd import fleetlock
+from lifsea_tui.fleetd import fleetlock, policy
 from lifsea_tui.fleetd.controller import Controller
 from lifsea_tui.lab import etcd
 
@@ -244,6 +244,10 @@ def test_windows() -> None:
     assert next_opening([weekdays], monday_0900 + 2 * hour) == monday_0900 + 23 * hour
     assert next_opening([weekdays], monday_0900 + 4 * 24 * hour + 2 * hour) == monday_0900 + 7 * 24 * hour - hour
     assert next_opening([], monday_0900) is None
+    assert policy.closed_until([weekdays], monday_0900 + 2 * hour) == "; the next opens Tue 08:00 UTC (in 21 h 0 min)"
+    assert (
+        policy.closed_until([weekdays], monday_0900 + 4 * 24 * hour) == "; the next opens Mon 08:00 UTC (in 2 d 23 h)"
+    )
 
 
 def test_windows_are_written_as_people_say_them_and_bad_ones_are_named() -> None:
@@ -342,7 +346,7 @@ def test_labels_select_nodes_and_groups_spread_the_batches() -> None:
         ],
         log=[],
     )
-    admitted, held = Controller._within_groups(rollout, [n for n in rollout.nodes if n.name != "n1"])
+    admitted, held = policy.within_groups(rollout, [n for n in rollout.nodes if n.name != "n1"])
     assert [n.name for n in admitted] == ["n3", "n5"]  # n1 already moves in zone a: n2 and n4 wait
     assert [n.name for n in held] == ["n2", "n4"] and held[0].reason == "waiting: 1 of zone=a already moving"
 

@@ -5,6 +5,10 @@ starts (or restarts, or takes over) goes on from where the rollout is. Nothing a
 in this process's memory except tasks talking to nodes. Every write it makes is a transaction that
 also checks the leader key still holds its id (fencing): a controller that lost its lease, or was
 paused past it, cannot write, and does not ask a node for anything it has not first written.
+
+What the phases decide from a rollout alone is in policy.py and one node's next step in steps.py; this
+module keeps the rest together (leadership, fenced writes, node tasks and the phase transitions that
+write), which is why it is a little over 500 lines.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import secrets
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from lifsea_tui.api import ActionRequest
@@ -31,30 +34,18 @@ from lifsea_tui.api.rollouts import (
     Phase,
     Rollout,
     RolloutSpec,
-    Window,
-    next_opening,
     window_open,
 )
 from lifsea_tui.client import rollouts as keys
 from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
-from lifsea_tui.fleetd import steps
+from lifsea_tui.fleetd import policy, steps
 
 log = logging.getLogger("lifsea.fleetd")
 
 LEASE_TTL = 5
 TICK = 1.0
 NODE_POLL = 0.25  # seconds between looks at a node that is staging or rebooting
-
-
-def closed_until(windows: list[Window], now: float) -> str:
-    """'; the next opens Mon 02:00 UTC (in 3 h 5 min)', for a person reading why nothing moves."""
-    opens = next_opening(windows, now)
-    if opens is None:
-        return ""
-    hours, minutes = divmod(int((opens - now + 59) // 60), 60)
-    wait = f"{hours} h {minutes} min" if hours else f"{minutes} min"
-    return f"; the next opens {datetime.fromtimestamp(opens, UTC):%a %H:%M} UTC (in {wait})"
 
 
 class Controller:
@@ -247,9 +238,8 @@ class Controller:
         return True
 
     async def apply(self, rollout: Rollout, entry: LogEntry) -> bool:
-        phase, who = rollout.status.phase, f"{entry.who}: {entry.reason}"
+        who = f"{entry.who}: {entry.reason}"
         change: dict[str, Any] = {"applied": entry.seq}
-        nodes: list[NodeRollout] = []
         if self.proven_writers:
             if not await keys.proven(self.store, rollout.spec.id, entry):
                 why = (
@@ -261,64 +251,21 @@ class Controller:
                     return await self.write(rollout, status=change, decision=("ignored", why))
                 change |= {"phase": Phase.aborted, "message": why}
                 return await self.write(
-                    rollout, nodes=self._skip_pending(rollout, "the rollout was refused"), status=change,
+                    rollout, nodes=policy.skip_pending(rollout, "the rollout was refused"), status=change,
                     decision=("refused", why),
                 )  # fmt: skip
             who = f"{entry.who} (etcd user {entry.writer}): {entry.reason}"
-        if entry.action == "pause" and phase not in FINISHED and phase is not Phase.paused:
-            change |= {"phase": Phase.paused, "paused_from": phase, "message": f"paused by {who}"}
-        elif entry.action == "resume" and phase is Phase.paused:
-            back = rollout.status.paused_from or Phase.progressing
-            change |= {"phase": back, "paused_from": None, "message": f"resumed by {who}"}
-        elif entry.action == "abort" and phase not in FINISHED:
-            change |= {"phase": Phase.aborted, "message": f"aborted by {who}"}
-            nodes = self._skip_pending(rollout, "the rollout was aborted")
-        elif entry.action == "rollback" and phase not in (Phase.rolling_back, Phase.rolled_back, Phase.aborted):
-            change |= {"phase": Phase.rolling_back, "message": f"rolling back, asked by {who}"}
-            nodes = self._turn_back(rollout, f"asked by {who}")
-        elif entry.action == "start":
+        if entry.action == "start":
             return await self.write(rollout, status=change)
-        else:
+        effect = policy.intent(rollout, entry.action, who)
+        if effect is None:
             return await self.write(rollout, status=change, decision=("ignored", f"{entry.action}: nothing to do"))
-        result = f"{entry.action} by {who}"
-        ok = await self.write(rollout, nodes=nodes, status=change, decision=(entry.action, result))
+        status, nodes = effect
+        decision = (entry.action, f"{entry.action} by {who}")
+        ok = await self.write(rollout, nodes=nodes, status=change | status, decision=decision)
         if ok:
             rollout.nodes = [next((n for n in nodes if n.name == node.name), node) for node in rollout.nodes]
         return ok
-
-    @staticmethod
-    def _skip_pending(rollout: Rollout, why: str) -> list[NodeRollout]:
-        now = time.time()
-        return [
-            node.model_copy(update={"state": NodeState.skipped, "reason": why, "finished_at": now})
-            for node in rollout.nodes
-            if node.state is NodeState.pending
-        ]
-
-    @staticmethod
-    def _turn_back(rollout: Rollout, why: str | None = None) -> list[NodeRollout]:
-        """Settled nodes the rollout moved go back; untouched ones are skipped; in-flight ones follow later."""
-        now, changed = time.time(), []
-        why = why or rollout.status.message
-        for node in rollout.nodes:
-            if node.direction != "forward" or node.state in IN_FLIGHT:
-                continue
-            if node.state is NodeState.pending:
-                changed.append(
-                    node.model_copy(update={"state": NodeState.skipped, "reason": "never moved", "finished_at": now})
-                )
-            elif node.before_checksum is not None and node.state in (NodeState.done, NodeState.failed):
-                changed.append(
-                    node.model_copy(
-                        update={
-                            "state": NodeState.pending,
-                            "direction": "back",
-                            "reason": "to go back",
-                            "reason_back": why,
-                        }
-                    )
-                )
-        return changed
 
     async def preflight(self, rollout: Rollout) -> None:
         """Find the target's checksum from a node's update server, or refuse the version."""
@@ -328,7 +275,7 @@ class Controller:
             await self.write(
                 rollout,
                 status={"phase": Phase.aborted, "message": f"unknown nodes: {', '.join(unknown)}"},
-                nodes=self._skip_pending(rollout, "the rollout was refused"),
+                nodes=policy.skip_pending(rollout, "the rollout was refused"),
                 decision=("refused", f"not in the controller's inventory: {', '.join(unknown)}"),
             )
             return
@@ -339,7 +286,7 @@ class Controller:
             await self.write(
                 rollout,
                 status={"phase": Phase.aborted, "message": why},
-                nodes=self._skip_pending(rollout, "the rollout was refused"),
+                nodes=policy.skip_pending(rollout, "the rollout was refused"),
                 decision=("refused", why),
             )
             return
@@ -364,7 +311,7 @@ class Controller:
                 message = f"target {spec.target_version} is {checksum[:12]}"
                 if not window_open(spec.windows, time.time()):
                     first = Phase.waiting
-                    message += f"; outside its maintenance windows{closed_until(spec.windows, time.time())}"
+                    message += f"; outside its maintenance windows{policy.closed_until(spec.windows, time.time())}"
                 await self.write(
                     rollout,
                     status={
@@ -382,7 +329,7 @@ class Controller:
             await self.write(
                 rollout,
                 status={"phase": Phase.aborted, "message": why},
-                nodes=self._skip_pending(rollout, "the rollout was refused"),
+                nodes=policy.skip_pending(rollout, "the rollout was refused"),
                 decision=("refused", why),
             )
         elif rollout.status.message != (why := f"no node answered: {'; '.join(problems)[:400]}"):
@@ -457,12 +404,9 @@ class Controller:
 
     # -- phases ------------------------------------------------------------------------------------------
 
-    def _failed_forward(self, rollout: Rollout) -> list[NodeRollout]:
-        return [n for n in rollout.nodes if n.direction == "forward" and n.state is NodeState.failed]
-
     async def _on_failure(self, rollout: Rollout, why: str) -> None:
         if rollout.spec.on_failure is OnFailure.rollback:
-            nodes = self._turn_back(rollout, why)
+            nodes = policy.turn_back(rollout, why)
             await self.write(
                 rollout, nodes=nodes, status={"phase": Phase.rolling_back, "message": why}, decision=("rollback", why)
             )
@@ -473,21 +417,9 @@ class Controller:
                 decision=("pause", why),
             )
 
-    def _budget_exceeded(self, rollout: Rollout) -> str | None:
-        failed = self._failed_forward(rollout)
-        canary_failed = [n for n in failed if n.batch == 0 and rollout.spec.canary]
-        if canary_failed:
-            return f"canary {canary_failed[0].name} failed: {canary_failed[0].reason}"
-        if len(failed) > rollout.spec.error_budget:
-            return (
-                f"{len(failed)} failed, more than the error budget of {rollout.spec.error_budget}: "
-                f"{failed[-1].name}: {failed[-1].reason}"
-            )
-        return None
-
     async def progress(self, rollout: Rollout) -> None:
         spec, status = rollout.spec, rollout.status
-        why = self._budget_exceeded(rollout)
+        why = policy.budget_exceeded(rollout)
         if why is not None:
             if not any(n.state in IN_FLIGHT for n in rollout.nodes):
                 await self._on_failure(rollout, why)
@@ -501,7 +433,7 @@ class Controller:
             return
         if not window_open(spec.windows, time.time()):
             if not any(n.state in IN_FLIGHT for n in rollout.nodes):
-                why = f"outside its maintenance windows{closed_until(spec.windows, time.time())}"
+                why = f"outside its maintenance windows{policy.closed_until(spec.windows, time.time())}"
                 await self.write(
                     rollout,
                     status={"phase": Phase.waiting, "message": why},
@@ -514,7 +446,7 @@ class Controller:
         """Start what the reboot slots allow: the nodes' slots and their new states in one fenced transaction.
         A grouped rollout (say, by zone) starts no more of a group than its limit, whatever the slots say."""
         spec, now = rollout.spec, time.time()
-        pending, held_back = self._within_groups(rollout, pending)
+        pending, held_back = policy.within_groups(rollout, pending)
         if held_back:
             await self.write(rollout, nodes=held_back[: keys.TXN_HOLDERS])
         if not pending:
@@ -542,30 +474,6 @@ class Controller:
             changed = [node.model_copy(update={"reason": why}) for node in waiting if node.reason != why]
             if changed:
                 await self.write(rollout, nodes=changed[: keys.TXN_HOLDERS])
-
-    @staticmethod
-    def _within_groups(rollout: Rollout, pending: list[NodeRollout]) -> tuple[list[NodeRollout], list[NodeRollout]]:
-        """The pending nodes their group's limit lets start, and the others (with a new reason to wait)."""
-        spec = rollout.spec
-        if spec.group_by is None:
-            return pending, []
-        moving: dict[str, int] = {}
-        for node in rollout.nodes:
-            if node.state in IN_FLIGHT:
-                group = spec.groups[node.name]
-                moving[group] = moving.get(group, 0) + 1
-        admitted, held_back = [], []
-        for node in pending:
-            group = spec.groups[node.name]
-            limit = spec.group_max[group]
-            if moving.get(group, 0) < limit:
-                moving[group] = moving.get(group, 0) + 1
-                admitted.append(node)
-                continue
-            why = f"waiting: {limit} of {spec.group_by}={group or '(none)'} already moving"
-            if node.reason != why:
-                held_back.append(node.model_copy(update={"reason": why}))
-        return admitted, held_back
 
     async def next_batch(self, rollout: Rollout) -> None:
         spec, status = rollout.spec, rollout.status
@@ -624,14 +532,14 @@ class Controller:
                 failed = node.model_copy(update={"state": NodeState.failed, "reason": f"while soaking: {why}"})
                 await self.write(rollout, nodes=[failed], decision=("node", f"{node.name} failed while soaking: {why}"))
                 rollout.nodes = [failed if n.name == node.name else n for n in rollout.nodes]
-        why = self._budget_exceeded(rollout)
+        why = policy.budget_exceeded(rollout)
         if why is not None:
             await self._on_failure(rollout, why)
         elif status.soak_until is not None and time.time() >= status.soak_until:
             await self.next_batch(rollout)
 
     async def roll_back(self, rollout: Rollout) -> None:
-        turned = self._turn_back(rollout)
+        turned = policy.turn_back(rollout)
         if turned:
             await self.write(rollout, nodes=turned)
             return

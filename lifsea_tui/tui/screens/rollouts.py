@@ -140,20 +140,20 @@ class NewRolloutModal(ModalScreen[RolloutSpec | None]):
     def compose(self) -> ComposeResult:
         newest = next(iter(self.offered), "")
         fields = (
-            ("version", "Target version", newest),
-            ("max-unavailable", "Max unavailable (3 or 10%)", "1"),
-            ("canary", "Canary nodes (first, alone)", "1"),
-            ("soak", "Soak after each batch (s)", "0"),
-            ("selector", "Only nodes labelled (zone=a)", ""),
-            ("per-group", "Also per label (zone=1)", ""),
-            ("windows", "Windows (mon-fri 02:00 4h UTC; …)", ""),
+            ("version", "Target version", newest, "none offered yet (c on the fleet checks); e.g. 1.1"),
+            ("max-unavailable", "Max unavailable (3 or 10%)", "1", ""),
+            ("canary", "Canary nodes (first, alone)", "1", ""),
+            ("soak", "Soak after each batch (s)", "0", ""),
+            ("selector", "Only nodes labelled", "", "every node; or zone=a,pool!=edge"),
+            ("per-group", "At most per label", "", "no limit per label; or zone=1, zone=25%"),
+            ("windows", "Maintenance windows", "", "any time; or mon-fri 02:00 4h Europe/Berlin; sat 00:00 8h"),
         )
         with Vertical():
             yield Label(plain(f"New rollout on {len(self.nodes)} node(s)"), id="title")
-            for key, label, value in fields:
+            for key, label, value, hint in fields:
                 with Horizontal(classes="row"):
                     yield Label(label)
-                    yield Input(value=value, id=key, max_length=128, compact=True)
+                    yield Input(value=value, placeholder=hint, id=key, max_length=128, compact=True)
             with Horizontal(classes="row"):
                 yield Label("When a node fails")
                 yield Select(
@@ -185,6 +185,8 @@ class NewRolloutModal(ModalScreen[RolloutSpec | None]):
             key: self.query_one(f"#{key}", Input).value.strip()
             for key in ("version", "canary", "soak", "selector", "per-group")
         }
+        if not value["version"]:
+            raise ValueError("give the target version")
         nodes = self.nodes
         if value["selector"]:
             selector = parse_selector(value["selector"])
@@ -236,7 +238,11 @@ class NewRolloutModal(ModalScreen[RolloutSpec | None]):
             return
         lines = [f"Preview: {len(spec.nodes)} nodes in {len(spec.batches())} batches, {spec.max_unavailable} at a time"]
         for index, batch in enumerate(spec.batches()[:6]):
-            moves = ", ".join(f"{name} ({self.booted.get(name) or '?'} → {spec.target_version})" for name in batch[:4])
+            moves = ", ".join(
+                f"{name}{f' [{spec.groups[name]}]' if spec.group_by else ''} "
+                f"({self.booted.get(name) or '?'} → {spec.target_version})"
+                for name in batch[:4]
+            )
             more = f" and {len(batch) - 4} more" if len(batch) > 4 else ""
             label = "canary" if index == 0 and spec.canary else f"batch {index + 1}"
             lines.append(f"  {label}: {moves}{more}")
