@@ -102,7 +102,7 @@ async def test_each_tab_loads_again_only_for_what_concerns_it(
         await pilot.pause(0.5)
     assert all(first[path] == (2 if path == r.UPGRADES else 1) for path in READS), first  # once a tab, at the start
     after = {path: asked[path] - first[path] for path in READS}
-    assert 1 <= after[r.SERVICES] <= 3, after  # 20 unit changes: a load or two, not twenty
+    assert 1 <= after[r.SERVICES] <= 5, after  # 20 unit changes coalesce: a few loads (a loaded CI: 4), not 20
     assert after[r.NODE] == 1 and after[r.DEPLOYMENTS] == 1 and after[r.HISTORY] == 1, after  # only the lag
     assert after[r.OPS_SESSIONS] == 2 and after[r.AUDIT] == 2, after  # the ops change, then the lag
     assert after[r.UPGRADES] == 2, after  # the lag, for each of the two tabs that show the update
