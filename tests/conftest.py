@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +83,38 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict, dict
     """A real 2-node lab for the session."""
     with running_lab(tmp_path_factory, 2, "lab") as running:
         yield running
+
+
+class Console:
+    """The real console in a tmux pane of its own tmux server, read as a person would read it."""
+
+    def __init__(self, env: dict[str, str], name: str) -> None:
+        self.socket = f"lifsea-test-{os.getpid()}"
+        self.name = name
+        command = " ".join(
+            [
+                f"LIFSEA_LAB_DIR={env['LIFSEA_LAB_DIR']}",
+                f"LIFSEA_TUI_STATE_DIR={env['LIFSEA_LAB_DIR']}/console-state",
+                f"exec {sys.executable} -m lifsea_tui.tui.cli",
+            ]
+        )
+        self.tmux("new-session", "-d", "-s", name, "-x", "150", "-y", "45", command)
+        self.tmux("resize-window", "-t", name, "-x", "150", "-y", "45")  # a detached session may start smaller
+        self.pid = int(self.tmux("list-panes", "-t", name, "-F", "#{pane_pid}").strip())
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
+        return done.stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", self.name)
+
+    def until(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in (shown := self.screen()):
+            assert time.monotonic() < deadline, f"{text!r} never appeared; the screen:\n{shown}"
+            time.sleep(0.2)
+        return shown
+
+    def close(self) -> None:
+        self.tmux("kill-server")

@@ -30,7 +30,7 @@ from lifsea_tui.client import rollouts
 from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
 from lifsea_tui.lab.image import REF
 from lifsea_tui.lab.layout import Layout
-from tests.conftest import lab, running_lab
+from tests.conftest import Console, lab, running_lab
 
 pytestmark = pytest.mark.lab
 NODES = ["node1", "node2", "node3"]
@@ -613,41 +613,6 @@ async def test_a_window_closing_mid_rollout_lets_the_node_in_flight_finish_and_s
     actions = [e.action for e in done.log if e.kind == "decision"]
     assert actions.index("window-closed") < actions.index("window-open")
     assert {n.booted_version for n in done.nodes} == {"5.0"}
-
-
-class Console:
-    """The real console in a tmux pane of its own tmux server, read as a person would read it."""
-
-    def __init__(self, env: dict[str, str], name: str) -> None:
-        self.socket = f"lifsea-test-{os.getpid()}"
-        self.name = name
-        command = " ".join(
-            [
-                f"LIFSEA_LAB_DIR={env['LIFSEA_LAB_DIR']}",
-                f"LIFSEA_TUI_STATE_DIR={env['LIFSEA_LAB_DIR']}/console-state",
-                f"exec {sys.executable} -m lifsea_tui.tui.cli",
-            ]
-        )
-        self.tmux("new-session", "-d", "-s", name, "-x", "150", "-y", "45", command)
-        self.tmux("resize-window", "-t", name, "-x", "150", "-y", "45")  # a detached session may start smaller
-        self.pid = int(self.tmux("list-panes", "-t", name, "-F", "#{pane_pid}").strip())
-
-    def tmux(self, *args: str) -> str:
-        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
-        return done.stdout
-
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", self.name)
-
-    def until(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while text not in (shown := self.screen()):
-            assert time.monotonic() < deadline, f"{text!r} never appeared; the screen:\n{shown}"
-            time.sleep(0.2)
-        return shown
-
-    def close(self) -> None:
-        self.tmux("kill-server")
 
 
 async def test_killing_the_console_mid_rollout_changes_nothing_and_reopening_shows_where_it_is(lab3) -> None:

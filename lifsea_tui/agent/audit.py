@@ -33,8 +33,8 @@ from typing import Any
 
 from lifsea_tui.agent.recording import cast_path, file_seal
 from lifsea_tui.api import AuditRecord, AuditVerify, BadRecording
+from lifsea_tui.api.chain import GENESIS, canonical, iso, record_hash
 
-GENESIS = "0" * 64
 LOG_NAME = "audit.jsonl"
 SESSION_END = "ops.session.end"  # its params name the recording and the SHA-256 it was sealed with
 RECORDING_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -48,16 +48,8 @@ class AuditUnavailable(Exception):
     """The log cannot be written (full disk, read-only, permissions): nothing may act."""
 
 
-def canonical(fields: dict[str, Any]) -> bytes:
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def record_hash(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical({k: v for k, v in fields.items() if k != "hash"})).hexdigest()
-
-
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
 
 
 def _plain(value: Any) -> Any:

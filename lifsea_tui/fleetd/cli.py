@@ -17,6 +17,7 @@ from lifsea_tui import __version__
 from lifsea_tui.client import inventory
 from lifsea_tui.client.etcd import EtcdTarget, Store
 from lifsea_tui.client.node import NodeTarget
+from lifsea_tui.client.trail import DirectoryTrail
 from lifsea_tui.fleetd import fleetlock
 from lifsea_tui.fleetd.controller import LEASE_TTL, TICK, Controller
 
@@ -58,6 +59,12 @@ def parser() -> argparse.ArgumentParser:
         help="act only on rollout intents whose writer etcd's authentication proves (needs etcd auth on, "
         "each user allowed to write only its own writers/USER/ keys; see README)",
     )
+    top.add_argument(
+        "--trail",
+        type=Path,
+        metavar="DIR",
+        help="collect every node's audit log off the node into DIR (state in etcd under audit/)",
+    )
     top.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return top
 
@@ -84,7 +91,13 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"lifsea-fleetd: {error}") from None
     store = Store(target)
     controller = Controller(
-        store, nodes, ident=args.id, lease_ttl=args.lease_ttl, tick=args.tick, proven_writers=args.proven_writers
+        store,
+        nodes,
+        ident=args.id,
+        lease_ttl=args.lease_ttl,
+        tick=args.tick,
+        proven_writers=args.proven_writers,
+        trail=DirectoryTrail(args.trail) if args.trail else None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -39,7 +39,8 @@ from lifsea_tui.api.rollouts import (
 from lifsea_tui.client import rollouts as keys
 from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
-from lifsea_tui.fleetd import policy, steps
+from lifsea_tui.client.trail import Trail
+from lifsea_tui.fleetd import collector, policy, steps
 
 log = logging.getLogger("lifsea.fleetd")
 
@@ -58,6 +59,7 @@ class Controller:
         lease_ttl: int = LEASE_TTL,
         tick: float = TICK,
         proven_writers: bool = False,
+        trail: Trail | None = None,
     ) -> None:
         self.store = store
         # Act only on intents whose writer etcd's authentication proves (see rollouts.writer_key); for a
@@ -76,6 +78,9 @@ class Controller:
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.unreadable: dict[str, str] = {}  # rollout -> why it cannot be read (said once in the log)
         self.parsed: keys.Parsed = {}  # etcd keys already parsed, by revision (see rollouts.read_all)
+        self.collector = (
+            collector.Collector(store, trail, self.targets, self._put_fenced) if trail is not None else None
+        )  # audit records copied off the nodes; None: not collected
         self.wake = asyncio.Event()  # a node settled, or the controller is asked to stop: look again now
 
     # -- leadership --------------------------------------------------------------------------------------
@@ -113,6 +118,7 @@ class Controller:
     # -- the loop ----------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        collecting = asyncio.create_task(self.collect(stop)) if self.collector is not None else None
         while not stop.is_set():
             try:
                 if await self.campaign():
@@ -129,7 +135,27 @@ class Controller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.tick)
             self.wake.clear()
+        if collecting is not None and self.collector is not None:
+            collecting.cancel()
+            await asyncio.gather(collecting, return_exceptions=True)
+            await self.collector.aclose()
         await self.shutdown()
+
+    async def collect(self, stop: asyncio.Event) -> None:
+        """Copy the nodes' audit logs off them while this controller leads (collector.py)."""
+        assert self.collector is not None
+        while not stop.is_set():
+            if self.leading:
+                try:
+                    await self.collector.load()
+                    await self.collector.tick()
+                except StoreUnavailable as error:
+                    log.warning("audit collection paused: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), collector.EVERY)
+
+    async def _put_fenced(self, key: str, value: dict[str, Any]) -> bool:
+        return await self.store.txn(self.fence, [self.store.put_op(key, value)])
 
     async def shutdown(self) -> None:
         for task in self.tasks.values():

@@ -141,6 +141,7 @@ def status_json(layout: Layout, spec: LabSpec) -> dict[str, Any]:
             "id": "lab-fleetd",
             "fleetlock": f"http://127.0.0.1:{spec.fleetlock_port}",
             "log": str(layout.root / "fleetd.log"),
+            "trail": str(layout.root / "trail"),  # the audit records it collected off the nodes
         },
         "nodes": [
             {

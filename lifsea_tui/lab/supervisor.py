@@ -211,6 +211,8 @@ def controller(layout: Layout, spec: LabSpec) -> Supervised:
         "--fleetlock",
         f"127.0.0.1:{spec.fleetlock_port}",
         "--proven-writers",
+        "--trail",
+        str(layout.root / "trail"),
     ]
     return Supervised("lifsea-fleetd", argv, layout.root / "fleetd.log", layout.root / "fleetd.pid")
 

@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         from lifsea_tui.tui.rollout_cli import main as rollout_main
 
         return rollout_main(argv[1:])
+    if argv[:1] == ["audit"]:
+        from lifsea_tui.tui.audit_cli import main as audit_main
+
+        return audit_main(argv[1:])
     if argv[:1] == ["play"]:
         from lifsea_tui.tui.player import play_main
 
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Ops console for fleets of ostree-based, container-optimized Linux nodes. "
         "Also: `lifsea-tui shell NODE --reason TEXT` (break-glass shell in this terminal), "
         "`lifsea-tui play FILE` (play a session recording), "
-        "`lifsea-tui rollout start|status|list|pause|resume|abort|rollback` (fleet rollouts).",
+        "`lifsea-tui rollout start|status|list|pause|resume|abort|rollback` (fleet rollouts), "
+        "`lifsea-tui audit status|export` (the audit trail collected off the nodes).",
     )
     parser.add_argument("--version", action="version", version=f"lifsea-tui {__version__}")
     parser.add_argument("--read-only", action="store_true", help="hide every action that changes a node")

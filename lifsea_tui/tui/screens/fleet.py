@@ -16,6 +16,7 @@ from lifsea_tui.client import rollouts as store_keys
 from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.fleet import NodeSnapshot, version_drift
 from lifsea_tui.client.node import NodeClient, NodeError
+from lifsea_tui.client.trail import read_states
 from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import ReasonModal, RebootModal
@@ -127,6 +128,7 @@ class FleetScreen(ConsoleScreen[None]):
         self._rebuild = True
         self._rebuilt_at = 0.0
         self.rollout_line: Text | None = None
+        self.trail_flags: dict[str, str] = {}  # node -> why the collected audit trail flags it
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -202,8 +204,11 @@ class FleetScreen(ConsoleScreen[None]):
 
     def _cells(self, snapshot: NodeSnapshot) -> list[Text]:
         """The row of a node; every string in it came from the node or the inventory, so each is plain."""
+        flagged = self.trail_flags.get(snapshot.name)
         if snapshot.problem:
             state = plain(f"✗ {snapshot.problem}", self._style("node-down"), limit=CELL)
+        elif flagged:
+            state = plain(f"⚠ {flagged}", self._style("node-down"), limit=CELL)
         elif snapshot.audit_warning:
             state = plain(f"⚠ {snapshot.audit_warning}", self._style("node-down"), limit=CELL)
         elif snapshot.reachable:
@@ -341,7 +346,33 @@ class FleetScreen(ConsoleScreen[None]):
             if line != self.rollout_line:
                 self.rollout_line = line
                 self._update_drift()
+            await self._watch_trail(store)
             await asyncio.sleep(ROLLOUT_POLL)
+
+    async def _watch_trail(self, store: Store) -> None:
+        """Nodes whose log no longer holds what the controller collected off them: flagged in their row."""
+        try:
+            states = await self.lifsea.net.run(read_states(store))
+        except StoreUnavailable:
+            return
+        flags = {
+            name: f"audit log changed from #{state.problem.first_bad_seq}"  # fits the column; notified whole
+            for name, state in states.items()
+            if state.problem is not None
+        }
+        for name in flags.keys() - self.trail_flags.keys():
+            problem = states[name].problem
+            what = problem.what if problem is not None else ""
+            self.notify(
+                f"{name}: its audit log no longer holds what was collected off it ({what}). The collected copy "
+                f"is kept: lifsea-tui audit export {name}",
+                severity="error",
+                timeout=30,
+            )
+        if flags != self.trail_flags:
+            self.trail_flags = flags
+            self._rebuild = True
+            self._flush()
 
     def _cursor_name(self) -> str | None:
         table = self.query_one("#nodes", DataTable)

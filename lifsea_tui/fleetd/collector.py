@@ -1,0 +1,192 @@
+"""The audit trail collected off the nodes: every node's audit records copied, checked and kept by the
+fleet controller, so that what a person did with root on a node is known even if they rewrite the
+node's log afterwards.
+
+Each pass asks every node for its records from the last one collected on (one request a node, with the
+node's head in the answer). That record must still be there and the same; the ones after it must chain
+on and each hash must match its content; they are appended to the trail (client/trail.py) before the
+head moves on. A record gone or changed (cut off, emptied, edited with every hash after it recomputed)
+flags the node; every few passes a page of older records is looked at again, for a record edited in
+place with its hash left alone. The first record that differs is found by halving (one record asked
+each time), the node is collected no further, and the copy is the evidence. Each node's state lives in
+etcd at `audit/NODE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from lifsea_tui.api.chain import stored
+from lifsea_tui.api.models import AuditPage, AuditRecord
+from lifsea_tui.api.trail import NodeTrail, Problem
+from lifsea_tui.client.etcd import Store
+from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
+from lifsea_tui.client.trail import Trail, read_states, state_key
+
+log = logging.getLogger("lifsea.fleetd.audit")
+
+EVERY = 2.0  # seconds between passes
+PAGE = 500  # records asked per request
+SWEEP_EVERY = 5  # every this many passes, a page of older records is looked at again
+CONCURRENCY = 32
+QUIET_WRITE = 30.0  # seconds: how stale "when it last answered" may get in etcd while nothing moves
+
+
+class Collector:
+    def __init__(
+        self,
+        store: Store,
+        trail: Trail,
+        targets: Mapping[str, NodeTarget],
+        write: Callable[[str, dict[str, Any]], Awaitable[bool]],
+    ) -> None:
+        self.store = store
+        self.trail = trail
+        self.names = sorted(targets)
+        # Clients of its own: the rollouts close theirs when a node settles, which must not cut a page short.
+        self.clients = {name: NodeClient(target) for name, target in targets.items()}
+        self.write = write  # a fenced put of one JSON value (only the leader collects)
+        self.known: dict[str, NodeTrail] = {}
+        self.passes: dict[str, int] = {}
+        self.cursors: dict[str, int] = {}  # where the next look at older records starts, per node
+
+    async def load(self) -> None:
+        """What etcd says of each node (a flagged node stays flagged across restarts)."""
+        self.known = await read_states(self.store)
+
+    async def tick(self) -> None:
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(name: str) -> None:
+            async with semaphore:
+                await self.collect(name)
+
+        await asyncio.gather(*(one(name) for name in self.names))
+
+    async def collect(self, name: str) -> None:
+        state = self.known.get(name) or NodeTrail(name=name)
+        if state.problem is not None:
+            return  # flagged: the collected copy is the evidence; nothing more is taken from this node
+        client = self.clients[name]
+        seq, head = self.trail.head(name)
+        self.passes[name] = self.passes.get(name, 0) + 1
+        try:
+            # From the last collected record on: it must still be there, the same, for the rest to follow.
+            page = await client.audit(after=max(seq - 1, -1), limit=PAGE)
+            problem = self._diverged(seq, head, page)
+            fresh = page.records[1:] if seq >= 0 else page.records
+            good: list[bytes] = []
+            newest: AuditRecord | None = None
+            if problem is None:
+                prev = head
+                for record in fresh:
+                    line, content = stored(record)
+                    if record.seq != seq + 1 + len(good) or record.prev != prev or record.hash != content:
+                        problem = f"record {record.seq} as the node sends it does not chain on or match its hash"
+                        break
+                    good.append(line)
+                    prev, newest = record.hash, record
+            if good:
+                self.trail.append(name, good)
+            first = None
+            if problem is not None:
+                first = await self._first_difference(name, client, self.trail.head(name)[0], page.head_seq)
+            elif self.passes[name] % SWEEP_EVERY == 0:
+                found = await self._sweep(name, client)
+                if found is not None:
+                    problem, first = found
+        except NodeError as error:
+            if state.unreachable != str(error):
+                await self._save(state.model_copy(update={"unreachable": str(error)}))
+            return
+        now = time.time()
+        seq, head = self.trail.head(name)
+        update: dict[str, Any] = {
+            "collected_seq": seq,
+            "collected_hash": head,
+            "node_seq": page.head_seq,
+            "node_hash": page.head_hash,
+            "checked_at": now,
+            "unreachable": None,
+        }
+        if newest is not None:
+            update["lag"] = max(0.0, now - newest.time.timestamp())
+        if problem is not None and first is not None:
+            update["problem"] = Problem(first_bad_seq=first, what=problem, found_at=now)
+            log.warning("%s: its audit log no longer holds what was collected: %s (first: %d)", name, problem, first)
+        new = state.model_copy(update=update)
+        # Nothing moved: etcd is told only now and then that the node still answers (a thousand nodes every
+        # two seconds would be a write each for nothing).
+        quiet = new.model_copy(update={"checked_at": state.checked_at, "lag": state.lag}) == state
+        if not quiet or state.checked_at is None or now - state.checked_at >= QUIET_WRITE:
+            await self._save(new)
+
+    @staticmethod
+    def _diverged(seq: int, head: str, page: AuditPage) -> str | None:
+        """Why the node's log no longer holds what was collected up to (seq, head), or None. `page` starts
+        at record `seq` (the last collected) when anything was collected."""
+        if page.head_seq < seq:
+            return f"the node's log ends at record {page.head_seq}; {seq + 1} records were collected"
+        if seq >= 0:
+            first = page.records[0] if page.records else None
+            if first is None or first.seq != seq:
+                return f"record {seq} is gone from the node's log"
+            if first.hash != head:
+                return f"record {seq} on the node is not the one collected: the log was rewritten"
+        return None
+
+    async def _sweep(self, name: str, client: NodeClient) -> tuple[str, int] | None:
+        """Look again at a page of older records (a cursor goes round the whole copy): a record edited in
+        place, its hash left alone, changes nothing the head shows, but its content no longer hashes to it."""
+        collected, _ = self.trail.head(name)
+        cursor = self.cursors.get(name, 0)
+        if cursor > collected:
+            cursor = 0
+        page = await client.audit(after=cursor - 1, limit=PAGE)
+        expected = cursor
+        for record in page.records:
+            if record.seq > collected:
+                break
+            if record.seq != expected:
+                return f"record {expected} is gone from the node's log", expected
+            if record.hash != self.trail.hash_at(name, record.seq) or stored(record)[1] != record.hash:
+                return f"record {record.seq} on the node differs from the collected copy", record.seq
+            expected += 1
+        self.cursors[name] = expected
+        return None
+
+    async def _first_difference(self, name: str, client: NodeClient, collected: int, node_head: int) -> int:
+        """The first seq whose record on the node is not the collected one (halving; one record a step)."""
+
+        async def same(seq: int) -> bool:
+            page = await client.audit(after=seq - 1, limit=1)
+            return (
+                bool(page.records)
+                and page.records[0].seq == seq
+                and page.records[0].hash == self.trail.hash_at(name, seq)
+            )
+
+        low, high = 0, min(collected, node_head)  # the answer is in [low, high + 1]
+        try:
+            if high < 0 or not await same(0):
+                return 0
+            while low < high:
+                middle = (low + high + 1) // 2
+                if await same(middle):
+                    low = middle
+                else:
+                    high = middle - 1
+        except NodeError:
+            pass  # the node stopped answering: the first record known to differ is the best we have
+        return low + 1
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self.clients.values()))
+
+    async def _save(self, state: NodeTrail) -> None:
+        if await self.write(state_key(state.name), state.model_dump(mode="json")):
+            self.known[state.name] = state

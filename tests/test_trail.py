@@ -1,0 +1,134 @@
+"""The audit trail collector against a real agent (TLS, its own audit log on disk) and a real etcd: what
+it copies verifies as the node's log does, a rewrite is named at its first record, and the copy keeps
+what the node no longer has. The lab test (test_audit_trail_lab.py) runs it inside lifsea-fleetd."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lifsea_tui.agent.audit import LOG_NAME, verify
+from lifsea_tui.api import routes
+from lifsea_tui.api.chain import canonical, record_hash
+from lifsea_tui.client.etcd import Store
+from lifsea_tui.client.node import NodeTarget
+from lifsea_tui.client.trail import DirectoryTrail, read_states
+from lifsea_tui.fleetd import collector
+from lifsea_tui.lab import etcd
+from tests.helpers import RunningAgent
+
+pytestmark = pytest.mark.skipif(etcd.missing() is not None, reason=etcd.MISSING)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    members = etcd.EtcdCluster.fresh(tmp_path / "etcd", tmp_path / "ca", 1)
+    members.start()
+    await members.wait_ready()
+    opened = Store(members.target("lifsea-fleetd"))
+    yield opened
+    await opened.aclose()
+    members.stop()
+
+
+def refused_posts(agent: RunningAgent, count: int) -> None:
+    """Each refused POST of a reader is one audit record on the node."""
+    with httpx.Client(base_url=agent.url, verify=agent.ssl_context(), headers=agent.headers("reader")) as http:
+        for index in range(count):
+            assert http.post(routes.UPGRADES_CHECK, json={"reason": f"try {index}"}).status_code == 403
+
+
+async def test_the_collector_copies_the_chain_and_names_the_first_record_a_rewrite_changed(
+    agent: RunningAgent, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collector, "PAGE", 3)  # several passes, each a page
+    refused_posts(agent, 7)
+    trail = DirectoryTrail(tmp_path / "trail")
+    target = NodeTarget(name="tiny", url=agent.url, token=agent.tokens["auditor"], ca_file=agent.ca_file)
+
+    async def put(key: str, value: dict) -> bool:
+        await store.put_json(key, value)
+        return True
+
+    log = agent.config.audit_dir / LOG_NAME
+    fresh = collector.Collector(store, DirectoryTrail(tmp_path / "trail-b"), {"tiny-b": target}, put)
+    # Record 2 edited in place, its hash left as it was: the head and every link still match, so only the
+    # periodic second look at older records sees it (then it is put back for what follows).
+    try:
+        for _ in range(5):
+            await fresh.tick()
+        lines = log.read_bytes().splitlines(keepends=True)
+        assert (await read_states(store))["tiny-b"].collected_seq == len(lines) - 1
+        edited = lines[2].replace(b'"outcome":"refused', b'"outcome":"REFUSED')
+        assert edited != lines[2]
+        log.write_bytes(b"".join([*lines[:2], edited, *lines[3:]]))
+        for _ in range(collector.SWEEP_EVERY * 4):
+            await fresh.tick()
+        state = (await read_states(store))["tiny-b"]
+        assert state.problem is not None and state.problem.first_bad_seq == 2, state
+        assert "differs from the collected copy" in state.problem.what
+    finally:
+        await fresh.aclose()
+    log.write_bytes(b"".join(lines))
+
+    collecting = collector.Collector(store, trail, {"tiny": target}, put)
+    try:
+        for _ in range(10):
+            await collecting.tick()
+        assert trail.path("tiny").read_bytes() == log.read_bytes()  # the node's very bytes
+        state = (await read_states(store))["tiny"]
+        assert state.ok and state.collected_seq == state.node_seq == len(log.read_bytes().splitlines()) - 1
+        assert state.lag is not None and state.lag < 30
+
+        # Record 4 edited and every hash after it recomputed: the node's own chain still holds.
+        lines = [json.loads(line) for line in log.read_bytes().splitlines()]
+        original = lines[4]["reason"]
+        prev = lines[3]["hash"]
+        for fields in lines[4:]:
+            fields["reason"] = "nothing to see" if fields["seq"] == 4 else fields["reason"]
+            fields["prev"], fields["hash"] = prev, ""
+            fields["hash"] = prev = record_hash(fields)
+        log.write_bytes(b"".join(canonical(fields) + b"\n" for fields in lines))
+        await collecting.tick()
+        state = (await read_states(store))["tiny"]
+        assert state.problem is not None and state.problem.first_bad_seq == 4, state
+        assert "rewritten" in state.problem.what
+        copy = [json.loads(line) for line in trail.lines("tiny")]
+        assert copy[4]["reason"] == original
+        assert verify(trail.path("tiny")).ok
+        refused_posts(agent, 2)
+        await collecting.tick()  # flagged: nothing more is taken from it
+        assert len(list(trail.lines("tiny"))) == len(copy)
+    finally:
+        await collecting.aclose()
+
+
+async def test_a_node_that_does_not_answer_is_named_and_a_torn_copy_is_cut_back(store: Store, tmp_path: Path) -> None:
+    trail = DirectoryTrail(tmp_path / "trail")
+    gone = NodeTarget(name="gone", url="https://127.0.0.1:9", token="t", timeout=1)
+
+    async def put(key: str, value: dict) -> bool:
+        await store.put_json(key, value)
+        return True
+
+    collecting = collector.Collector(store, trail, {"gone": gone}, put)
+    try:
+        await collecting.tick()
+    finally:
+        await collecting.aclose()
+    state = (await read_states(store))["gone"]
+    assert state.unreachable and state.ok and state.collected_seq == -1
+    record = {"seq": 0, "prev": "0" * 64, "action": "x"}
+    record["hash"] = record_hash(record)
+    path = trail.path("gone")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(canonical(record) + b"\n" + b'{"seq": 1, "prev"')  # a write cut short by a crash
+    again = DirectoryTrail(tmp_path / "trail")
+    assert again.head("gone") == (0, record["hash"])
+    assert path.read_bytes() == canonical(record) + b"\n"
+    with pytest.raises(ValueError, match="not a node name"):
+        again.path("../etc")
