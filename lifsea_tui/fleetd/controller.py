@@ -275,11 +275,7 @@ class Controller:
                 )
                 if entry.action != "start":
                     return await self.write(rollout, status=change, decision=("ignored", why))
-                change |= {"phase": Phase.aborted, "message": why}
-                return await self.write(
-                    rollout, nodes=policy.skip_pending(rollout, "the rollout was refused"), status=change,
-                    decision=("refused", why),
-                )  # fmt: skip
+                return await self.refuse(rollout, why, change)
             who = f"{entry.who} (etcd user {entry.writer}): {entry.reason}"
         if entry.action == "start":
             return await self.write(rollout, status=change)
@@ -293,27 +289,28 @@ class Controller:
             rollout.nodes = [next((n for n in nodes if n.name == node.name), node) for node in rollout.nodes]
         return ok
 
+    async def refuse(self, rollout: Rollout, why: str, change: dict[str, Any] | None = None) -> bool:
+        """The rollout is refused before any node moved: aborted, its nodes skipped, and why in its log."""
+        return await self.write(
+            rollout,
+            status=(change or {}) | {"phase": Phase.aborted, "message": why},
+            nodes=policy.skip_pending(rollout, "the rollout was refused"),
+            decision=("refused", why),
+        )
+
     async def preflight(self, rollout: Rollout) -> None:
         """Find the target's checksum from a node's update server, or refuse the version."""
         spec, offered = rollout.spec, set()
         unknown = [name for name in spec.nodes if name not in self.targets]
         if unknown:
-            await self.write(
-                rollout,
-                status={"phase": Phase.aborted, "message": f"unknown nodes: {', '.join(unknown)}"},
-                nodes=policy.skip_pending(rollout, "the rollout was refused"),
-                decision=("refused", f"not in the controller's inventory: {', '.join(unknown)}"),
-            )
+            await self.refuse(rollout, f"unknown nodes: {', '.join(unknown)} (not in the controller's inventory)")
             return
         books = steps.gate_runbooks()
         unknown = [name for name in spec.runbooks if name not in books]
         if unknown:
-            why = f"unknown gate runbooks: {', '.join(unknown)} (this controller has: {', '.join(sorted(books))})"
-            await self.write(
-                rollout,
-                status={"phase": Phase.aborted, "message": why},
-                nodes=policy.skip_pending(rollout, "the rollout was refused"),
-                decision=("refused", why),
+            books_known = ", ".join(sorted(books))
+            await self.refuse(
+                rollout, f"unknown gate runbooks: {', '.join(unknown)} (this controller has: {books_known})"
             )
             return
         problems = []
@@ -351,12 +348,8 @@ class Controller:
                 return
             break  # one update server answered: the version is not on it
         if offered:
-            why = f"unknown version {spec.target_version}: the update server offers {', '.join(sorted(offered))}"
-            await self.write(
-                rollout,
-                status={"phase": Phase.aborted, "message": why},
-                nodes=policy.skip_pending(rollout, "the rollout was refused"),
-                decision=("refused", why),
+            await self.refuse(
+                rollout, f"unknown version {spec.target_version}: the update server offers {', '.join(sorted(offered))}"
             )
         elif rollout.status.message != (why := f"no node answered: {'; '.join(problems)[:400]}"):
             await self.write(rollout, status={"message": why})

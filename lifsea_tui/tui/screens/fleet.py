@@ -1,4 +1,9 @@
-"""The fleet: every node in one table, a version-drift summary, and actions on a selection of nodes."""
+"""The fleet: every node in one table, a version-drift summary, and actions on a selection of nodes.
+
+It also shows what the fleet store says of the fleet (a running rollout in the header, nodes whose audit
+log no longer holds what the controller collected off them, in their rows): about 500 lines, kept in
+one screen because every part of it paints the same table and header.
+"""
 
 from __future__ import annotations
 
