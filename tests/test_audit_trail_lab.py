@@ -75,6 +75,14 @@ def act(lab_status: dict[str, Any], name: str, reason: str) -> None:
         assert answer.status_code == 200, answer.text
 
 
+def node_records(lab_status: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The node's newest records, as its API gives them."""
+    node = next(n for n in lab_status["nodes"] if n["name"] == name)
+    with lab_client(node, "auditor") as http:
+        records: list[dict[str, Any]] = http.get(routes.AUDIT, params={"limit": 1000}).json()["records"]
+    return records
+
+
 def node_log(layout: Layout, name: str) -> Path:
     return stateroot_var(layout.node(name).sysroot) / "lib" / "lifsea-agent" / "audit" / "audit.jsonl"
 
@@ -107,12 +115,15 @@ def test_the_trail_is_collected_survives_a_controller_kill_and_stays_the_evidenc
     while int((layout.root / "fleetd.pid").read_text()) == pid:
         assert time.monotonic() < deadline, "the supervisor did not restart the controller"
         time.sleep(0.1)
-    before = seen["node1"]["collected_seq"]
-    until(env, lambda s: s["node1"]["collected_seq"] > before and caught_up("node1")(s), 30, "collection again")
+    on_node = node_records(lab_status, "node1")
+    written = next(r["seq"] for r in on_node if r["reason"] == "INC-9 after the controller died")
+    until(env, lambda s: s["node1"]["collected_seq"] >= on_node[-1]["seq"], 30, "collection again")
     checked, records = verify(env, "node1", tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert [r["seq"] for r in records] == list(range(len(records)))
-    assert any(r["reason"] == "INC-9 after the controller died" for r in records)
+    by_seq = {r["seq"]: r for r in on_node}
+    assert records[written]["reason"] == "INC-9 after the controller died", records[-3:]
+    assert records[written]["hash"] == by_seq[written]["hash"]
 
     # node1: a record's reason changed and every hash after it recomputed (the node's own verify passes).
     path = node_log(layout, "node1")

@@ -4,6 +4,7 @@ what the node no longer has. The lab test (test_audit_trail_lab.py) runs it insi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from lifsea_tui.agent.audit import LOG_NAME, verify
+from lifsea_tui.agent.config import OpsConfig
 from lifsea_tui.api import routes
 from lifsea_tui.api.chain import canonical, record_hash
 from lifsea_tui.client.etcd import Store
@@ -19,7 +21,7 @@ from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.client.trail import DirectoryTrail, read_states
 from lifsea_tui.fleetd import collector
 from lifsea_tui.lab import etcd
-from tests.helpers import RunningAgent
+from tests.helpers import RunningAgent, TinyNode, start_agent
 
 pytestmark = pytest.mark.skipif(etcd.missing() is not None, reason=etcd.MISSING)
 
@@ -132,3 +134,50 @@ async def test_a_node_that_does_not_answer_is_named_and_a_torn_copy_is_cut_back(
     assert path.read_bytes() == canonical(record) + b"\n"
     with pytest.raises(ValueError, match="not a node name"):
         again.path("../etc")
+
+
+async def test_recordings_are_kept_once_they_match_their_seal_and_a_change_on_the_node_is_named(
+    tiny_node: TinyNode, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collector, "SWEEP_EVERY", 1)
+    monkeypatch.setattr(collector, "VERIFY_EVERY", 1)  # the node hashes its recordings again every pass
+    running = start_agent(
+        tmp_path / "agent",
+        host_root=tiny_node.host_root,
+        sysroot_path=tiny_node.sysroot,
+        ops=OpsConfig(recordings=tmp_path / "recordings"),
+    )
+    target = NodeTarget(name="tiny", url=running.url, token=running.tokens["auditor"], ca_file=running.ca_file)
+
+    async def put(key: str, value: dict) -> bool:
+        await store.put_json(key, value)
+        return True
+
+    collecting = collector.Collector(store, DirectoryTrail(tmp_path / "trail"), {"tiny": target}, put)
+    try:
+        recording = "0123456789abcdef"
+        (tmp_path / "recordings").mkdir()
+        cast = tmp_path / "recordings" / f"{recording}.cast"
+        original = b'{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "cat /etc/shadow\\r\\n"]\n'
+        cast.write_bytes(original)
+        seal = hashlib.sha256(original).hexdigest()
+        running.app.state.agent.audit.append(  # type: ignore[attr-defined]
+            actor="admin-user", role="admin", action="ops.session.end", reason="INC-7",
+            params={"session": recording, "recording": recording, "sha256": seal, "size": len(original)},
+            outcome="ok",
+        )  # fmt: skip
+        await collecting.tick()
+        copy = collecting.trail.recording_path("tiny", recording)  # type: ignore[attr-defined]
+        assert copy.read_bytes() == original
+        assert (await read_states(store))["tiny"].ok
+        cast.write_bytes(original.replace(b"cat /etc/shadow", b"ls            "))  # the shell covers its tracks
+        await collecting.tick()
+        state = (await read_states(store))["tiny"]
+        assert state.problem is not None and "recording 0123456789abcdef changed on the node" in state.problem.what
+        assert copy.read_bytes() == original
+        trail_log = collecting.trail.path("tiny")  # type: ignore[attr-defined]
+        checked = verify(trail_log, recordings=copy.parent)
+        assert checked.ok and checked.recordings_checked == 1, checked
+    finally:
+        await collecting.aclose()
+        running.stop()

@@ -33,10 +33,9 @@ from typing import Any
 
 from lifsea_tui.agent.recording import cast_path, file_seal
 from lifsea_tui.api import AuditRecord, AuditVerify, BadRecording
-from lifsea_tui.api.chain import GENESIS, canonical, iso, record_hash
+from lifsea_tui.api.chain import GENESIS, SESSION_END, canonical, iso, record_hash
 
 LOG_NAME = "audit.jsonl"
-SESSION_END = "ops.session.end"  # its params name the recording and the SHA-256 it was sealed with
 RECORDING_ID = re.compile(r"^[0-9a-f]{16}$")
 SURROGATE = re.compile("[\ud800-\udfff]")
 

@@ -20,6 +20,7 @@ from lifsea_tui.api.trail import NodeTrail
 from lifsea_tui.client.etcd import Store
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+RECORDING_ID = re.compile(r"[0-9a-f]{16}")
 LOG_NAME = "audit.jsonl"
 
 
@@ -46,6 +47,12 @@ class Trail(Protocol):
         ...
 
     def lines(self, node: str) -> Iterator[bytes]: ...
+
+    def has_recording(self, node: str, recording_id: str) -> bool: ...
+
+    def put_recording(self, node: str, recording_id: str, data: bytes) -> None:
+        """A recording's bytes, whole, once they matched their seal; on disk when this returns."""
+        ...
 
 
 class DirectoryTrail:
@@ -99,3 +106,30 @@ class DirectoryTrail:
         if path.exists():
             with path.open("rb") as handle:
                 yield from handle
+
+    def recordings(self, node: str) -> Path:
+        """The node's collected recordings, named as the node names them (ID.cast): `lifsea-agent
+        verify-audit audit.jsonl --recordings` checks them against the copy's seals."""
+        return self.path(node).parent / "recordings"
+
+    def recording_path(self, node: str, recording_id: str) -> Path:
+        if not RECORDING_ID.fullmatch(recording_id):
+            raise ValueError(f"not a recording id: {recording_id!r}")
+        return self.recordings(node) / f"{recording_id}.cast"
+
+    def has_recording(self, node: str, recording_id: str) -> bool:
+        return self.recording_path(node, recording_id).exists()
+
+    def put_recording(self, node: str, recording_id: str, data: bytes) -> None:
+        path = self.recording_path(node, recording_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".part")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, path)

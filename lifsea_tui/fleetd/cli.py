@@ -63,13 +63,23 @@ def parser() -> argparse.ArgumentParser:
         "--trail",
         type=Path,
         metavar="DIR",
-        help="collect every node's audit log off the node into DIR (state in etcd under audit/)",
+        help="collect every node's audit log and recordings off the node into DIR (state in etcd under audit/)",
+    )
+    top.add_argument(
+        "--trail-inventory",
+        type=Path,
+        help="the nodes with tokens that may read recordings (auditor) for --trail (default: the lab's auditor "
+        "tokens, else --inventory's)",
     )
     top.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return top
 
 
-def resolve(args: argparse.Namespace) -> tuple[EtcdTarget, dict[str, NodeTarget]]:
+def resolve(
+    args: argparse.Namespace,
+) -> tuple[EtcdTarget, dict[str, NodeTarget], dict[str, NodeTarget] | None]:
+    """The store, the nodes (with the controller's operator tokens), and the nodes with the tokens the
+    audit collector reads with (auditor: recordings too), when they differ."""
     lab = None if (args.inventory and args.etcd) else inventory.lab_status(args.lab_dir)
     if args.inventory:
         nodes = inventory.from_file(args.inventory)
@@ -81,12 +91,17 @@ def resolve(args: argparse.Namespace) -> tuple[EtcdTarget, dict[str, NodeTarget]
     else:
         assert lab is not None
         target = EtcdTarget.from_json(lab["etcd"], USER)
-    return target, {node.name: node for node in nodes}
+    readers = None
+    if args.trail_inventory:
+        readers = inventory.from_file(args.trail_inventory)
+    elif lab is not None and not args.inventory:
+        readers = inventory.from_lab("auditor", status=lab)
+    return target, {node.name: node for node in nodes}, {node.name: node for node in readers} if readers else None
 
 
 async def serve(args: argparse.Namespace) -> None:
     try:
-        target, nodes = resolve(args)
+        target, nodes, readers = resolve(args)
     except inventory.InventoryError as error:
         raise SystemExit(f"lifsea-fleetd: {error}") from None
     store = Store(target)
@@ -98,6 +113,7 @@ async def serve(args: argparse.Namespace) -> None:
         tick=args.tick,
         proven_writers=args.proven_writers,
         trail=DirectoryTrail(args.trail) if args.trail else None,
+        trail_nodes=readers,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

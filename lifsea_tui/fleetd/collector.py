@@ -15,23 +15,25 @@ etcd at `audit/NODE`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from lifsea_tui.api.chain import stored
+from lifsea_tui.api.chain import SESSION_END, stored
 from lifsea_tui.api.models import AuditPage, AuditRecord
 from lifsea_tui.api.trail import NodeTrail, Problem
 from lifsea_tui.client.etcd import Store
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
-from lifsea_tui.client.trail import Trail, read_states, state_key
+from lifsea_tui.client.trail import RECORDING_ID, Trail, read_states, state_key
 
 log = logging.getLogger("lifsea.fleetd.audit")
 
 EVERY = 2.0  # seconds between passes
 PAGE = 500  # records asked per request
 SWEEP_EVERY = 5  # every this many passes, a page of older records is looked at again
+VERIFY_EVERY = 6  # every this many looks, the node hashes its collected recordings again (its own verify)
 CONCURRENCY = 32
 QUIET_WRITE = 30.0  # seconds: how stale "when it last answered" may get in etcd while nothing moves
 
@@ -44,11 +46,14 @@ class Collector:
         targets: Mapping[str, NodeTarget],
         write: Callable[[str, dict[str, Any]], Awaitable[bool]],
     ) -> None:
+        """`targets` carry a token that may read recordings (auditor): records need only a reader's."""
         self.store = store
         self.trail = trail
         self.names = sorted(targets)
         # Clients of its own: the rollouts close theirs when a node settles, which must not cut a page short.
         self.clients = {name: NodeClient(target) for name, target in targets.items()}
+        self.unfetched: dict[str, dict[str, tuple[str, int]]] = {}  # node -> recording -> (seal, record seq)
+        self.unfetchable: dict[str, str] = {}  # node -> why its recordings could not be fetched (said once)
         self.write = write  # a fenced put of one JSON value (only the leader collects)
         self.known: dict[str, NodeTrail] = {}
         self.passes: dict[str, int] = {}
@@ -92,11 +97,16 @@ class Collector:
                     prev, newest = record.hash, record
             if good:
                 self.trail.append(name, good)
+            self._note_recordings(name, fresh[: len(good)])
             first = None
             if problem is not None:
                 first = await self._first_difference(name, client, self.trail.head(name)[0], page.head_seq)
-            elif self.passes[name] % SWEEP_EVERY == 0:
-                found = await self._sweep(name, client)
+            else:
+                found = await self._fetch_recordings(name, client)
+                if found is None and self.passes[name] % SWEEP_EVERY == 0:
+                    found = await self._sweep(name, client)
+                    if found is None and self.passes[name] % (SWEEP_EVERY * VERIFY_EVERY) == 0:
+                        found = await self._recordings_still_sealed(name, client)
                 if found is not None:
                     problem, first = found
         except NodeError as error:
@@ -137,6 +147,50 @@ class Collector:
                 return f"record {seq} is gone from the node's log"
             if first.hash != head:
                 return f"record {seq} on the node is not the one collected: the log was rewritten"
+        return None
+
+    def _note_recordings(self, name: str, records: list[AuditRecord]) -> None:
+        """Sessions that ended (in records just collected, or, at start, anywhere in the copy) leave a
+        recording to fetch."""
+        if name not in self.unfetched:
+            self.unfetched[name] = {}
+            records = [AuditRecord.model_validate_json(line) for line in self.trail.lines(name)] + records
+        for record in records:
+            recording, seal = record.params.get("recording"), record.params.get("sha256")
+            if record.action != SESSION_END or not isinstance(recording, str) or not isinstance(seal, str):
+                continue
+            if not RECORDING_ID.fullmatch(recording) or self.trail.has_recording(name, recording):
+                continue
+            self.unfetched[name][recording] = (seal, record.seq)
+
+    async def _fetch_recordings(self, name: str, client: NodeClient) -> tuple[str, int] | None:
+        """Download each recording the copy's records sealed, and keep it once its bytes match the seal."""
+        for recording, (seal, seq) in list(self.unfetched[name].items()):
+            try:
+                data = await client.recording(recording)
+            except NodeError as error:
+                if error.code == "recording_changed":
+                    return f"recording {recording} changed on the node before it was collected: {error.detail}", seq
+                if error.status == 404:
+                    return f"recording {recording} (sealed in record {seq}) is gone from the node", seq
+                if self.unfetchable.get(name) != str(error):
+                    log.warning("%s: recording %s not collected yet: %s", name, recording, error)
+                self.unfetchable[name] = str(error)
+                return None  # unreachable, or this token may not read recordings: the next pass tries again
+            if hashlib.sha256(data).hexdigest() != seal:
+                return f"recording {recording} as the node serves it does not match its seal (record {seq})", seq
+            self.trail.put_recording(name, recording, data)
+            del self.unfetched[name][recording]
+        self.unfetchable.pop(name, None)
+        return None
+
+    async def _recordings_still_sealed(self, name: str, client: NodeClient) -> tuple[str, int] | None:
+        """The node hashes its recordings again (its own verify); one that was collected and has changed
+        since is named (the collected copy keeps the sealed bytes)."""
+        result = await client.audit_verify()
+        for bad in result.bad_recordings:
+            if self.trail.has_recording(name, bad.id):
+                return f"recording {bad.id} changed on the node after it was collected: {bad.problem}", bad.audit_seq
         return None
 
     async def _sweep(self, name: str, client: NodeClient) -> tuple[str, int] | None:

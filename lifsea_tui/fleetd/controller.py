@@ -60,6 +60,7 @@ class Controller:
         tick: float = TICK,
         proven_writers: bool = False,
         trail: Trail | None = None,
+        trail_nodes: Mapping[str, NodeTarget] | None = None,
     ) -> None:
         self.store = store
         # Act only on intents whose writer etcd's authentication proves (see rollouts.writer_key); for a
@@ -79,7 +80,9 @@ class Controller:
         self.unreadable: dict[str, str] = {}  # rollout -> why it cannot be read (said once in the log)
         self.parsed: keys.Parsed = {}  # etcd keys already parsed, by revision (see rollouts.read_all)
         self.collector = (
-            collector.Collector(store, trail, self.targets, self._put_fenced) if trail is not None else None
+            collector.Collector(store, trail, trail_nodes or self.targets, self._put_fenced)
+            if trail is not None
+            else None
         )  # audit records copied off the nodes; None: not collected
         self.wake = asyncio.Event()  # a node settled, or the controller is asked to stop: look again now
 
