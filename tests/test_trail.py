@@ -181,3 +181,33 @@ async def test_recordings_are_kept_once_they_match_their_seal_and_a_change_on_th
     finally:
         await collecting.aclose()
         running.stop()
+
+
+async def test_a_node_that_goes_quiet_with_a_shell_open_is_named(
+    tiny_node: TinyNode, store: Store, tmp_path: Path
+) -> None:
+    running = start_agent(tmp_path / "agent", host_root=tiny_node.host_root, sysroot_path=tiny_node.sysroot)
+    target = NodeTarget(
+        name="tiny", url=running.url, token=running.tokens["auditor"], ca_file=running.ca_file, timeout=2
+    )
+
+    async def put(key: str, value: dict) -> bool:
+        await store.put_json(key, value)
+        return True
+
+    collecting = collector.Collector(store, DirectoryTrail(tmp_path / "trail"), {"tiny": target}, put)
+    try:
+        for session, outcome in (("aaaaaaaaaaaaaaaa", "started"), ("bbbbbbbbbbbbbbbb", "refused: no room")):
+            running.app.state.agent.audit.append(  # type: ignore[attr-defined]
+                actor="admin-user", role="admin", action="ops.session.start", reason="INC-8",
+                params={"session": session, "recording": session}, outcome=outcome,
+            )  # fmt: skip
+        await collecting.tick()
+        assert (await read_states(store))["tiny"].silent_during == []
+        running.stop()  # the node goes quiet while session aaaa… is open (bbbb… never opened)
+        await collecting.tick()
+        state = (await read_states(store))["tiny"]
+        assert state.unreachable and state.silent_during == ["aaaaaaaaaaaaaaaa"], state
+    finally:
+        await collecting.aclose()
+        running.stop()

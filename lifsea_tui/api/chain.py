@@ -15,6 +15,7 @@ from typing import Any
 from lifsea_tui.api.models import AuditRecord
 
 GENESIS = "0" * 64
+SESSION_START = "ops.session.start"  # outcome "started" when a break-glass session opened
 SESSION_END = "ops.session.end"  # its params name the recording and the SHA-256 it was sealed with
 
 

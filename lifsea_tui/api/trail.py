@@ -3,7 +3,7 @@ the console and `lifsea-tui audit` read it."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from lifsea_tui.api.chain import GENESIS
 
@@ -26,6 +26,9 @@ class NodeTrail(BaseModel):
     lag: float | None = None  # seconds from the newest record written on the node to its collection
     problem: Problem | None = None
     unreachable: str | None = None  # why the last pass could not ask the node
+    silent_during: list[str] = Field(
+        default_factory=list, description="break-glass sessions that were open when the node stopped answering"
+    )
 
     @property
     def ok(self) -> bool:

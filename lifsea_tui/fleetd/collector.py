@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from lifsea_tui.api.chain import SESSION_END, stored
+from lifsea_tui.api.chain import SESSION_END, SESSION_START, stored
 from lifsea_tui.api.models import AuditPage, AuditRecord
 from lifsea_tui.api.trail import NodeTrail, Problem
 from lifsea_tui.client.etcd import Store
@@ -53,6 +53,7 @@ class Collector:
         # Clients of its own: the rollouts close theirs when a node settles, which must not cut a page short.
         self.clients = {name: NodeClient(target) for name, target in targets.items()}
         self.unfetched: dict[str, dict[str, tuple[str, int]]] = {}  # node -> recording -> (seal, record seq)
+        self.sessions: dict[str, set[str]] = {}  # node -> break-glass sessions open, as the copy says
         self.unfetchable: dict[str, str] = {}  # node -> why its recordings could not be fetched (said once)
         self.write = write  # a fenced put of one JSON value (only the leader collects)
         self.known: dict[str, NodeTrail] = {}
@@ -97,7 +98,7 @@ class Collector:
                     prev, newest = record.hash, record
             if good:
                 self.trail.append(name, good)
-            self._note_recordings(name, fresh[: len(good)])
+            self._note_sessions(name, fresh[: len(good)])
             first = None
             if problem is not None:
                 first = await self._first_difference(name, client, self.trail.head(name)[0], page.head_seq)
@@ -110,8 +111,10 @@ class Collector:
                 if found is not None:
                     problem, first = found
         except NodeError as error:
-            if state.unreachable != str(error):
-                await self._save(state.model_copy(update={"unreachable": str(error)}))
+            # A node that goes quiet while someone has a root shell on it is worth a look either way.
+            silent = sorted(self.sessions.get(name, ()))
+            if state.unreachable != str(error) or state.silent_during != silent:
+                await self._save(state.model_copy(update={"unreachable": str(error), "silent_during": silent}))
             return
         now = time.time()
         seq, head = self.trail.head(name)
@@ -122,6 +125,7 @@ class Collector:
             "node_hash": page.head_hash,
             "checked_at": now,
             "unreachable": None,
+            "silent_during": [],
         }
         if newest is not None:
             update["lag"] = max(0.0, now - newest.time.timestamp())
@@ -149,13 +153,18 @@ class Collector:
                 return f"record {seq} on the node is not the one collected: the log was rewritten"
         return None
 
-    def _note_recordings(self, name: str, records: list[AuditRecord]) -> None:
-        """Sessions that ended (in records just collected, or, at start, anywhere in the copy) leave a
-        recording to fetch."""
+    def _note_sessions(self, name: str, records: list[AuditRecord]) -> None:
+        """Break-glass sessions opened and not yet ended, and the recordings of those that ended (from the
+        records just collected, or, the first time, from the whole copy)."""
         if name not in self.unfetched:
-            self.unfetched[name] = {}
+            self.unfetched[name], self.sessions[name] = {}, set()
             records = [AuditRecord.model_validate_json(line) for line in self.trail.lines(name)] + records
         for record in records:
+            session = record.params.get("session")
+            if record.action == SESSION_START and record.outcome == "started" and isinstance(session, str):
+                self.sessions[name].add(session)
+            elif record.action == SESSION_END and isinstance(session, str):
+                self.sessions[name].discard(session)
             recording, seal = record.params.get("recording"), record.params.get("sha256")
             if record.action != SESSION_END or not isinstance(recording, str) or not isinstance(seal, str):
                 continue

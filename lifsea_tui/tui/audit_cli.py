@@ -6,8 +6,9 @@
                                              the collected records as the node stored them; verify
                                              them with `lifsea-agent verify-audit NODE.jsonl`
 
-Exit codes: 0 every node's log holds what was collected; 1 a node is flagged (status) or has nothing
-collected (export); 2 bad arguments; 3 the store did not answer.
+Exit codes: 0 every node's log holds what was collected; 1 a node is flagged, or went quiet while a
+break-glass session was open (status), or has nothing collected (export); 2 bad arguments; 3 the store
+did not answer.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def summary(state: NodeTrail) -> dict[str, object]:
         "lag_seconds": state.lag,
         "checked_at": state.checked_at,
         "unreachable": state.unreachable,
+        "silent_during_sessions": state.silent_during,
     }
 
 
@@ -67,6 +69,8 @@ def line(state: NodeTrail, now: float) -> str:
         )
     if state.unreachable:
         verdict += f"; not answering: {state.unreachable}"
+    if state.silent_during:
+        verdict += f"; ALERT: it went quiet with break-glass session(s) open: {', '.join(state.silent_during)}"
     node = "-" if state.node_seq is None else str(state.node_seq)
     return visible(
         f"{state.name:16} node {node:>7}  collected {state.collected_seq:>7}  {verdict}", keep_newlines=False
@@ -101,7 +105,7 @@ def main(argv: list[str]) -> int:
                 now = time.time()
                 for state in states:
                     print(line(state, now))
-            return EXIT_FLAGGED if any(not state.ok for state in states) else 0
+            return EXIT_FLAGGED if any(not state.ok or state.silent_during for state in states) else 0
         trail = DirectoryTrail(trail_dir(args))
         written = 0
         for record in trail.lines(args.node):

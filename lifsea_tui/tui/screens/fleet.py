@@ -364,16 +364,22 @@ class FleetScreen(ConsoleScreen[None]):
             name: f"audit log changed from #{state.problem.first_bad_seq}"  # fits the column; notified whole
             for name, state in states.items()
             if state.problem is not None
+        } | {
+            name: "quiet with a shell open"
+            for name, state in states.items()
+            if state.problem is None and state.silent_during
         }
         for name in flags.keys() - self.trail_flags.keys():
             problem = states[name].problem
-            what = problem.what if problem is not None else ""
-            self.notify(
-                f"{name}: its audit log no longer holds what was collected off it ({what}). The collected copy "
-                f"is kept: lifsea-tui audit export {name}",
-                severity="error",
-                timeout=30,
-            )
+            if problem is None:
+                sessions = ", ".join(states[name].silent_during)
+                text = f"{name} stopped answering while break-glass session(s) {sessions} were open"
+            else:
+                text = (
+                    f"{name}: its audit log no longer holds what was collected off it ({problem.what}). The "
+                    f"collected copy is kept: lifsea-tui audit export {name}"
+                )
+            self.notify(text, severity="error", timeout=30)
         if flags != self.trail_flags:
             self.trail_flags = flags
             self._rebuild = True
