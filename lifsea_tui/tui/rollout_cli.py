@@ -70,9 +70,8 @@ async def plan(args: argparse.Namespace) -> RolloutSpec:
             left_out = [name for name in nodes if name in problems and not selects(selector, labels[name])]
             nodes = [name for name in nodes if selects(selector, labels[name])]
             for name in left_out:  # its own labels are unknown: say so rather than guess
-                print(
-                    f"lifsea-tui rollout: left out {name}: its labels are unknown ({problems[name]})", file=sys.stderr
-                )
+                why = visible(f"lifsea-tui rollout: left out {name}: its labels are unknown ({problems[name]})")
+                print(why, file=sys.stderr)
     if not nodes:
         raise Usage(f"no nodes to roll out to{f' (none has {args.selector})' if selector is not None else ''}")
     groups: dict[str, str] = {}
