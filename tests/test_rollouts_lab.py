@@ -42,6 +42,18 @@ def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, A
         yield running
 
 
+@pytest.fixture(autouse=True)
+def nothing_left_running(lab3: tuple[dict[str, Any], dict[str, str], Layout]) -> Iterator[None]:
+    """A test that fails mid-rollout leaves it paused on the nodes; abort it, so the next test's failure
+    is its own and not 'these nodes are in a rollout that has not finished'."""
+    yield
+    _, env, _ = lab3
+    listed = rollout_cli(env, "list", "--json")
+    for rollout in json.loads(listed.stdout or "[]"):
+        if rollout["phase"] not in ("completed", "rolled-back", "aborted"):
+            rollout_cli(env, "abort", rollout["id"], "--reason", "the test that started it has ended")
+
+
 def rollout_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lifsea_tui.tui.cli", "rollout", *args],
@@ -518,13 +530,15 @@ async def test_a_controller_on_a_three_member_etcd_goes_on_with_two_and_stops_wi
         await store.aclose()
         await watcher_store.aclose()
         members.stop()
+    # One node at a time: three nspawn machines booting at once on a loaded machine have twice come back
+    # with a unit failed at boot (remount-fs, tmpfiles), which the health gate rightly fails.
     back = rollout_cli(
         env,
         "start",
         "--version",
         "1.0",
         "--max-unavailable",
-        "3",
+        "1",
         "--canary",
         "0",
         "--reason",
@@ -656,9 +670,10 @@ async def test_killing_the_console_mid_rollout_changes_nothing_and_reopening_sho
     assert {n.booted_version for n in done.nodes} == {"6.0"}
 
 
-async def test_a_release_that_crash_loops_is_caught_by_the_runbook_gate_and_the_canary_goes_back(lab3) -> None:
+async def test_a_release_that_crash_loops_is_caught_by_the_runbook_gate_and_no_other_node_moves(lab3) -> None:
     """A unit that systemd restarts for ever is never 'failed', so the failed-unit gate passes it; the
-    crash-loop runbook's first check sees it. Runbooks that fired before the node was touched do not count."""
+    crash-loop runbook's first check sees it. Runbooks that fired before the node was touched do not count.
+    (Rolling a failed canary back is tested with the bad-upgrade release.)"""
     status, env, _ = lab3
     refused = rollout_cli(env, "start", "--version", "1.0", "--runbook-gate", "nope", "--reason", "CHG-96")
     assert refused.returncode == 2 and "unknown runbooks nope (known: bad-upgrade" in refused.stderr, refused
@@ -667,16 +682,16 @@ async def test_a_release_that_crash_loops_is_caught_by_the_runbook_gate_and_the_
     before = {name: booted(status, name) for name in NODES}
     started = rollout_cli(
         env,
-        *("start", "--version", "7.0", "--canary", "1", "--runbook-gate", "all", "--on-failure", "rollback"),
+        *("start", "--version", "7.0", "--canary", "1", "--runbook-gate", "all"),
         *("--reason", "CHG-97 a release that loops", "--json"),
     )
     assert started.returncode == 0, started.stderr
     watch = Watch(status, json.loads(started.stdout)["id"])
-    done = await watch.until(lambda r: r.status.phase.value == "rolled-back", 300, "the canary caught and back")
+    done = await watch.until(lambda r: r.status.phase.value == "paused", 300, "the canary caught")
     canary = done.nodes[0]
-    assert canary.state.value == "reverted" and canary.direction == "back", canary
-    assert "runbook crash-loop (A service is crash-looping) applies" in (canary.reason_back or ""), canary
-    assert "lifsea-cache.service" in (canary.reason_back or "")
+    assert canary.state.value == "failed", canary
+    assert "runbook crash-loop (A service is crash-looping) applies" in canary.reason, canary
+    assert "lifsea-cache.service" in canary.reason
     assert canary.baseline_runbooks is not None  # taken before the node was touched
-    assert [n.state.value for n in done.nodes[1:]] == ["skipped", "skipped"]
-    assert {name: booted(status, name) for name in NODES} == before
+    assert [n.state.value for n in done.nodes[1:]] == ["pending", "pending"]
+    assert {name: booted(status, name) for name in NODES[1:]} == {name: before[name] for name in NODES[1:]}

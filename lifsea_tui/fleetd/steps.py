@@ -281,7 +281,12 @@ async def _back(spec: RolloutSpec, node: NodeRollout, client: NodeClient, now: f
     if node.state is NodeState.staging:
         summary = await client.summary()
         booted, pending, default = _booted(summary), _pending(summary), _default(summary)
-        if booted is not None and booted.checksum == before:
+        if booted is None:
+            # The node cannot tell which deployment it booted (just up, or its view of the host is not
+            # back yet): nothing here can be judged gone; look again (the deadline decides).
+            why = "waiting: the node cannot tell which deployment it booted"
+            return None if node.reason == why else Step(_update(node, reason=why))
+        if booted.checksum == before:
             if pending is not None and pending.checksum != before:
                 request = ActionRequest(reason=action_reason(spec, node, "cancel the staged target"))
                 return Step(_update(node, reason="cancelling the staged target"), action=("cancel", request))
