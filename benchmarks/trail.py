@@ -17,11 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from benchmarks.bounds import long_log
+from benchmarks.bounds import long_log, wait_healthy
 from benchmarks.results import recorder
-from lifsea_tui.api import routes
 from lifsea_tui.client.etcd import Store
 from lifsea_tui.client.node import NodeClient, NodeTarget
 from lifsea_tui.client.trail import DirectoryTrail
@@ -109,13 +106,7 @@ def main() -> None:
     )
     try:
         ca = info["ca"]
-        with httpx.Client(base_url=info["url"], verify=str(ca)) as http:
-            while True:
-                try:
-                    http.get(routes.HEALTHZ)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        wait_healthy(info["url"], str(ca))
         target = NodeTarget(name="tiny", url=info["url"], token=info["tokens"]["auditor"], ca_file=Path(ca))
         asyncio.run(run(base, target))
     finally:

@@ -104,7 +104,10 @@ class Collector:
                 first = await self._first_difference(name, client, self.trail.head(name)[0], page.head_seq)
             else:
                 found = await self._fetch_recordings(name, client)
-                if found is None and self.passes[name] % SWEEP_EVERY == 0:
+                # Second looks only once caught up: while a long log is still coming in, they would
+                # slow its collection (and the node's verify) for nothing.
+                caught_up = len(page.records) < PAGE
+                if found is None and caught_up and self.passes[name] % SWEEP_EVERY == 0:
                     found = await self._sweep(name, client)
                     if found is None and self.passes[name] % (SWEEP_EVERY * VERIFY_EVERY) == 0:
                         found = await self._recordings_still_sealed(name, client)
