@@ -111,6 +111,12 @@ def booted(status: dict[str, Any], name: str) -> str | None:
     return next((d["version"] for d in listing if d["booted"]), None)
 
 
+def rollback_version(status: dict[str, Any], name: str) -> str | None:
+    with node_http(status, name) as http:
+        listing = http.get(routes.DEPLOYMENTS).json()["deployments"]
+    return next((d["version"] for d in listing if d["rollback"]), None)
+
+
 def audit_reasons(status: dict[str, Any], name: str) -> list[tuple[str, str, str]]:
     with node_http(status, name) as http:
         records = http.get(routes.AUDIT, params={"limit": 1000}).json()["records"]
@@ -471,6 +477,7 @@ async def test_a_controller_on_a_three_member_etcd_goes_on_with_two_and_stops_wi
     from lifsea_tui.lab.etcd import EtcdCluster
 
     status, env, layout = lab3
+    before = {name: booted(status, name) for name in NODES}
     published = lab(["publish", "--version", "4.0"], env)
     assert published.returncode == 0, published.stderr
     members = EtcdCluster.fresh(tmp_path / "etcd3", layout.pki / "ca", 3)
@@ -530,25 +537,24 @@ async def test_a_controller_on_a_three_member_etcd_goes_on_with_two_and_stops_wi
         await store.aclose()
         await watcher_store.aclose()
         members.stop()
+    # Each node keeps the release it was on as its rollback; "forward" to that older release is a rollback.
+    # (Earlier tests may leave the nodes on different releases: go back on those that shared node1's.)
+    assert {name: rollback_version(status, name) for name in NODES} == before
+    back_to = before["node1"]
+    assert back_to is not None
+    same = [name for name in NODES if before[name] == back_to]
     # One node at a time: three nspawn machines booting at once on a loaded machine have twice come back
     # with a unit failed at boot (remount-fs, tmpfiles), which the health gate rightly fails.
     back = rollout_cli(
         env,
-        "start",
-        "--version",
-        "1.0",
-        "--max-unavailable",
-        "1",
-        "--canary",
-        "0",
-        "--reason",
-        "CHG-71 back to 1.0",
-        "--json",
+        *("start", "--version", back_to, "--nodes", ",".join(same), "--max-unavailable", "1", "--canary", "0"),
+        *("--reason", f"CHG-71 back to {back_to}", "--json"),
     )
     assert back.returncode == 0, back.stderr
-    await Watch(status, json.loads(back.stdout)["id"]).until(
-        lambda r: r.status.phase.value == "completed", 180, "back on 1.0"
+    returned = await Watch(status, json.loads(back.stdout)["id"]).until(
+        lambda r: r.status.phase.value == "completed", 180, f"back on {back_to}"
     )
+    assert {n.name: n.booted_version for n in returned.nodes} == {name: back_to for name in same}
 
 
 async def test_nodes_are_chosen_by_their_labels_and_each_zone_keeps_its_own_limit(lab3) -> None:
@@ -609,7 +615,8 @@ async def test_a_window_closing_mid_rollout_lets_the_node_in_flight_finish_and_s
     hold = max(1, int(closes - time.time()) - 4)  # the canary's hook ends just before the close: it is in flight
     started = rollout_cli(
         env,
-        *("start", "--version", "5.0", "--canary", "1", "--max-unavailable", "1", "--node-deadline", "90"),
+        # The deadline counts from the node's turn, hook included: the hold (up to 96 s) plus a reboot.
+        *("start", "--version", "5.0", "--canary", "1", "--max-unavailable", "1", "--node-deadline", str(hold + 150)),
         *("--window", first, "--window", second, "--pre-hook", f"test {{node}} != node1 || sleep {hold}"),
         *("--reason", "CHG-80 in the windows only", "--json"),
     )
