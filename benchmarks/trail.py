@@ -11,6 +11,7 @@ nothing new, and a pass with a second look at older records.
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import tempfile
@@ -50,12 +51,8 @@ async def run(base: Path, target: NodeTarget) -> None:
         floor, floor_cpu = time.monotonic() - started, time.process_time() - cpu
         await client.aclose()
 
-        async def put(key: str, value: dict[str, object]) -> bool:
-            await store.put_json(key, value)
-            return True
-
         trail = DirectoryTrail(base / "trail")
-        collecting = collector.Collector(store, trail, {target.name: target}, put)
+        collecting = collector.Collector(store, trail, {target.name: target}, functools.partial(store.txn, []))
         started, cpu, passes = time.monotonic(), time.process_time(), 0
         while trail.head(target.name)[0] < RECORDS - 1:
             await collecting.tick()

@@ -20,6 +20,7 @@ from lifsea_tui.agent.config import AgentConfig, LimitsConfig, OpsConfig, Servic
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.agent.serving import uvicorn_config
 from lifsea_tui.api import Role
+from lifsea_tui.client.ops import OpsShell, Output
 from lifsea_tui.lab import certs, image, sysroot
 from lifsea_tui.lab.updateserver import UpdateServer
 
@@ -190,3 +191,40 @@ def lab_client(node: dict, role: str) -> httpx.Client:
         headers={"Authorization": f"Bearer {node['tokens'][role]}"},
         timeout=30,
     )
+
+
+PROMPT = b"OPS"  # the break-glass shell's prompt
+
+
+class Driver:
+    """Types into an OpsShell and waits for what the terminal prints."""
+
+    def __init__(self, shell: OpsShell) -> None:
+        self.shell = shell
+        self.output = bytearray()
+        self.events: list[object] = []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for event in self.shell.events():
+            self.events.append(event)
+            if isinstance(event, Output):
+                self.output += event.data
+
+    async def expect(self, needle: bytes, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.output:
+            assert not self.task.done() or needle in self.output, f"shell ended before {needle!r}: {self.events[-3:]}"
+            assert time.monotonic() < deadline, f"no {needle!r} in {bytes(self.output[-600:])!r}"
+            await asyncio.sleep(0.02)
+
+    async def run(self, command: str, marker: str, timeout: float = 15.0) -> str:
+        """Run a command and return what it printed between its start and the end marker."""
+        start = len(self.output)
+        await self.shell.send(f"{command}; echo {marker[:3]}''{marker[3:]}\r".encode())
+        await self.expect(marker.encode(), timeout)
+        return bytes(self.output[start:]).decode(errors="replace")
+
+    async def finished(self, timeout: float = 30.0) -> object:
+        await asyncio.wait_for(self.task, timeout)
+        return self.events[-1]

@@ -1,37 +1,45 @@
 """The audit trail collected off the nodes, on a real 2-node lab: the lab's supervised lifsea-fleetd copies
 each node's audit log into its trail, and flags a node whose log no longer holds what was collected.
 
-The attacks are made on the node's log file from outside the node, as root on the node could make
-them (the same file a writable break-glass shell reaches at /host/var/lib/lifsea-agent/audit).
+The first test makes its attacks on the node's log file from outside the node, as root on the node
+could; the second makes them from a writable break-glass shell on the node, which also edits its own
+recording.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lifsea_tui.api import routes
+from lifsea_tui.api import OpsAccess, OpsSessionRequest, routes
 from lifsea_tui.api.chain import canonical, record_hash
+from lifsea_tui.client.node import NodeClient, NodeTarget
+from lifsea_tui.client.ops import OpsShell
 from lifsea_tui.lab.layout import Layout
 from lifsea_tui.lab.sysroot import stateroot_var
 from tests.conftest import Console, running_lab
-from tests.helpers import lab_client
+from tests.helpers import PROMPT, Driver, lab_client
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def lab2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Any], dict[str, str], Layout]]:
-    with running_lab(tmp_path_factory, 2, "labtrail") as running:
+def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Any], dict[str, str], Layout]]:
+    with running_lab(tmp_path_factory, 3, "labtrail") as running:
         yield running
 
 
@@ -98,8 +106,81 @@ def verify(env: dict[str, str], name: str, tmp_path: Path) -> tuple[subprocess.C
     return checked, [json.loads(line) for line in exported.stdout.splitlines()]
 
 
-def test_the_trail_is_collected_survives_a_controller_kill_and_stays_the_evidence(lab2, tmp_path) -> None:
-    lab_status, env, layout = lab2
+def follow_until(process: subprocess.Popen[str], wanted: set[str], timeout: float) -> list[dict[str, Any]]:
+    """JSON lines from a following `audit log -f` until every reason in `wanted` was printed."""
+    assert process.stdout is not None
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while wanted - {record["reason"] for record in seen}:
+        left = deadline - time.monotonic()
+        assert left > 0, f"not printed while following: {wanted}; printed: {seen}"
+        ready, _, _ = select.select([process.stdout], [], [], left)
+        if ready:
+            text = process.stdout.readline()
+            assert text, f"the follower ended: {process.poll()}"
+            seen.append(json.loads(text))
+    return seen
+
+
+def test_the_collected_trail_is_read_fleet_wide_filtered_followed_and_exported_by_time(lab3, tmp_path) -> None:
+    """`audit log` reads the recent records etcd holds for every node (filters by node, action and time,
+    and follows new ones as they are collected); `audit export --since` writes a slice of the copy that
+    the offline verifier checks against the record it follows (and refuses against any other)."""
+    lab_status, env, _ = lab3
+    until(env, lambda s: all(caught_up(n)(s) for n in ("node1", "node2", "node3")), 30, "first collection")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "lifsea_tui.tui.cli", "audit", "log", "-f", "--json", "--action", "upgrade.check"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        act(lab_status, "node1", "INC-40 first look")
+        time.sleep(1.1)
+        between = datetime.now(UTC)
+        time.sleep(1.1)
+        act(lab_status, "node2", "INC-41 second look")
+        followed = follow_until(follower, {"INC-40 first look", "INC-41 second look"}, 20)
+    finally:
+        follower.terminate()
+        follower.wait(10)
+    assert {r["node"] for r in followed if r["reason"].startswith("INC-4")} == {"node1", "node2"}
+    assert all(r["action"].startswith("upgrade.check") for r in followed), followed
+
+    listed = audit_cli(env, "log", "--node", "node2", "--json")
+    assert listed.returncode == 0, listed.stderr
+    records = [json.loads(text) for text in listed.stdout.splitlines()]
+    assert {r["node"] for r in records} == {"node2"} and "INC-41 second look" in {r["reason"] for r in records}
+    later = audit_cli(env, "log", "--action", "upgrade.check", "--since", between.isoformat())
+    assert "INC-41 second look" in later.stdout and "INC-40" not in later.stdout, later.stdout
+    nothing = audit_cli(env, "log", "--actor", "nobody-at-all")
+    assert nothing.returncode == 1 and not nothing.stdout
+    bad = audit_cli(env, "log", "--since", "yesterday-ish")
+    assert bad.returncode == 2 and "is not a time" in bad.stderr
+
+    # A time range of node2's copy, and the record it follows: it verifies against that record only.
+    sliced = audit_cli(env, "export", "node2", "--since", between.isoformat())
+    assert sliced.returncode == 0, sliced.stderr
+    assert "INC-41 second look" in sliced.stdout
+    assert all(datetime.fromisoformat(json.loads(text)["time"]) >= between for text in sliced.stdout.splitlines())
+    anchor = re.search(r"--after (\d+):([0-9a-f]{64})", sliced.stderr)
+    assert anchor is not None, sliced.stderr
+    part = tmp_path / "node2-part.jsonl"
+    part.write_text(sliced.stdout)
+    first = json.loads(sliced.stdout.splitlines()[0])
+    assert first["seq"] == int(anchor.group(1)) + 1
+    for after, expected in ((anchor.group(0).split()[1], 0), (f"{anchor.group(1)}:{'0' * 64}", 1)):
+        checked = subprocess.run(
+            [sys.executable, "-m", "lifsea_tui.agent.cli", "verify-audit", str(part), "--after", after],
+            capture_output=True,
+            text=True,
+        )
+        assert checked.returncode == expected, (after, checked.stdout, checked.stderr)
+
+
+def test_the_trail_is_collected_survives_a_controller_kill_and_stays_the_evidence(lab3, tmp_path) -> None:
+    lab_status, env, layout = lab3
     until(env, lambda s: all(caught_up(n)(s) for n in ("node1", "node2")), 30, "first collection")
     for index in range(3):
         act(lab_status, "node1", f"INC-{index} look for updates")
@@ -165,3 +246,111 @@ def test_the_trail_is_collected_survives_a_controller_kill_and_stays_the_evidenc
     checked, records = verify(env, "node2", tmp_path)
     assert checked.returncode == 0, checked.stdout
     assert len(records) > len(kept)
+
+
+def counted(output: str, marker: str) -> int:
+    """The number `grep -c` printed just before the marker."""
+    found = re.search(r"(\d+)\r?\n" + marker, output)
+    return int(found.group(1)) if found else -1
+
+
+# Typed into the shell as one line: change the reason of the record that opened this session and compute
+# every hash after it again, as the node's own verify wants (sed and sha256sum: the node has no Python).
+REWRITE = (
+    "L=/host/var/lib/lifsea-agent/audit/audit.jsonl; N=/host/var/tmp/rewritten; : > $N; prev=; found=; "
+    "while IFS= read -r line; do "
+    'case "$line" in *\'"reason":"INC-77 free /var"\'*) found=1; '
+    'line=$(printf \'%s\' "$line" | sed \'s|"reason":"INC-77 free /var"|"reason":"routine look"|\');; esac; '
+    'if [ -n "$found" ]; then '
+    'line=$(printf \'%s\' "$line" | sed "s/\\"prev\\":\\"[0-9a-f]*\\"/\\"prev\\":\\"$prev\\"/"); '
+    'h=$(printf \'%s\' "$line" | sed \'s/"hash":"[0-9a-f]*",//\' | sha256sum | cut -c1-64); '
+    'line=$(printf \'%s\' "$line" | sed "s/\\"hash\\":\\"[0-9a-f]*\\"/\\"hash\\":\\"$h\\"/"); fi; '
+    'prev=$(printf \'%s\' "$line" | sed \'s/.*"hash":"\\([0-9a-f]*\\)".*/\\1/\'); '
+    "printf '%s\\n' \"$line\" >> $N; done < $L; cat $N > $L"
+)
+
+
+async def test_a_writable_shell_that_rewrites_its_nodes_log_and_its_own_recording_is_caught(lab3, tmp_path) -> None:
+    """The issue's own scenario, on node3: a writable break-glass shell edits its own recording, rewrites
+    the node's audit log (a record changed and every hash after it recomputed: the node's own verify
+    passes), cuts off the newest records, and empties the log. The node is flagged within seconds, in
+    `audit status` and in the console; the collected copy keeps the original records and, copied live
+    from the agent's memory, the recording as it was recorded; the export verifies."""
+    lab_status, env, layout = lab3
+    name = "node3"
+    await asyncio.to_thread(until, env, caught_up(name), 30, "first collection")
+    node = next(n for n in lab_status["nodes"] if n["name"] == name)
+    target = NodeTarget(name=name, url=node["url"], token=node["tokens"]["admin"], ca_file=Path(node["ca_file"]))
+    trail = Path(lab_status["controller"]["trail"]) / name
+    client = NodeClient(target)
+    session = await client.ops_start(
+        OpsSessionRequest(reason="INC-77 free /var", ttl_seconds=600, access=OpsAccess.writable)
+    )
+    driver = Driver(OpsShell(target, session.id, cols=200, rows=50))
+    try:
+        await driver.expect(PROMPT)
+        await driver.run("echo evidence-of-$((6*7))", "STEP-1")
+        live = trail / "recordings" / f"{session.id}.live"
+        deadline = time.monotonic() + 15
+        while not (live.exists() and b"evidence-of-42" in live.read_bytes()):
+            assert time.monotonic() < deadline, (
+                "what the shell printed was not copied off the node as it went: "
+                f"{sorted(p.name for p in live.parent.iterdir()) if live.parent.exists() else None}; "
+                f"{status(env)[name]}; {(layout.root / 'fleetd.log').read_text()[-3000:]}"
+            )
+            await asyncio.sleep(0.2)
+        cast = f"/host/var/lib/lifsea-agent/recordings/{session.id}.cast"
+        edited = await driver.run(
+            f"sed -i 's/evidence-of-4[2]/nothing-to-see/g' {cast}; grep -c nothing-to {cast}", "STEP-2"
+        )
+        assert counted(edited, "STEP-2") >= 1, edited  # the shell did change its recording on disk
+        opened = next(r for r in node_records(lab_status, name) if r["params"].get("session") == session.id)
+        rewritten = await driver.run(REWRITE + "; grep -c 'routine look' $L", "STEP-3", 60)
+        assert counted(rewritten, "STEP-3") >= 1, rewritten[-1500:]
+        checked = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "lifsea_tui.agent.cli", "verify-audit", str(node_log(layout, name))],
+            capture_output=True,
+            text=True,
+        )
+        assert checked.returncode == 0, checked.stdout  # the rewrite is one the node's own verify cannot see
+        flagged = await asyncio.to_thread(until, env, lambda s: not s[name]["ok"], 15, "node3 flagged")
+        assert flagged[name]["first_bad_seq"] == opened["seq"], flagged[name]
+        console = Console(env, "breakglass")
+        try:
+            await asyncio.to_thread(console.until, f"audit log changed from #{opened['seq']}", 30)
+        finally:
+            console.close()
+        # Then the newest records cut off, then the whole log emptied: still flagged, at the same record.
+        await driver.run("head -n -3 $L > $N; cat $N > $L", "STEP-4")
+        await driver.run(": > $L; wc -c < $L", "STEP-5")
+        await driver.shell.send(b"exit\r")
+        await driver.finished()
+    finally:
+        await client.aclose()
+    kept = trail / "recordings" / f"{session.id}.cast"
+    deadline = time.monotonic() + 20
+    while not kept.exists():
+        assert time.monotonic() < deadline, (
+            f"the recording was not kept: {sorted(p.name for p in kept.parent.iterdir())}"
+        )
+        await asyncio.sleep(0.2)
+    ended = next(r for r in node_records(lab_status, name) if r["action"] == "ops.session.end")
+    assert ended["params"]["session"] == session.id
+    assert ended["outcome"].startswith("failed: the recording file was changed during the session"), ended
+    recorded = kept.read_bytes()
+    assert b"evidence-of-42" in recorded and hashlib.sha256(recorded).hexdigest() == ended["params"]["sha256"]
+    with lab_client(node, "auditor") as http:
+        assert http.get(routes.RECORDING.format(recording_id=session.id)).json()["error"] == "recording_changed"
+    played = subprocess.run(
+        [sys.executable, "-m", "lifsea_tui.tui.cli", "play", name, session.id, "--findings"],
+        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60,
+    )  # fmt: skip
+    assert played.returncode in (0, 1) and "the collected copy" in played.stderr, played.stderr
+    assert "changed since it was sealed" in played.stderr, played.stderr
+    after = status(env)[name]
+    assert not after["ok"] and after["first_bad_seq"] == opened["seq"], after
+    checked, records = verify(env, name, tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert records[opened["seq"]]["reason"] == "INC-77 free /var"
+    assert records[opened["seq"]]["hash"] == opened["hash"]

@@ -31,14 +31,12 @@ from lifsea_tui.agent.config import OpsConfig
 from lifsea_tui.api import EndRequest, OpsAccess, OpsSessionRequest, routes
 from lifsea_tui.api import ops as proto
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
-from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output
+from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell
 from lifsea_tui.lab import image, sysroot
 from lifsea_tui.lab.layout import Layout
-from tests.helpers import RunningAgent, start_agent
+from tests.helpers import PROMPT, Driver, RunningAgent, start_agent
 
 pytestmark = pytest.mark.lab
-
-PROMPT = b"OPS"
 
 
 def target(node: dict, role: str = "admin") -> NodeTarget:
@@ -47,40 +45,6 @@ def target(node: dict, role: str = "admin") -> NodeTarget:
 
 def agent_target(agent: RunningAgent, role: str = "admin") -> NodeTarget:
     return NodeTarget(name=agent.config.node_name, url=agent.url, token=agent.tokens[role], ca_file=agent.ca_file)
-
-
-class Driver:
-    """Types into an OpsShell and waits for what the terminal prints."""
-
-    def __init__(self, shell: OpsShell) -> None:
-        self.shell = shell
-        self.output = bytearray()
-        self.events: list[object] = []
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for event in self.shell.events():
-            self.events.append(event)
-            if isinstance(event, Output):
-                self.output += event.data
-
-    async def expect(self, needle: bytes, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.output:
-            assert not self.task.done() or needle in self.output, f"shell ended before {needle!r}: {self.events[-3:]}"
-            assert time.monotonic() < deadline, f"no {needle!r} in {bytes(self.output[-600:])!r}"
-            await asyncio.sleep(0.02)
-
-    async def run(self, command: str, marker: str, timeout: float = 15.0) -> str:
-        """Run a command and return what it printed between its start and the end marker."""
-        start = len(self.output)
-        await self.shell.send(f"{command}; echo {marker[:3]}''{marker[3:]}\r".encode())
-        await self.expect(marker.encode(), timeout)
-        return bytes(self.output[start:]).decode(errors="replace")
-
-    async def finished(self, timeout: float = 30.0) -> object:
-        await asyncio.wait_for(self.task, timeout)
-        return self.events[-1]
 
 
 def runc_containers(ops_dir: Path) -> list[str]:

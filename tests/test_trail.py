@@ -4,21 +4,24 @@ what the node no longer has. The lab test (test_audit_trail_lab.py) runs it insi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from lifsea_tui.agent import recording
 from lifsea_tui.agent.audit import LOG_NAME, verify
 from lifsea_tui.agent.config import OpsConfig
 from lifsea_tui.api import routes
 from lifsea_tui.api.chain import canonical, record_hash
-from lifsea_tui.client.etcd import Store
+from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.node import NodeTarget
-from lifsea_tui.client.trail import DirectoryTrail, read_states
+from lifsea_tui.client.trail import DirectoryTrail, read_recent, read_states
 from lifsea_tui.fleetd import collector
 from lifsea_tui.lab import etcd
 from tests.helpers import RunningAgent, TinyNode, start_agent
@@ -37,6 +40,11 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     members.stop()
 
 
+def unfenced(store: Store) -> Callable[[list[Any]], Awaitable[bool]]:
+    """The collector's writes, without the controller's leadership fence."""
+    return functools.partial(store.txn, [])
+
+
 def refused_posts(agent: RunningAgent, count: int) -> None:
     """Each refused POST of a reader is one audit record on the node."""
     with httpx.Client(base_url=agent.url, verify=agent.ssl_context(), headers=agent.headers("reader")) as http:
@@ -52,12 +60,8 @@ async def test_the_collector_copies_the_chain_and_names_the_first_record_a_rewri
     trail = DirectoryTrail(tmp_path / "trail")
     target = NodeTarget(name="tiny", url=agent.url, token=agent.tokens["auditor"], ca_file=agent.ca_file)
 
-    async def put(key: str, value: dict) -> bool:
-        await store.put_json(key, value)
-        return True
-
     log = agent.config.audit_dir / LOG_NAME
-    fresh = collector.Collector(store, DirectoryTrail(tmp_path / "trail-b"), {"tiny-b": target}, put)
+    fresh = collector.Collector(store, DirectoryTrail(tmp_path / "trail-b"), {"tiny-b": target}, unfenced(store))
     # Record 2 edited in place, its hash left as it was: the head and every link still match, so only the
     # periodic second look at older records sees it (then it is put back for what follows).
     try:
@@ -77,7 +81,7 @@ async def test_the_collector_copies_the_chain_and_names_the_first_record_a_rewri
         await fresh.aclose()
     log.write_bytes(b"".join(lines))
 
-    collecting = collector.Collector(store, trail, {"tiny": target}, put)
+    collecting = collector.Collector(store, trail, {"tiny": target}, unfenced(store), recent=4)
     try:
         for _ in range(10):
             await collecting.tick()
@@ -85,6 +89,16 @@ async def test_the_collector_copies_the_chain_and_names_the_first_record_a_rewri
         state = (await read_states(store))["tiny"]
         assert state.ok and state.collected_seq == state.node_seq == len(log.read_bytes().splitlines()) - 1
         assert state.lag is not None and state.lag < 30
+        # etcd holds the newest records (at least `recent`, in chunks of a page): older chunks were deleted.
+        recent = (await read_recent(store, "tiny"))["tiny"]
+        seqs = [record.seq for record in recent]
+        assert seqs == list(range(seqs[0], state.collected_seq + 1)) and 4 <= len(seqs) < 4 + collector.PAGE, seqs
+        copy_hashes = [json.loads(line)["hash"] for line in trail.lines("tiny")]
+        assert [record.hash for record in recent] == copy_hashes[seqs[0] :]
+        restarted = collector.Collector(store, trail, {"tiny": target}, unfenced(store), recent=4)
+        await restarted.load()
+        assert restarted.chunks["tiny"] == collecting.chunks["tiny"] and collecting.chunks["tiny"][0] == seqs[0]
+        await restarted.aclose()
 
         # Record 4 edited and every hash after it recomputed: the node's own chain still holds.
         lines = [json.loads(line) for line in log.read_bytes().splitlines()]
@@ -113,11 +127,7 @@ async def test_a_node_that_does_not_answer_is_named_and_a_torn_copy_is_cut_back(
     trail = DirectoryTrail(tmp_path / "trail")
     gone = NodeTarget(name="gone", url="https://127.0.0.1:9", token="t", timeout=1)
 
-    async def put(key: str, value: dict) -> bool:
-        await store.put_json(key, value)
-        return True
-
-    collecting = collector.Collector(store, trail, {"gone": gone}, put)
+    collecting = collector.Collector(store, trail, {"gone": gone}, unfenced(store))
     try:
         await collecting.tick()
     finally:
@@ -149,11 +159,7 @@ async def test_recordings_are_kept_once_they_match_their_seal_and_a_change_on_th
     )
     target = NodeTarget(name="tiny", url=running.url, token=running.tokens["auditor"], ca_file=running.ca_file)
 
-    async def put(key: str, value: dict) -> bool:
-        await store.put_json(key, value)
-        return True
-
-    collecting = collector.Collector(store, DirectoryTrail(tmp_path / "trail"), {"tiny": target}, put)
+    collecting = collector.Collector(store, DirectoryTrail(tmp_path / "trail"), {"tiny": target}, unfenced(store))
     try:
         recording = "0123456789abcdef"
         (tmp_path / "recordings").mkdir()
@@ -191,11 +197,7 @@ async def test_a_node_that_goes_quiet_with_a_shell_open_is_named(
         name="tiny", url=running.url, token=running.tokens["auditor"], ca_file=running.ca_file, timeout=2
     )
 
-    async def put(key: str, value: dict) -> bool:
-        await store.put_json(key, value)
-        return True
-
-    collecting = collector.Collector(store, DirectoryTrail(tmp_path / "trail"), {"tiny": target}, put)
+    collecting = collector.Collector(store, DirectoryTrail(tmp_path / "trail"), {"tiny": target}, unfenced(store))
     try:
         for session, outcome in (("aaaaaaaaaaaaaaaa", "started"), ("bbbbbbbbbbbbbbbb", "refused: no room")):
             running.app.state.agent.audit.append(  # type: ignore[attr-defined]
@@ -211,3 +213,89 @@ async def test_a_node_that_goes_quiet_with_a_shell_open_is_named(
     finally:
         await collecting.aclose()
         running.stop()
+
+
+def test_a_recording_changed_on_disk_during_its_session_keeps_its_seal_and_its_live_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writable shell can reach its own recording on disk. The seal is of what the agent wrote, the file
+    edited under it is named at the seal, and the live bytes (memory) and a live copy built from them are
+    what was recorded."""
+    monkeypatch.setattr(recording, "LIVE_BYTES", 4096)
+    recorder = recording.Recorder(tmp_path / "rec", "0123456789abcdef", {"actor": "admin-user"})
+    recorder.open(80, 24, {"TERM": "xterm"}, "node1 (writable): INC-77")
+    recorder.output(b"$ cat /etc/shadow\r\nroot:*:19000:0:99999:7:::\r\n")
+    trail = DirectoryTrail(tmp_path / "trail")
+    first = recorder.live(0, 100)
+    assert first is not None and len(first) == 100
+    trail.append_live("node1", recorder.id, first)
+    cast = recorder.path
+    cast.write_bytes(cast.read_bytes().replace(b"cat /etc/shadow", b"ls -l          "))  # covering its tracks
+    recorder.output(b"$ exit\r\n")
+    rest = recorder.live(trail.live_size("node1", recorder.id), 1 << 20)
+    assert rest is not None and b"exit" in rest
+    trail.append_live("node1", recorder.id, rest)
+    seal = recorder.seal("exited")
+    assert seal.on_disk == hashlib.sha256(cast.read_bytes()).hexdigest() != seal.sha256
+    assert b"cat /etc/shadow" not in cast.read_bytes()
+    # The end marker came after the last live read: the copy misses it, so it is not kept.
+    assert not trail.keep_live("node1", recorder.id, seal.sha256)
+    tail = recorder.live(trail.live_size("node1", recorder.id), 1 << 20)
+    assert tail is not None and b"session end: exited" in tail
+    trail.append_live("node1", recorder.id, tail)
+    assert trail.keep_live("node1", recorder.id, seal.sha256)
+    assert trail.live_seal("node1", recorder.id) == seal.sha256  # for a copy whose end record never came
+    kept = trail.recording_path("node1", recorder.id).read_bytes()
+    assert b"cat /etc/shadow" in kept and hashlib.sha256(kept).hexdigest() == seal.sha256
+    recorder.release()  # a while after the seal: nothing is held, nothing is made up
+
+    assert recorder.live(0, 10) is None and recorder.live(recorder.size, 10) == b""
+
+
+def test_live_bytes_older_than_the_memory_window_are_refused_not_invented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recording, "LIVE_BYTES", 1024)
+    recorder = recording.Recorder(tmp_path / "rec", "0123456789abcdef", {})
+    recorder.open(80, 24, {}, "t")
+    for index in range(100):
+        recorder.output(f"line {index:04}\r\n".encode())
+    assert recorder.live(0, 10) is None
+    newest = recorder.live(recorder.size - 1024, 4096)
+    assert newest is not None and len(newest) == 1024
+    assert recorder.path.read_bytes().endswith(newest)
+    assert recorder.live(recorder.size + 1, 10) is None
+    recorder.seal("exited")
+
+
+async def test_etcd_down_a_while_loses_nothing_and_collection_catches_up(agent: RunningAgent, tmp_path: Path) -> None:
+    """Passes while etcd is down fail (the controller says so and tries again); the records they took are
+    in the trail already, and once etcd is back its state and its recent records catch up, with no gap."""
+    members = etcd.EtcdCluster.fresh(tmp_path / "etcd", tmp_path / "ca", 1)
+    members.start()
+    await members.wait_ready()
+    store = Store(members.target("lifsea-fleetd", timeout=2))
+    trail = DirectoryTrail(tmp_path / "trail")
+    target = NodeTarget(name="tiny", url=agent.url, token=agent.tokens["auditor"], ca_file=agent.ca_file)
+    collecting = collector.Collector(store, trail, {"tiny": target}, unfenced(store))
+    try:
+        await collecting.load()
+        await collecting.tick()
+        members.stop()
+        for count in (3, 2):
+            refused_posts(agent, count)
+            with pytest.raises(StoreUnavailable):
+                await collecting.tick()
+        members.start()
+        await members.wait_ready()
+        await collecting.tick()
+        log = (agent.config.audit_dir / LOG_NAME).read_bytes()
+        state = (await read_states(store))["tiny"]
+        assert state.ok and state.collected_seq == state.node_seq == len(log.splitlines()) - 1, state
+        assert trail.path("tiny").read_bytes() == log  # nothing twice, nothing skipped
+        seqs = [record.seq for record in (await read_recent(store, "tiny"))["tiny"]]
+        assert seqs == list(range(0, state.collected_seq + 1)), seqs  # what was taken while etcd was down too
+    finally:
+        await collecting.aclose()
+        await store.aclose()
+        members.stop()

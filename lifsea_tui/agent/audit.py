@@ -328,16 +328,24 @@ class AuditLog:
         return verify(self.path, held=lambda: self.head, recordings=recordings)
 
 
-def verify(path: Path, *, held: Callable[[], Head] | None = None, recordings: Path | None = None) -> AuditVerify:
+def verify(
+    path: Path,
+    *,
+    held: Callable[[], Head] | None = None,
+    recordings: Path | None = None,
+    after: Head | None = None,
+) -> AuditVerify:
     """Walk the chain and name the first record that is not what the chain says it must be.
 
     `held` gives the head the writing agent holds in memory: the file must contain it (asked before the
     walk, so records appended meanwhile are no alarm) and end no further than it (asked after). With
-    `recordings`, every recording a record sealed is hashed again and compared.
+    `recordings`, every recording a record sealed is hashed again and compared. With `after`, the file is a
+    slice of a log (an export of a time range): it must start with the record after that one and chain
+    to its hash.
     """
-    prev = GENESIS
+    prev = after.hash if after is not None else GENESIS
     count = 0
-    head_seq, head_hash = -1, None
+    head_seq, head_hash = (after.seq, after.hash) if after is not None else (-1, None)
     seals: dict[str, SealedRecording] = {}
     expected = held() if held is not None else None
     problem: tuple[int | None, str] | None = None

@@ -51,6 +51,7 @@ RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", r.SERVICE_ACTION): OPERATE,
     ("GET", r.RECORDINGS): RECORDINGS,
     ("GET", r.RECORDING): RECORDINGS,
+    ("GET", r.RECORDING_LIVE): RECORDINGS,
     ("GET", r.DIAGNOSTICS_DISK): READ,
     ("GET", r.DIAGNOSTICS_CLOCK): READ,
     ("GET", r.DIAGNOSTICS_DNS): READ,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
 from lifsea_tui import __version__
-from lifsea_tui.agent.audit import LOG_NAME, verify
+from lifsea_tui.agent.audit import LOG_NAME, Head, verify
 from lifsea_tui.agent.config import ConfigError, hash_token, load
 
 SERVE_FLAGS = {
@@ -41,6 +42,14 @@ SERVE_FLAGS = {
 }
 
 
+def anchor(text: str) -> Head:
+    """SEQ:HASH, the record a slice of a log follows."""
+    found = re.fullmatch(r"(\d+):([0-9a-f]{64})", text.strip())
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SEQ:HASH (a record's seq and its 64-digit SHA-256)")
+    return Head(int(found.group(1)), found.group(2))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="lifsea-agent",
@@ -63,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--recordings", type=Path, help="the recordings directory: hash every sealed recording again and compare"
     )
+    audit.add_argument(
+        "--after",
+        type=anchor,
+        metavar="SEQ:HASH",
+        help="the file is a slice of a log (an export of a time range): it starts after record SEQ, whose hash is HASH",
+    )
     commands.add_parser("hash-token", help="read a token on standard input, print the sha256 for the config file")
     return top
 
@@ -74,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             print(f"lifsea-agent: no audit log at {path}", file=sys.stderr)
             return 2
-        result = verify(path, recordings=args.recordings)
+        result = verify(path, recordings=args.recordings, after=args.after)
         checked = f", {result.recordings_checked} sealed recordings match" if args.recordings else ""
         if result.ok:
             print(f"ok: {result.records} records, head seq {result.head_seq} hash {result.head_hash}{checked}")

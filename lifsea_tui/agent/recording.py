@@ -5,6 +5,12 @@ the size and SHA-256 that also go into the audit log. Writes go straight to the 
 user-space buffer), so an agent that is killed loses nothing it had recorded; fsync runs at markers,
 every few seconds while output flows, and at the seal. Strict: any write that fails raises
 RecordingError, and the session that owns the recording ends.
+
+The seal is the hash of what the agent wrote, kept as it writes, not of the file at the end: a writable
+shell can reach its own recording on disk, and an edit made during the session then shows as a file
+that no longer matches its seal (the seal says so too). The newest bytes written are also kept in memory
+(LIVE_BYTES), for the fleet controller to copy off the node as the session goes (`live`): bytes the
+shell cannot have changed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+LIVE_BYTES = 2 << 20  # the newest bytes of a recording kept in memory for `live` readers
+
 
 class RecordingError(Exception):
     pass
@@ -28,6 +36,7 @@ class RecordingError(Exception):
 class Seal:
     sha256: str
     size: int
+    on_disk: str | None = None  # the file's SHA-256 when it differs from what was written (changed since)
 
 
 def cast_path(directory: Path, recording_id: str) -> Path:
@@ -78,6 +87,11 @@ class Recorder:
         self._digest = hashlib.sha256()
         self._size = 0
         self._dirty = False
+        self._torn = False  # a write failed partway: the file may hold bytes the digest does not
+        self._tail = bytearray()  # the newest bytes written, from offset _tail_start
+        self._tail_start = 0
+        self.sealed: Seal | None = None
+        self.followers: set[str] = set()  # who has read it live (audited once each)
         self._decoders = {kind: codecs.getincrementaldecoder("utf-8")("replace") for kind in ("o", "i")}
         self._fd: int | None = None
 
@@ -109,10 +123,33 @@ class Recorder:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as error:
+            self._torn = True
             raise RecordingError(f"cannot write the recording {self.path}: {error.strerror or error}") from error
         self._digest.update(line)
         self._size += len(line)
         self._dirty = True
+        self._tail += line
+        if len(self._tail) > LIVE_BYTES:
+            dropped = len(self._tail) - LIVE_BYTES
+            del self._tail[:dropped]
+            self._tail_start += dropped
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def live(self, offset: int, limit: int) -> bytes | None:
+        """Up to `limit` bytes from `offset`, as they were written (from memory), or None when `offset` is
+        no longer held (older than the newest LIVE_BYTES, or released)."""
+        if not self._tail_start <= offset <= self._size:
+            return None
+        start = offset - self._tail_start
+        return bytes(self._tail[start : start + limit])
+
+    def release(self) -> None:
+        """Give the memory back (a while after the seal); `live` then answers None."""
+        self._tail = bytearray()
+        self._tail_start = self._size
 
     def _event(self, kind: str, text: str) -> None:
         self._line([round(time.monotonic() - self.started, 6), kind, text])
@@ -145,7 +182,7 @@ class Recorder:
     def seal(self, end_reason: str) -> Seal:
         """Write the end marker and close. A recording that cannot take the marker is sealed as it is."""
         if self._fd is None:
-            return Seal(self._digest.hexdigest(), self._size)
+            return self.sealed or Seal(self._digest.hexdigest(), self._size)
         problem = None
         try:
             self.marker(f"session end: {end_reason}")
@@ -153,7 +190,17 @@ class Recorder:
             problem = str(error)
         os.close(self._fd)
         self._fd = None
-        seal = file_seal(self.path)
+        seal = Seal(self._digest.hexdigest(), self._size)
+        try:
+            on_disk = file_seal(self.path)
+        except OSError as error:
+            on_disk, problem = None, f"the file is gone: {error.strerror or error}"
+        if self._torn and on_disk is not None:
+            seal = on_disk  # a write cut short (disk full) left bytes of its own: sealed as the file is
+        elif on_disk is None or on_disk != seal:
+            seal.on_disk = on_disk.sha256 if on_disk else "none"
+            problem = problem or "the file was changed during the session; the seal is of what was recorded"
+        self.sealed = seal
         try:
             write_meta(
                 self.directory,

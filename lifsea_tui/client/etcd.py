@@ -190,8 +190,8 @@ class Store:
         found = await self.get(key)
         return None if found is None else found.json()
 
-    async def range(self, prefix: str) -> list[KV]:
-        got = await self._call(lambda: self.client.get_prefix(self.key(prefix)))
+    async def range(self, prefix: str, *, keys_only: bool = False) -> list[KV]:
+        got = await self._call(lambda: self.client.get_prefix(self.key(prefix), keys_only=keys_only))
         cut = len(self.target.prefix)
         return [KV(kv.key.decode()[cut:], kv.value, kv.mod_revision, kv.create_revision) for kv in got]
 

@@ -82,6 +82,16 @@ LOG_BATCH = pydantic.TypeAdapter(list[LogEntry])
 
 
 @dataclass(frozen=True)
+class LiveBytes:
+    """A live read of a recording: `data` from the offset asked, the bytes written so far, and the seal
+    once the session has ended."""
+
+    data: bytes
+    size: int
+    sealed: str | None
+
+
+@dataclass(frozen=True)
 class NodeTarget:
     name: str
     url: str
@@ -326,20 +336,39 @@ class NodeClient:
     async def recordings(self) -> RecordingList:
         return await self._request("GET", r.RECORDINGS, RecordingList)
 
-    async def recording(self, recording_id: str) -> bytes:
-        """The asciicast file (the node audits that it was viewed)."""
-        path = r.RECORDING.format(recording_id=recording_id)
+    async def _raw(
+        self, path: str, what: str, params: dict[str, Any] | None = None, timeout: float = 0
+    ) -> httpx.Response:
+        """A GET whose answer is bytes, not a model (recordings)."""
         try:
             response = await self._http.get(
-                self.target.url + path, headers=self._headers, timeout=max(self.target.timeout, 60)
+                self.target.url + path, headers=self._headers, params=params, timeout=timeout or self.target.timeout
             )
         except httpx.TimeoutException as error:
-            raise NodeError(Problem.timeout, "recording download timed out") from error
+            raise NodeError(Problem.timeout, f"{what} timed out") from error
         except httpx.TransportError as error:
+            if _tls_failure(error):
+                raise NodeError(Problem.tls, str(error) or "TLS handshake failed") from error
             raise NodeError(Problem.unreachable, str(error) or type(error).__name__) from error
         if response.status_code >= 400:
             raise self._http_error(response)
-        return response.content
+        return response
+
+    async def recording(self, recording_id: str) -> bytes:
+        """The asciicast file (the node audits that it was viewed)."""
+        path = r.RECORDING.format(recording_id=recording_id)
+        return (await self._raw(path, "recording download", timeout=max(self.target.timeout, 60))).content
+
+    async def recording_live(self, recording_id: str, offset: int, limit: int = 1 << 20) -> LiveBytes:
+        """Bytes of a recording from `offset`, as the agent wrote them (from its memory, while the session
+        is open and a while after): NodeError 404 when it no longer holds them."""
+        path = r.RECORDING_LIVE.format(recording_id=recording_id)
+        response = await self._raw(path, "live recording read", {"offset": offset, "limit": limit})
+        try:
+            size = int(response.headers[r.RECORDING_SIZE_HEADER])
+        except (KeyError, ValueError) as error:
+            raise NodeError(Problem.bad_response, "a live recording read without its size") from error
+        return LiveBytes(response.content, size, response.headers.get(r.RECORDING_SEALED_HEADER))
 
     # -- events --------------------------------------------------------------------------------------------
 

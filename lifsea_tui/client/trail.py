@@ -2,12 +2,14 @@
 the node stored them, so the copy verifies by the same rules as the node's own log (api/chain.py).
 
 `Trail` is what the collector needs; `DirectoryTrail` keeps one append-only file per node under a
-directory (fsync'd before the collected head moves on). An object store can implement the same four
-methods.
+directory (fsync'd before the collected head moves on), and each recording beside it: whole once its
+bytes match their seal (`ID.cast`), or as copied live while its session goes (`ID.live`). An object
+store can implement the same methods.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lifsea_tui.api.chain import GENESIS
+from lifsea_tui.api.models import AuditRecord
 from lifsea_tui.api.trail import NodeTrail
 from lifsea_tui.client.etcd import Store
 
@@ -24,15 +27,67 @@ RECORDING_ID = re.compile(r"[0-9a-f]{16}")
 LOG_NAME = "audit.jsonl"
 
 
+RECENT_PREFIX = "audit-records/"
+
+
 def state_key(name: str) -> str:
     """Where etcd holds one node's collection (the controller writes it, fenced)."""
     return f"audit/{name}"
+
+
+def chunk_key(name: str, first_seq: int) -> str:
+    """Where etcd holds a chunk of one node's recent records (JSON lines, as stored), by its first seq."""
+    return f"{RECENT_PREFIX}{name}/{first_seq:012d}"
+
+
+def parse_chunk_key(key: str) -> tuple[str, int] | None:
+    name, _, first = key.removeprefix(RECENT_PREFIX).rpartition("/")
+    return (name, int(first)) if name and first.isdigit() else None
 
 
 async def read_states(store: Store) -> dict[str, NodeTrail]:
     """Every node's collection as etcd holds it, by node."""
     states = (NodeTrail.model_validate_json(kv.value) for kv in await store.range("audit/"))
     return {state.name: state for state in states}
+
+
+def _chunk(value: bytes) -> list[AuditRecord]:
+    """A chunk's records; none if it does not parse (a reader shows what it can)."""
+    try:
+        return [AuditRecord.model_validate_json(line) for line in value.splitlines() if line]
+    except ValueError:
+        return []
+
+
+async def read_recent(store: Store, node: str | None = None) -> dict[str, list[AuditRecord]]:
+    """The recent records etcd holds (the whole copy is in the controller's trail), by node, oldest first."""
+    found: dict[str, list[AuditRecord]] = {}
+    for kv in await store.range(RECENT_PREFIX + (f"{node}/" if node else "")):
+        if (where := parse_chunk_key(kv.key)) is not None:
+            found.setdefault(where[0], []).extend(_chunk(kv.value))
+    return found
+
+
+class RecentFollower:
+    """New chunks of recent records as the controller writes them (a chunk is written once, never changed):
+    each call lists the keys and reads only the chunks not seen before."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.seen: set[str] = set()
+
+    async def new(self) -> dict[str, list[AuditRecord]]:
+        keys = [kv.key for kv in await self.store.range(RECENT_PREFIX, keys_only=True)]
+        found: dict[str, list[AuditRecord]] = {}
+        for key in keys:
+            where = parse_chunk_key(key)
+            if key in self.seen or where is None:
+                continue
+            got = await self.store.get(key)
+            if got is not None:
+                found.setdefault(where[0], []).extend(_chunk(got.value))
+        self.seen = set(keys)
+        return found
 
 
 class Trail(Protocol):
@@ -52,6 +107,19 @@ class Trail(Protocol):
 
     def put_recording(self, node: str, recording_id: str, data: bytes) -> None:
         """A recording's bytes, whole, once they matched their seal; on disk when this returns."""
+        ...
+
+    def live_size(self, node: str, recording_id: str) -> int:
+        """How many bytes of a recording were copied live (as the session went) so far."""
+        ...
+
+    def append_live(self, node: str, recording_id: str, data: bytes) -> None:
+        """The next bytes of a recording copied live; on disk when this returns."""
+        ...
+
+    def keep_live(self, node: str, recording_id: str, sha256: str) -> bool:
+        """The live copy becomes the recording if its bytes hash to the seal; if not (it missed some), it
+        stays aside and False is returned."""
         ...
 
 
@@ -91,14 +159,7 @@ class DirectoryTrail:
         hashes = self._load(node)
         path = self.path(node)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            data = memoryview(b"".join(lines))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write(path, b"".join(lines), os.O_APPEND)
         hashes.extend(json.loads(line)["hash"] for line in lines)
 
     def lines(self, node: str) -> Iterator[bytes]:
@@ -124,12 +185,55 @@ class DirectoryTrail:
         path = self.recording_path(node, recording_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".part")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write(partial, data, os.O_TRUNC)
         os.replace(partial, path)
+
+    def live_path(self, node: str, recording_id: str) -> Path:
+        return self.recording_path(node, recording_id).with_suffix(".live")
+
+    def live_size(self, node: str, recording_id: str) -> int:
+        try:
+            return self.live_path(node, recording_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def append_live(self, node: str, recording_id: str, data: bytes) -> None:
+        path = self.live_path(node, recording_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, data, os.O_APPEND)
+
+    def keep_live(self, node: str, recording_id: str, sha256: str) -> bool:
+        path = self.live_path(node, recording_id)
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            return False
+        # The seal the agent gave with the last live bytes: the node's record of it may never be collected
+        # (a node flagged meanwhile is collected no further).
+        _write(self.live_seal_path(node, recording_id), f"{sha256}\n".encode(), os.O_TRUNC)
+        os.replace(path, self.recording_path(node, recording_id))
+        return True
+
+    def live_seal_path(self, node: str, recording_id: str) -> Path:
+        return self.recording_path(node, recording_id).with_suffix(".sealed")
+
+    def live_seal(self, node: str, recording_id: str) -> str | None:
+        """The seal a recording kept from its live copy was checked against, as the agent gave it."""
+        try:
+            return self.live_seal_path(node, recording_id).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """All of `data`, then fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -9,13 +9,20 @@ head moves on. A record gone or changed (cut off, emptied, edited with every has
 flags the node; every few passes a page of older records is looked at again, for a record edited in
 place with its hash left alone. The first record that differs is found by halving (one record asked
 each time), the node is collected no further, and the copy is the evidence. Each node's state lives in
-etcd at `audit/NODE`.
+etcd at `audit/NODE`, and its newest records (RECENT) in chunks at `audit-records/NODE/FIRST`, written in
+the same transaction, for consoles that cannot read the trail.
+
+Break-glass recordings are copied as their sessions go, from the agent's memory (a shell that edits its
+own recording on disk cannot change that copy), kept once they hash to their seal, and then fetched once
+from the node's disk: a file that changed is named.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,7 +33,15 @@ from lifsea_tui.api.models import AuditPage, AuditRecord
 from lifsea_tui.api.trail import NodeTrail, Problem
 from lifsea_tui.client.etcd import Store
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
-from lifsea_tui.client.trail import RECORDING_ID, Trail, read_states, state_key
+from lifsea_tui.client.trail import (
+    RECENT_PREFIX,
+    RECORDING_ID,
+    Trail,
+    chunk_key,
+    parse_chunk_key,
+    read_states,
+    state_key,
+)
 
 log = logging.getLogger("lifsea.fleetd.audit")
 
@@ -36,6 +51,8 @@ SWEEP_EVERY = 5  # every this many passes, a page of older records is looked at 
 VERIFY_EVERY = 6  # every this many looks, the node hashes its collected recordings again (its own verify)
 CONCURRENCY = 32
 QUIET_WRITE = 30.0  # seconds: how stale "when it last answered" may get in etcd while nothing moves
+RECENT = 512  # each node's newest records also kept in etcd, for consoles (the trail holds them all)
+CHUNK_BYTES = 512 * 1024  # at most this much of one pass's records goes to etcd (its requests stay small)
 
 
 class Collector:
@@ -44,18 +61,24 @@ class Collector:
         store: Store,
         trail: Trail,
         targets: Mapping[str, NodeTarget],
-        write: Callable[[str, dict[str, Any]], Awaitable[bool]],
+        commit: Callable[[list[Any]], Awaitable[bool]],
+        recent: int = RECENT,
     ) -> None:
-        """`targets` carry a token that may read recordings (auditor): records need only a reader's."""
+        """`targets` carry a token that may read recordings (auditor): records need only a reader's.
+        `commit` writes etcd operations in one transaction, fenced (only the leader collects)."""
         self.store = store
         self.trail = trail
         self.names = sorted(targets)
         # Clients of its own: the rollouts close theirs when a node settles, which must not cut a page short.
         self.clients = {name: NodeClient(target) for name, target in targets.items()}
         self.unfetched: dict[str, dict[str, tuple[str, int]]] = {}  # node -> recording -> (seal, record seq)
-        self.sessions: dict[str, set[str]] = {}  # node -> break-glass sessions open, as the copy says
+        self.sessions: dict[str, dict[str, str]] = {}  # node -> break-glass sessions open -> their recording
+        self.live_done: set[tuple[str, str]] = set()  # (node, recording) no longer to be copied live
         self.unfetchable: dict[str, str] = {}  # node -> why its recordings could not be fetched (said once)
-        self.write = write  # a fenced put of one JSON value (only the leader collects)
+        self.commit = commit
+        self.recent = recent
+        self.chunks: dict[str, list[int]] = {}  # node -> first seq of each chunk of recent records in etcd
+        self.unsent: dict[str, list[bytes]] = {}  # node -> records in the trail, not yet in etcd (it was down)
         self.known: dict[str, NodeTrail] = {}
         self.passes: dict[str, int] = {}
         self.cursors: dict[str, int] = {}  # where the next look at older records starts, per node
@@ -63,6 +86,12 @@ class Collector:
     async def load(self) -> None:
         """What etcd says of each node (a flagged node stays flagged across restarts)."""
         self.known = await read_states(self.store)
+        self.chunks = {}
+        for kv in await self.store.range(RECENT_PREFIX, keys_only=True):
+            if (where := parse_chunk_key(kv.key)) is not None:
+                self.chunks.setdefault(where[0], []).append(where[1])
+        for firsts in self.chunks.values():
+            firsts.sort()
 
     async def tick(self) -> None:
         semaphore = asyncio.Semaphore(CONCURRENCY)
@@ -75,9 +104,14 @@ class Collector:
 
     async def collect(self, name: str) -> None:
         state = self.known.get(name) or NodeTrail(name=name)
-        if state.problem is not None:
-            return  # flagged: the collected copy is the evidence; nothing more is taken from this node
         client = self.clients[name]
+        if state.problem is not None:
+            # Flagged: the collected copy is the evidence and no more records are taken from this node; what
+            # an open session records is still copied, from the agent's memory.
+            self._note_sessions(name, [])
+            with contextlib.suppress(NodeError):
+                await self._follow_live(name, client)
+            return
         seq, head = self.trail.head(name)
         self.passes[name] = self.passes.get(name, 0) + 1
         try:
@@ -103,6 +137,7 @@ class Collector:
             if problem is not None:
                 first = await self._first_difference(name, client, self.trail.head(name)[0], page.head_seq)
             else:
+                await self._follow_live(name, client)
                 found = await self._fetch_recordings(name, client)
                 # Second looks only once caught up: while a long log is still coming in, they would
                 # slow its collection (and the node's verify) for nothing.
@@ -139,7 +174,13 @@ class Collector:
         # Nothing moved: etcd is told only now and then that the node still answers (a thousand nodes every
         # two seconds would be a write each for nothing).
         quiet = new.model_copy(update={"checked_at": state.checked_at, "lag": state.lag}) == state
-        if not quiet or state.checked_at is None or now - state.checked_at >= QUIET_WRITE:
+        if good:
+            # Kept until etcd has them: a pass whose write failed (etcd down) leaves no gap in etcd's records.
+            unsent = self.unsent.setdefault(name, [])
+            unsent[:] = [*unsent, *good][-self.recent :]
+        if self.unsent.get(name):
+            await self._save(new, self._recent_ops(name, self.unsent[name], seq))
+        elif not quiet or state.checked_at is None or now - state.checked_at >= QUIET_WRITE:
             await self._save(new)
 
     @staticmethod
@@ -159,39 +200,74 @@ class Collector:
     def _note_sessions(self, name: str, records: list[AuditRecord]) -> None:
         """Break-glass sessions opened and not yet ended, and the recordings of those that ended (from the
         records just collected, or, the first time, from the whole copy)."""
-        if name not in self.unfetched:
-            self.unfetched[name], self.sessions[name] = {}, set()
+        initial = name not in self.unfetched
+        if initial:
+            self.unfetched[name], self.sessions[name] = {}, {}
             records = [AuditRecord.model_validate_json(line) for line in self.trail.lines(name)] + records
         for record in records:
-            session = record.params.get("session")
-            if record.action == SESSION_START and record.outcome == "started" and isinstance(session, str):
-                self.sessions[name].add(session)
-            elif record.action == SESSION_END and isinstance(session, str):
-                self.sessions[name].discard(session)
-            recording, seal = record.params.get("recording"), record.params.get("sha256")
-            if record.action != SESSION_END or not isinstance(recording, str) or not isinstance(seal, str):
+            session, recording = record.params.get("session"), record.params.get("recording")
+            if not isinstance(session, str) or not isinstance(recording, str) or not RECORDING_ID.fullmatch(recording):
                 continue
-            if not RECORDING_ID.fullmatch(recording) or self.trail.has_recording(name, recording):
+            if record.action == SESSION_START and record.outcome == "started":
+                self.sessions[name][session] = recording
+            elif record.action == SESSION_END:
+                self.sessions[name].pop(session, None)
+            seal = record.params.get("sha256")
+            if record.action != SESSION_END or not isinstance(seal, str):
+                continue
+            # A recording kept from its live copy is still fetched once, to see that the node's file is the same.
+            if initial and self.trail.has_recording(name, recording):
                 continue
             self.unfetched[name][recording] = (seal, record.seq)
+
+    async def _follow_live(self, name: str, client: NodeClient) -> None:
+        """Copy what each open session records (and each sealed one not yet kept) from the agent's memory as
+        it goes: bytes written to the file could be changed by the shell being recorded; these cannot. A
+        copy that reaches the seal and hashes to it becomes the recording."""
+        wanted = set(self.sessions[name].values()) | set(self.unfetched[name])
+        for recording in sorted(wanted):
+            if (name, recording) in self.live_done or self.trail.has_recording(name, recording):
+                continue
+            offset = self.trail.live_size(name, recording)
+            while True:
+                try:
+                    got = await client.recording_live(recording, offset)
+                except NodeError as error:
+                    if error.status != 404:
+                        raise
+                    self.live_done.add((name, recording))  # no longer held: the sealed file is fetched instead
+                    break
+                if got.data:
+                    self.trail.append_live(name, recording, got.data)
+                    offset += len(got.data)
+                    if offset < got.size:
+                        continue
+                if got.sealed is not None and offset >= got.size:
+                    self.live_done.add((name, recording))
+                    if self.trail.keep_live(name, recording, got.sealed):
+                        log.info("%s: recording %s kept as it was recorded (copied live)", name, recording)
+                break
 
     async def _fetch_recordings(self, name: str, client: NodeClient) -> tuple[str, int] | None:
         """Download each recording the copy's records sealed, and keep it once its bytes match the seal."""
         for recording, (seal, seq) in list(self.unfetched[name].items()):
+            kept = self.trail.has_recording(name, recording)
+            held = "; the copy taken live holds what was recorded" if kept else ""
             try:
                 data = await client.recording(recording)
             except NodeError as error:
                 if error.code == "recording_changed":
-                    return f"recording {recording} changed on the node before it was collected: {error.detail}", seq
+                    return f"recording {recording} changed on the node{held}: {error.detail}", seq
                 if error.status == 404:
-                    return f"recording {recording} (sealed in record {seq}) is gone from the node", seq
+                    return f"recording {recording} (sealed in record {seq}) is gone from the node{held}", seq
                 if self.unfetchable.get(name) != str(error):
                     log.warning("%s: recording %s not collected yet: %s", name, recording, error)
                 self.unfetchable[name] = str(error)
                 return None  # unreachable, or this token may not read recordings: the next pass tries again
             if hashlib.sha256(data).hexdigest() != seal:
                 return f"recording {recording} as the node serves it does not match its seal (record {seq})", seq
-            self.trail.put_recording(name, recording, data)
+            if not kept:
+                self.trail.put_recording(name, recording, data)
             del self.unfetched[name][recording]
         self.unfetchable.pop(name, None)
         return None
@@ -253,6 +329,31 @@ class Collector:
     async def aclose(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self.clients.values()))
 
-    async def _save(self, state: NodeTrail) -> None:
-        if await self.write(state_key(state.name), state.model_dump(mode="json")):
+    def _recent_ops(self, name: str, lines: list[bytes], last: int) -> tuple[list[Any], int, list[int]]:
+        """The chunk of `lines` (ending at record `last`) for etcd, as much of its newest end as fits, and
+        the deletes of chunks now wholly older than the newest `recent` records."""
+        taken: list[bytes] = []
+        size = 0
+        for line in reversed(lines[-self.recent :]):
+            if size + len(line) > CHUNK_BYTES:
+                break
+            taken.append(line)
+            size += len(line)
+        if not taken:
+            return [], -1, []
+        first = last - len(taken) + 1
+        firsts = [*self.chunks.get(name, []), first]
+        window = last + 1 - self.recent
+        dropped = [start for start, following in itertools.pairwise(firsts) if following <= window]
+        ops = [self.store.put_bytes_op(chunk_key(name, first), b"".join(reversed(taken)))]
+        ops += [self.store.delete_op(chunk_key(name, start)) for start in dropped]
+        return ops, first, dropped
+
+    async def _save(self, state: NodeTrail, recent: tuple[list[Any], int, list[int]] = ([], -1, [])) -> None:
+        ops, first, dropped = recent
+        if await self.commit([self.store.put_op(state_key(state.name), state.model_dump(mode="json")), *ops]):
             self.known[state.name] = state
+            if ops:
+                chunks = self.chunks.setdefault(state.name, [])
+                chunks[:] = [start for start in chunks if start not in dropped] + [first]
+                self.unsent.pop(state.name, None)

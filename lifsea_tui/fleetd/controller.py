@@ -80,7 +80,7 @@ class Controller:
         self.unreadable: dict[str, str] = {}  # rollout -> why it cannot be read (said once in the log)
         self.parsed: keys.Parsed = {}  # etcd keys already parsed, by revision (see rollouts.read_all)
         self.collector = (
-            collector.Collector(store, trail, trail_nodes or self.targets, self._put_fenced)
+            collector.Collector(store, trail, trail_nodes or self.targets, self._commit_fenced)
             if trail is not None
             else None
         )  # audit records copied off the nodes; None: not collected
@@ -147,18 +147,26 @@ class Controller:
     async def collect(self, stop: asyncio.Event) -> None:
         """Copy the nodes' audit logs off them while this controller leads (collector.py)."""
         assert self.collector is not None
+        loaded = False  # what etcd holds is read again whenever this controller (again) leads
         while not stop.is_set():
-            if self.leading:
+            if not self.leading:
+                loaded = False
+            else:
                 try:
-                    await self.collector.load()
+                    if not loaded:
+                        await self.collector.load()
+                        loaded = True
                     await self.collector.tick()
                 except StoreUnavailable as error:
                     log.warning("audit collection paused: %s", error)
+                    loaded = False
+                except Exception:  # a bug must not stop collection for every node, silently
+                    log.exception("audit collection pass failed; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), collector.EVERY)
 
-    async def _put_fenced(self, key: str, value: dict[str, Any]) -> bool:
-        return await self.store.txn(self.fence, [self.store.put_op(key, value)])
+    async def _commit_fenced(self, ops: list[Any]) -> bool:
+        return await self.store.txn(self.fence, ops)
 
     async def shutdown(self) -> None:
         for task in self.tasks.values():

@@ -2,39 +2,72 @@
 
     lifsea-tui audit status [--json]         each node: its head, what was collected, whether its log
                                              still holds it, and the first record that differs if not
-    lifsea-tui audit export NODE [--trail DIR] > NODE.jsonl
+    lifsea-tui audit log [--node N] [--actor A] [--action PREFIX] [--since T] [--until T] [-f] [--json]
+                                             records, fleet-wide, oldest first: the recent ones etcd
+                                             holds, or with --trail DIR the controller's whole copy;
+                                             -f keeps printing them as they are collected
+    lifsea-tui audit export NODE [--since T] [--until T] [--trail DIR] > NODE.jsonl
                                              the collected records as the node stored them; verify
-                                             them with `lifsea-agent verify-audit NODE.jsonl`
+                                             them with `lifsea-agent verify-audit NODE.jsonl` (a time
+                                             range: with the --after SEQ:HASH it prints)
 
-Exit codes: 0 every node's log holds what was collected; 1 a node is flagged, or went quiet while a
-break-glass session was open (status), or has nothing collected (export); 2 bad arguments; 3 the store
-did not answer.
+T is an ISO 8601 time (2026-12-02T18:00Z) or a span before now (30s, 15m, 2h, 7d).
+
+Exit codes: 0 every node's log holds what was collected (status), or something was printed; 1 a node is
+flagged, or went quiet while a break-glass session was open (status), or nothing matched (export);
+2 bad arguments; 3 the store did not answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
+import re
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from lifsea_tui.api.chain import SESSION_END
+from lifsea_tui.api.models import AuditRecord
 from lifsea_tui.api.trail import NodeTrail
 from lifsea_tui.client import inventory
-from lifsea_tui.client.etcd import Store, StoreUnavailable
-from lifsea_tui.client.trail import DirectoryTrail, read_states
+from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
+from lifsea_tui.client.node import NodeClient, NodeError
+from lifsea_tui.client.trail import DirectoryTrail, RecentFollower, read_states
 from lifsea_tui.tui.plain import visible
 from lifsea_tui.tui.sources import add_inventory_options, add_store_options, sources
 
 EXIT_FLAGGED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
+SPAN = re.compile(r"(\d+)([smhd])")
+FOLLOW_EVERY = 1.0  # seconds between looks for newly collected records
+
+
+def moment(text: str) -> datetime:
+    """An ISO 8601 time, or a span before now (30s, 15m, 2h, 7d)."""
+    if found := SPAN.fullmatch(text.strip()):
+        seconds = int(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time (2026-12-02T18:00Z) or a span (15m, 2h)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def store_target(args: argparse.Namespace) -> EtcdTarget:
+    _, target = sources(args)
+    if target is None:
+        raise SystemExit("lifsea-tui audit: no fleet store: give --etcd (and its certificates), or run the lab")
+    return target
 
 
 async def collected(args: argparse.Namespace) -> list[NodeTrail]:
-    targets, target = sources(args)
-    if target is None:
-        raise SystemExit("lifsea-tui audit: no fleet store: give --etcd (and its certificates), or run the lab")
-    store = Store(target)
+    targets, _ = sources(args)
+    store = Store(store_target(args))
     try:
         found = await read_states(store)
     finally:
@@ -84,20 +117,181 @@ def trail_dir(args: argparse.Namespace) -> Path:
     return Path(status["controller"]["trail"])
 
 
+# -- records ----------------------------------------------------------------------------------------------
+
+
+def wanted(record: AuditRecord, args: argparse.Namespace) -> bool:
+    return (
+        (args.actor is None or record.actor == args.actor)
+        and (args.action is None or record.action.startswith(args.action))
+        and (args.since is None or record.time >= args.since)
+        and (args.until is None or record.time < args.until)
+    )
+
+
+def record_line(node: str, record: AuditRecord) -> str:
+    role = f"({record.role})" if record.role else ""
+    text = (
+        f"{record.time.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z {node:12} #{record.seq:<6} {record.actor}{role} "
+        f"{record.action} {record.outcome}" + (f" · {record.reason}" if record.reason else "")
+    )
+    return visible(text, keep_newlines=False)
+
+
+def show(found: Iterable[tuple[str, AuditRecord]], as_json: bool) -> int:
+    shown = 0
+    for node, record in sorted(found, key=lambda pair: (pair[1].time, pair[0], pair[1].seq)):
+        if as_json:
+            print(json.dumps({"node": node, **record.model_dump(mode="json")}, ensure_ascii=True))
+        else:
+            print(record_line(node, record))
+        shown += 1
+    sys.stdout.flush()
+    return shown
+
+
+def from_trail(trail: DirectoryTrail, nodes: list[str]) -> Iterator[tuple[str, AuditRecord]]:
+    for node in nodes:
+        for stored in trail.lines(node):
+            yield node, AuditRecord.model_validate_json(stored)
+
+
+async def log_main(args: argparse.Namespace) -> int:
+    targets, _ = sources(args)
+    nodes = args.node or [target.name for target in targets]
+    if args.trail is not None:
+        shown = show(
+            ((n, r) for n, r in from_trail(DirectoryTrail(Path(args.trail)), nodes) if wanted(r, args)), args.json
+        )
+        return 0 if shown else EXIT_FLAGGED
+    store = Store(store_target(args))
+    follower = RecentFollower(store)
+    printed: dict[str, int] = {}  # node -> newest seq printed
+    shown = 0
+    try:
+        while True:
+            fresh = [
+                (node, record)
+                for node, records in (await follower.new()).items()
+                if node in nodes
+                for record in records
+                if record.seq > printed.get(node, -1) and wanted(record, args)
+            ]
+            shown += show(fresh, args.json)
+            for node, record in fresh:
+                printed[node] = max(printed.get(node, -1), record.seq)
+            if not args.follow:
+                return 0 if shown else EXIT_FLAGGED
+            await asyncio.sleep(FOLLOW_EVERY)
+    finally:
+        await store.aclose()
+
+
+def export_main(args: argparse.Namespace) -> int:
+    """The node's collected records; with --since/--until the slice from the first record at or after
+    `since` up to the first at or after `until` (whole: nothing in between is left out)."""
+    trail = DirectoryTrail(trail_dir(args))
+    ranged = args.since is not None or args.until is not None
+    count, before, last = 0, None, None
+    for stored in trail.lines(args.node):
+        if ranged:
+            record = AuditRecord.model_validate_json(stored)
+            if args.since is not None and count == 0 and record.time < args.since:
+                before = record
+                continue
+            if args.until is not None and record.time >= args.until:
+                break
+            last = record
+        sys.stdout.buffer.write(stored)
+        count += 1
+    sys.stdout.buffer.flush()
+    if not count:
+        print(f"lifsea-tui audit: nothing collected from {args.node} in that range", file=sys.stderr)
+        return EXIT_FLAGGED
+    if before is not None and last is not None:
+        print(
+            f"lifsea-tui audit: records {before.seq + 1}–{last.seq} of {args.node}; they follow record "
+            f"{before.seq}: verify with `lifsea-agent verify-audit FILE --after {before.seq}:{before.hash}`",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# -- a recording, from the node or from the collected copy -------------------------------------------------
+
+
+def collected_seal(trail: DirectoryTrail, node: str, recording_id: str) -> str | None:
+    """The SHA-256 the collected copy's records sealed the recording with."""
+    seal = None
+    for stored in trail.lines(node):
+        if b'"ops.session.end"' in stored:
+            record = AuditRecord.model_validate_json(stored)
+            if record.action == SESSION_END and record.params.get("recording") == recording_id:
+                seal = record.params.get("sha256")
+    return seal if isinstance(seal, str) else None
+
+
+async def recording(args: argparse.Namespace) -> tuple[bytes, str]:
+    """A recording's bytes and where they came from: the node's, served while they match the seal in its
+    audit log; else the collected copy, checked against the seal the copy's records hold."""
+    targets, _ = sources(args)
+    target = next((t for t in targets if t.name == args.node), None)
+    why = f"no node {args.node!r} in the inventory"
+    if target is not None:
+        client = NodeClient(target)
+        try:
+            return await client.recording(args.recording), f"from {args.node}"
+        except NodeError as error:
+            why = str(error)
+        finally:
+            await client.aclose()
+    try:
+        trail = DirectoryTrail(trail_dir(args))
+        data = trail.recording_path(args.node, args.recording).read_bytes()
+    except (OSError, KeyError, inventory.InventoryError) as error:
+        raise LookupError(f"not from the node ({why}), and no collected copy: {error}") from error
+    seal, whose = collected_seal(trail, args.node, args.recording), "the collected records'"
+    if seal is None:  # copied live, its end never collected (the node was flagged first)
+        seal, whose = trail.live_seal(args.node, args.recording), "the agent's, given live"
+    if seal is None or hashlib.sha256(data).hexdigest() != seal:
+        raise LookupError(f"the collected copy of {args.recording} does not match a seal the copy holds")
+    return data, f"the collected copy (the node's: {why}), matching {whose} seal"
+
+
 def main(argv: list[str]) -> int:
-    top = argparse.ArgumentParser(prog="lifsea-tui audit", description=__doc__.split("\n\n")[0])
+    top = argparse.ArgumentParser(
+        prog="lifsea-tui audit",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common = argparse.ArgumentParser(add_help=False)
     add_inventory_options(common)
     add_store_options(common)
-    actions = top.add_subparsers(dest="action", required=True)
+    ranged = argparse.ArgumentParser(add_help=False)
+    ranged.add_argument("--since", type=moment, help="from this time: ISO 8601, or a span before now (15m, 2h, 7d)")
+    ranged.add_argument("--until", type=moment, help="before this time")
+    actions = top.add_subparsers(dest="command", required=True)
     status = actions.add_parser("status", parents=[common], help="each node's collection, and any node flagged")
     status.add_argument("--json", action="store_true")
-    export = actions.add_parser("export", parents=[common], help="a node's collected records, as JSON lines")
+    log = actions.add_parser("log", parents=[common, ranged], help="collected records, fleet-wide, filtered")
+    log.add_argument("--node", action="append", help="only this node (again for more)")
+    log.add_argument("--actor", help="only this actor's records")
+    log.add_argument("--action", help="only actions that start with this (ops.session)")
+    log.add_argument("-f", "--follow", action="store_true", help="go on printing records as they are collected")
+    log.add_argument("--json", action="store_true", help="JSON lines: each record with its node")
+    log.add_argument("--trail", help="read the controller's whole trail (a directory) instead of etcd's recent records")
+    export = actions.add_parser("export", parents=[common, ranged], help="a node's collected records, as JSON lines")
     export.add_argument("node")
     export.add_argument("--trail", help="the controller's trail directory (default: the lab's)")
     args = top.parse_args(argv)
     try:
-        if args.action == "status":
+        if args.command == "log":
+            try:
+                return asyncio.run(log_main(args))
+            except KeyboardInterrupt:
+                return 0
+        if args.command == "status":
             states = asyncio.run(collected(args))
             if args.json:
                 print(json.dumps([summary(state) for state in states], indent=2))
@@ -106,15 +300,7 @@ def main(argv: list[str]) -> int:
                 for state in states:
                     print(line(state, now))
             return EXIT_FLAGGED if any(not state.ok or state.silent_during for state in states) else 0
-        trail = DirectoryTrail(trail_dir(args))
-        written = 0
-        for record in trail.lines(args.node):
-            sys.stdout.buffer.write(record)
-            written += 1
-        if not written:
-            print(f"lifsea-tui audit: nothing collected from {args.node}", file=sys.stderr)
-            return EXIT_FLAGGED
-        return 0
+        return export_main(args)
     except StoreUnavailable as error:
         print(f"lifsea-tui audit: {error}", file=sys.stderr)
         return EXIT_STORE

@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="lifsea-tui",
         description="Ops console for fleets of ostree-based, container-optimized Linux nodes. "
         "Also: `lifsea-tui shell NODE --reason TEXT` (break-glass shell in this terminal), "
-        "`lifsea-tui play FILE` (play a session recording), "
+        "`lifsea-tui play FILE` or `play NODE RECORDING_ID` (play a session recording), "
         "`lifsea-tui rollout start|status|list|pause|resume|abort|rollback` (fleet rollouts), "
-        "`lifsea-tui audit status|export` (the audit trail collected off the nodes).",
+        "`lifsea-tui audit status|log|export` (the audit trail collected off the nodes).",
     )
     parser.add_argument("--version", action="version", version=f"lifsea-tui {__version__}")
     parser.add_argument("--read-only", action="store_true", help="hide every action that changes a node")

@@ -2,12 +2,14 @@
 
 Keys: space play/pause, left/right 5 s back/forward, +/- speed, [ and ] previous/next marker, home/end,
 t transcript (every byte, control characters visible), q or esc back. Pauses longer than two seconds
-are shortened on the player's timeline. `lifsea-tui play FILE` runs it on its own.
+are shortened on the player's timeline. `lifsea-tui play FILE` (or `play NODE RECORDING_ID`) runs it on
+its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from textual.widgets import Footer, RichLog, Static
 
 from lifsea_tui.tui.cast import Cast, parse, size_of
 from lifsea_tui.tui.plain import plain_lines, visible
+from lifsea_tui.tui.sources import add_inventory_options
 from lifsea_tui.tui.terminal import TerminalView
 
 SPEEDS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
@@ -191,16 +194,35 @@ class PlayerApp(App[None]):
 
 def play_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="lifsea-tui play", description="Play an ops session recording (asciicast v2) safely."
+        prog="lifsea-tui play",
+        description="Play an ops session recording (asciicast v2) safely: a file, or NODE RECORDING_ID "
+        "(from the node while it matches the seal in its audit log, else from the copy the fleet controller "
+        "collected, checked against the seal the copy holds).",
     )
-    parser.add_argument("file", type=Path, help="the .cast file (from GET /v1/recordings/ID)")
+    parser.add_argument("source", help="the .cast file, or the node's name")
+    parser.add_argument("recording", nargs="?", help="with a node: the recording's id (the session's)")
     parser.add_argument("--findings", action="store_true", help="print what the recording does and exit")
+    parser.add_argument("--trail", help="the controller's trail directory (default: the lab's)")
+    add_inventory_options(parser)
     args = parser.parse_args(argv)
-    try:
-        data = args.file.read_bytes()
-    except OSError as error:
-        print(f"lifsea-tui play: {args.file}: {error.strerror or error}", file=sys.stderr)
-        return 2
+    if args.recording is None:
+        title = Path(args.source).name
+        try:
+            data = Path(args.source).read_bytes()
+        except OSError as error:
+            print(f"lifsea-tui play: {args.source}: {error.strerror or error}", file=sys.stderr)
+            return 2
+    else:
+        from lifsea_tui.tui.audit_cli import recording
+
+        args.node = args.source
+        title = f"{args.node} {args.recording}"
+        try:
+            data, where = asyncio.run(recording(args))
+        except (LookupError, ValueError) as error:
+            print(f"lifsea-tui play: {error}", file=sys.stderr)
+            return 1
+        print(visible(f"lifsea-tui play: {title}: {where}", keep_newlines=False), file=sys.stderr)
     cast = parse(data)
     if args.findings:
         for line in cast.findings() or ["no findings"]:
@@ -208,5 +230,5 @@ def play_main(argv: list[str]) -> int:
         for what, count in cast.rewrites.most_common():
             print(f"redraw: {what} ({count}×)")
         return 1 if cast.findings() else 0
-    PlayerApp(cast, args.file.name).run()
+    PlayerApp(cast, title).run()
     return 0

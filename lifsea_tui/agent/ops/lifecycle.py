@@ -50,6 +50,7 @@ SHELL = ["/bin/bash", "-l"]
 TERM = "xterm-256color"
 SYNC_EVERY = 2.0
 RECENT_ENDED = 50
+LIVE_KEEP = 120.0  # seconds a sealed recording's newest bytes stay in memory for live readers
 
 
 def _now() -> datetime:
@@ -446,6 +447,8 @@ class OpsManager:
                     await attachment.close(1000, f"session ended: {reason}"[:120])
         self.sessions.pop(session.id, None)
         self.recent.append(session)
+        # What was recorded stays readable live a little longer, for a copy that was a pass behind.
+        asyncio.get_running_loop().call_later(LIVE_KEEP, session.recorder.release)
         self._publish(session)
         await asyncio.to_thread(self.keep_reserve)  # once the disk has room again
 
@@ -469,11 +472,17 @@ class OpsManager:
             seal = session.recorder.seal(reason)
         except (OSError, RecordingError) as error:
             problem = str(error)
+        if problem is not None:
+            outcome = f"failed: recording not sealed: {problem}"
+        elif seal is not None and seal.on_disk is not None:
+            outcome = f"failed: the recording file was changed during the session (now SHA-256 {seal.on_disk})"
+        else:
+            outcome = "ok"
         audited.note(
             self.audit,
             session.owner,
             "ops.session.end",
-            "ok" if problem is None else f"failed: recording not sealed: {problem}",
+            outcome,
             reason=session.reason,
             params={
                 "session": session.id,

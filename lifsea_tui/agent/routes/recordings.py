@@ -1,12 +1,13 @@
-"""Session recordings: listed with the seal the audit log holds, and served only while they match it."""
+"""Session recordings: listed with the seal the audit log holds, and served only while they match it; and
+read live, as the agent wrote them, from memory (for the copy kept off the node)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Path
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import FileResponse, Response
 
 from lifsea_tui.agent import audited
 from lifsea_tui.agent.errors import ApiError
@@ -16,6 +17,8 @@ from lifsea_tui.api import ErrorBody, RecordingInfo, RecordingList
 from lifsea_tui.api import routes as r
 
 router = APIRouter(responses=ERRORS)
+RecordingId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
+LIVE_PAGE = 1 << 20
 
 
 @router.get(r.RECORDINGS)
@@ -54,9 +57,7 @@ async def recordings(agent: AgentDep) -> RecordingList:
         503: {"model": ErrorBody, "description": "the view could not be audited"},
     },
 )
-async def recording(
-    recording_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")], who: Caller, agent: AgentDep
-) -> FileResponse:
+async def recording(recording_id: RecordingId, who: Caller, agent: AgentDep) -> FileResponse:
     path = cast_path(agent.config.ops.recordings, recording_id)
     if not path.is_file():
         raise ApiError("not_found", f"no recording {recording_id}")
@@ -77,3 +78,39 @@ async def recording(
     if changed:
         raise ApiError("recording_changed", detail, audited=True)
     return FileResponse(path, media_type="application/x-asciicast", filename=f"{recording_id}.cast")
+
+
+@router.get(
+    r.RECORDING_LIVE,
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "bytes from `offset`, as written"},
+        404: {"model": ErrorBody, "description": "not held in memory from `offset`"},
+        503: {"model": ErrorBody, "description": "the first read could not be audited"},
+    },
+)
+async def recording_live(
+    recording_id: RecordingId,
+    who: Caller,
+    agent: AgentDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=LIVE_PAGE)] = LIVE_PAGE,
+) -> Response:
+    """The bytes of a session's recording from `offset` on, from the agent's memory: what it wrote, even if
+    the file on disk has been changed since. Held while the session is open and for a while after its seal
+    (the newest LIVE_BYTES only). The first read by each caller is audited."""
+    session = agent.ops.find(recording_id)
+    recorder = session.recorder if session is not None else None
+    data = recorder.live(offset, limit) if recorder is not None else None
+    if recorder is None or data is None:
+        raise ApiError("not_found", f"recording {recording_id} is not held in memory from byte {offset}")
+    if who.actor not in recorder.followers:
+        audited.record(
+            agent.audit, who, "recording.follow", "ok", params={"recording": recording_id, "offset": offset},
+            otherwise="a recording is not shown unaudited",
+        )  # fmt: skip
+        recorder.followers.add(who.actor)
+    headers = {r.RECORDING_SIZE_HEADER: str(recorder.size)}
+    if recorder.sealed is not None:
+        headers[r.RECORDING_SEALED_HEADER] = recorder.sealed.sha256
+    return Response(data, media_type="application/octet-stream", headers=headers)

@@ -50,6 +50,7 @@ class NodeScreen(ConsoleScreen[None]):
         Binding("v", "verify", "Verify audit", id="node-verify"),
         Binding("n", "older", "Older audit", id="node-older", show=False),
         Binding("p", "newer", "Newer audit", id="node-newer", show=False),
+        Binding("t", "collected", "Collected copy", id="node-collected", show=False),
         Binding("ctrl+r", "reload", "Refresh", id="node-refresh"),
     ]
     DEFAULT_CSS = """
@@ -146,6 +147,9 @@ class NodeScreen(ConsoleScreen[None]):
 
     def action_newer(self) -> None:
         self.query_one(AuditTab).newer()
+
+    def action_collected(self) -> None:
+        self.query_one(AuditTab).toggle_collected()
 
     def action_verify(self) -> None:
         self.query_one(AuditTab).verify()

@@ -1,4 +1,6 @@
-"""The node's audit log, a page at a time (older, newer), and the check of its chain on request."""
+"""The node's audit log, a page at a time (older, newer), and the check of its chain on request; beside
+it, the copy the fleet controller collected off the node (etcd holds its newest records): each record
+of the node's page says whether it is the one collected, and `t` shows the collected copy itself."""
 
 from __future__ import annotations
 
@@ -7,8 +9,11 @@ from textual import work
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from lifsea_tui.api import AuditPage, EventKind
+from lifsea_tui.api import AuditPage, AuditRecord, EventKind
+from lifsea_tui.api.trail import NodeTrail
+from lifsea_tui.client.etcd import StoreUnavailable
 from lifsea_tui.client.node import NodeError
+from lifsea_tui.client.trail import read_recent, state_key
 from lifsea_tui.tui.keys import hints, key_of
 from lifsea_tui.tui.plain import plain, plain_lines
 from lifsea_tui.tui.tables import PlainTable
@@ -25,13 +30,15 @@ class AuditTab(NodeTab):
         super().__init__(node, **kwargs)
         self.before: int | None = None
         self.page: AuditPage | None = None
+        self.collected_view = False  # the table shows the collected copy instead of the node's log
 
     def compose(self) -> ComposeResult:
         yield Static("", id="chain", classes="note")
+        yield Static("", id="copy", classes="note")
         # Kept apart from #chain, which every reload rewrites: a verdict stays until asked again.
         yield Static("", id="verify", classes="note")
         audit = PlainTable(id="audit-table", cursor_type="row")
-        for label in ("Seq", "Time", "Actor", "Role", "Action", "Reason", "Outcome"):
+        for label in ("Seq", "Time", "Actor", "Role", "Action", "Reason", "Outcome", "Copy"):
             audit.add_column(label, key=label)
         yield audit
 
@@ -41,10 +48,56 @@ class AuditTab(NodeTab):
             self.query_one("#verify", Static).update(plain(f"press {key} to verify the audit chain"))
         super().on_mount()
 
+    async def collected(self) -> tuple[NodeTrail | None, list[AuditRecord], str | None]:
+        """What the fleet controller collected off this node (its state and the newest records etcd holds),
+        or why that cannot be known."""
+        store = self.lifsea.rollout_store
+        if store is None:
+            return None, [], "no fleet store: nothing collected off the node is known here"
+        try:
+            found = await self.lifsea.net.run(store.get(state_key(self.node)))
+            recent = await self.lifsea.net.run(read_recent(store, self.node))
+        except StoreUnavailable as error:
+            return None, [], f"the collected copy cannot be read: {error}"
+        try:
+            state = NodeTrail.model_validate_json(found.value) if found is not None else None
+        except ValueError:
+            state = None
+        return state, recent.get(self.node, []), None
+
+    def _copy_line(self, state: NodeTrail | None, why: str | None) -> Text:
+        key = key_of(self, "node-collected")
+        other = "the node's log" if self.collected_view else "the collected copy"
+        toggle = f" · {key}: {other}"
+        if why is not None:
+            return plain(why)
+        if state is None:
+            return plain("not collected off the node yet")
+        if state.problem is not None:
+            return plain(
+                f"⚠ its log no longer holds what was collected, from record {state.problem.first_bad_seq}: "
+                f"{state.problem.what}. The collected copy is the evidence" + (toggle if key else ""),
+                self.lifsea.colour("node-down"),
+            )
+        lag = f", lag {state.lag:.1f} s" if state.lag is not None else ""
+        return plain(f"✓ collected off the node up to record {state.collected_seq}{lag}" + (toggle if key else ""))
+
     @work(exclusive=True, group="node-audit", exit_on_error=False)
     async def load(self) -> None:
         before = self.before
         table = self.query_one("#audit-table", PlainTable)
+        state, copy, why = await self.collected()
+        self.query_one("#copy", Static).update(self._copy_line(state, why))
+        down = self.lifsea.colour("node-down")
+        if self.collected_view:
+            table.clear()
+            for record in reversed(copy):
+                self._add(table, record, Text("collected"))
+            self.query_one("#chain", Static).update(
+                plain(f"the collected copy: its newest {len(copy)} records, as etcd holds them (all of them: "
+                      f"lifsea-tui audit export {self.node})")
+            )  # fmt: skip
+            return
         try:
             page = await self.lifsea.net.run(self.client.audit(before=before, limit=AUDIT_PAGE))
         except NodeError as error:
@@ -53,13 +106,14 @@ class AuditTab(NodeTab):
             return
         table.clear()
         self.page = page
-        down = self.lifsea.colour("node-down")
+        collected = {record.seq: record.hash for record in copy}
         for record in reversed(page.records):
-            alarming = record.outcome.startswith(("refused", "failed", "interrupted"))
-            table.add_row(
-                str(record.seq), when(record.time), record.actor, record.role or "", record.action, record.reason or "",
-                Text(record.outcome, style=down if alarming else ""),
-            )  # fmt: skip
+            if record.seq in collected:
+                same = collected[record.seq] == record.hash
+                mark = Text("✓" if same else "✗ differs", style="" if same else down)
+            else:  # not collected yet, or older than etcd holds (or nothing is known of a copy)
+                mark = Text("…" if state is not None and record.seq > state.collected_seq else "")
+            self._add(table, record, mark)
         first = page.records[0].seq if page.records else None
         where = "newest" if before is None else f"before {before}"
         keys = hints(self, "node-older", "node-newer")
@@ -70,6 +124,17 @@ class AuditTab(NodeTab):
                 + (f" · oldest shown {first}" if first is not None else "")
             )
         )
+
+    def _add(self, table: PlainTable, record: AuditRecord, mark: Text) -> None:
+        alarming = record.outcome.startswith(("refused", "failed", "interrupted"))
+        table.add_row(
+            str(record.seq), when(record.time), record.actor, record.role or "", record.action, record.reason or "",
+            Text(record.outcome, style=self.lifsea.colour("node-down") if alarming else ""), mark,
+        )  # fmt: skip
+
+    def toggle_collected(self) -> None:
+        self.collected_view = not self.collected_view
+        self.load()
 
     def older(self) -> None:
         if self.page and self.page.records and self.page.records[0].seq > 0:
