@@ -20,6 +20,7 @@ from lifsea_tui.tui.tables import PlainTable
 from lifsea_tui.tui.widgets.node.base import NodeTab, when
 
 AUDIT_PAGE = 50
+RECHECK_SECONDS = 3.0  # the fleet controller collects every 2 s
 
 
 class AuditTab(NodeTab):
@@ -31,6 +32,7 @@ class AuditTab(NodeTab):
         self.before: int | None = None
         self.page: AuditPage | None = None
         self.collected_view = False  # the table shows the collected copy instead of the node's log
+        self.recheck_pending = False
 
     def compose(self) -> ComposeResult:
         yield Static("", id="chain", classes="note")
@@ -107,6 +109,10 @@ class AuditTab(NodeTab):
         table.clear()
         self.page = page
         collected = {record.seq: record.hash for record in copy}
+        if state is not None and page.head_seq > state.collected_seq and not self.recheck_pending:
+            # Records newer than the copy: look once more when the controller's next pass should have them.
+            self.recheck_pending = True
+            self.set_timer(RECHECK_SECONDS, self._recheck)
         for record in reversed(page.records):
             if record.seq in collected:
                 same = collected[record.seq] == record.hash
@@ -131,6 +137,10 @@ class AuditTab(NodeTab):
             str(record.seq), when(record.time), record.actor, record.role or "", record.action, record.reason or "",
             Text(record.outcome, style=self.lifsea.colour("node-down") if alarming else ""), mark,
         )  # fmt: skip
+
+    def _recheck(self) -> None:
+        self.recheck_pending = False
+        self.load()
 
     def toggle_collected(self) -> None:
         self.collected_view = not self.collected_view
