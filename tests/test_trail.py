@@ -7,7 +7,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +18,17 @@ import httpx
 import pytest
 
 from lifsea_tui.agent import recording
-from lifsea_tui.agent.audit import LOG_NAME, verify
+from lifsea_tui.agent.audit import LOG_NAME, Head, verify
 from lifsea_tui.agent.config import OpsConfig
 from lifsea_tui.api import routes
 from lifsea_tui.api.chain import canonical, record_hash
+from lifsea_tui.api.trail import Problem
 from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.client.trail import DirectoryTrail, read_recent, read_states
 from lifsea_tui.fleetd import collector
 from lifsea_tui.lab import etcd
+from lifsea_tui.tui import audit_cli
 from tests.helpers import RunningAgent, TinyNode, start_agent
 
 pytestmark = pytest.mark.skipif(etcd.missing() is not None, reason=etcd.MISSING)
@@ -299,3 +304,57 @@ async def test_etcd_down_a_while_loses_nothing_and_collection_catches_up(agent: 
         await collecting.aclose()
         await store.aclose()
         members.stop()
+
+
+async def test_records_and_recordings_past_the_retention_go_and_what_is_kept_still_verifies(
+    agent: RunningAgent, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary: Any
+) -> None:
+    monkeypatch.setattr(collector, "SWEEP_EVERY", 1)  # second looks every pass: they start at the first kept
+    refused_posts(agent, 4)
+    trail = DirectoryTrail(tmp_path / "trail")
+    target = NodeTarget(name="tiny", url=agent.url, token=agent.tokens["auditor"], ca_file=agent.ca_file)
+    collecting = collector.Collector(store, trail, {"tiny": target}, unfenced(store), keep=3600)
+    try:
+        await collecting.tick()
+        time.sleep(0.05)
+        cut = time.time()
+        time.sleep(0.05)
+        refused_posts(agent, 3)
+        await collecting.tick()
+        log = agent.config.audit_dir / LOG_NAME
+        older = sum(
+            1
+            for line in log.read_bytes().splitlines()
+            if datetime.fromisoformat(json.loads(line)["time"]).timestamp() < cut
+        )
+        recordings = trail.recordings("tiny")
+        recordings.mkdir(parents=True)
+        (old := recordings / "0123456789abcdef.cast").write_bytes(b"old")
+        os.utime(old, (cut - 10, cut - 10))
+        (new := recordings / "fedcba9876543210.cast").write_bytes(b"new")
+        head = trail.head("tiny")
+        collecting.prune(cut)
+        assert trail.first("tiny") == older > 0 and trail.head("tiny") == head
+        assert [json.loads(line)["seq"] for line in trail.lines("tiny")] == list(range(older, head[0] + 1))
+        assert not old.exists() and new.exists()
+        restarted = DirectoryTrail(tmp_path / "trail")
+        assert restarted.first("tiny") == older and restarted.head("tiny") == head
+
+        refused_posts(agent, 2)
+        for _ in range(3):
+            await collecting.tick()
+        state = (await read_states(store))["tiny"]
+        assert state.ok and state.collected_seq == state.node_seq == head[0] + 2, state
+        kept = json.loads(next(iter(trail.lines("tiny"))))
+        assert verify(trail.path("tiny"), after=Head(older - 1, kept["prev"])).ok
+        assert not verify(trail.path("tiny")).ok  # it no longer starts at the beginning of the chain
+        assert audit_cli.main(["export", "tiny", "--trail", str(tmp_path / "trail")]) == 0
+        said = capfdbinary.readouterr().err.decode()
+        assert f"--after {older - 1}:{kept['prev']}" in said, said
+
+        # A flagged node's copy is evidence: nothing of it goes.
+        collecting.known["tiny"] = state.model_copy(update={"problem": Problem(first_bad_seq=1, what="x", found_at=0)})
+        collecting.prune(time.time() + 3600)
+        assert trail.first("tiny") == older and new.exists()
+    finally:
+        await collecting.aclose()

@@ -14,6 +14,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -95,6 +96,18 @@ class Trail(Protocol):
         """The newest collected record's seq and hash; (-1, GENESIS) before the first."""
         ...
 
+    def first(self, node: str) -> int:
+        """The oldest record still kept (0 until records older than the retention were let go)."""
+        ...
+
+    def prune(self, node: str, before: float) -> int:
+        """Let go of records written before `before` (a time), never the newest; how many went."""
+        ...
+
+    def prune_recordings(self, node: str, before: float) -> int:
+        """Let go of kept recordings older than `before`; how many went."""
+        ...
+
     def hash_at(self, node: str, seq: int) -> str | None: ...
 
     def append(self, node: str, lines: list[bytes]) -> None:
@@ -126,7 +139,8 @@ class Trail(Protocol):
 class DirectoryTrail:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._hashes: dict[str, list[str]] = {}  # per node, the hash of every collected record, by seq
+        self._hashes: dict[str, list[str]] = {}  # per node, the hash of every kept record, from its first
+        self._first: dict[str, int] = {}  # per node, the seq of the first kept record
 
     def path(self, node: str) -> Path:
         if not NODE_NAME.fullmatch(node):
@@ -136,24 +150,31 @@ class DirectoryTrail:
     def _load(self, node: str) -> list[str]:
         if node in self._hashes:
             return self._hashes[node]
-        path, hashes = self.path(node), []
+        path, hashes, first = self.path(node), [], 0
         if path.exists():
             data = path.read_bytes()
             if data and not data.endswith(b"\n"):  # a write cut short by a crash: never acknowledged
                 data = data[: data.rfind(b"\n") + 1]
                 with path.open("r+b") as handle:
                     handle.truncate(len(data))
-            hashes = [json.loads(line)["hash"] for line in data.splitlines()]
-        self._hashes[node] = hashes
+            records = [json.loads(line) for line in data.splitlines()]
+            hashes = [record["hash"] for record in records]
+            first = records[0]["seq"] if records else 0  # after a prune, the copy starts later
+        self._hashes[node], self._first[node] = hashes, first
         return hashes
 
     def head(self, node: str) -> tuple[int, str]:
         hashes = self._load(node)
-        return len(hashes) - 1, hashes[-1] if hashes else GENESIS
+        return self._first[node] + len(hashes) - 1, hashes[-1] if hashes else GENESIS
+
+    def first(self, node: str) -> int:
+        self._load(node)
+        return self._first[node]
 
     def hash_at(self, node: str, seq: int) -> str | None:
         hashes = self._load(node)
-        return hashes[seq] if 0 <= seq < len(hashes) else None
+        index = seq - self._first[node]
+        return hashes[index] if 0 <= index < len(hashes) else None
 
     def append(self, node: str, lines: list[bytes]) -> None:
         hashes = self._load(node)
@@ -161,6 +182,35 @@ class DirectoryTrail:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(path, b"".join(lines), os.O_APPEND)
         hashes.extend(json.loads(line)["hash"] for line in lines)
+
+    def prune(self, node: str, before: float) -> int:
+        """The kept records are written whole to a new file that replaces the old one (a crash leaves one
+        or the other); the first kept record names the hash of the last one let go, to verify from."""
+        hashes = self._load(node)
+        kept: list[bytes] = []
+        gone = 0
+        for line in self.lines(node):
+            if not kept and gone < len(hashes) - 1 and _time(line) < before:
+                gone += 1
+            else:
+                kept.append(line)
+        if gone:
+            partial = self.path(node).with_suffix(".pruned")
+            _write(partial, b"".join(kept), os.O_TRUNC)
+            os.replace(partial, self.path(node))
+            del hashes[:gone]
+            self._first[node] += gone
+        return gone
+
+    def prune_recordings(self, node: str, before: float) -> int:
+        folder = self.recordings(node)
+        gone = 0
+        for path in sorted(folder.glob("*.cast")) if folder.is_dir() else []:
+            if path.stat().st_mtime < before:
+                path.unlink()
+                self.live_seal_path(node, path.stem).unlink(missing_ok=True)
+                gone += 1
+        return gone
 
     def lines(self, node: str) -> Iterator[bytes]:
         path = self.path(node)
@@ -225,6 +275,11 @@ class DirectoryTrail:
             return self.live_seal_path(node, recording_id).read_text().strip() or None
         except FileNotFoundError:
             return None
+
+
+def _time(line: bytes) -> float:
+    """When a stored record was written, as a timestamp."""
+    return datetime.fromisoformat(json.loads(line)["time"]).timestamp()
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -71,8 +71,25 @@ def parser() -> argparse.ArgumentParser:
         help="the nodes with tokens that may read recordings (auditor) for --trail (default: the lab's auditor "
         "tokens, else --inventory's)",
     )
+    top.add_argument(
+        "--trail-keep",
+        type=days,
+        metavar="DAYS",
+        help="let go of collected records and recordings older than this (default: keep everything; a flagged "
+        "node's copy is always kept)",
+    )
     top.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return top
+
+
+def days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days above 0")
+    return value
 
 
 def resolve(
@@ -114,6 +131,7 @@ async def serve(args: argparse.Namespace) -> None:
         proven_writers=args.proven_writers,
         trail=DirectoryTrail(args.trail) if args.trail else None,
         trail_nodes=readers,
+        trail_keep=args.trail_keep * 86400 if args.trail_keep is not None else None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

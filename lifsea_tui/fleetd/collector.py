@@ -52,6 +52,7 @@ VERIFY_EVERY = 6  # every this many looks, the node hashes its collected recordi
 CONCURRENCY = 32
 QUIET_WRITE = 30.0  # seconds: how stale "when it last answered" may get in etcd while nothing moves
 RECENT = 512  # each node's newest records also kept in etcd, for consoles (the trail holds them all)
+PRUNE_EVERY = 3600.0  # seconds between looks for records and recordings past the retention
 CHUNK_BYTES = 512 * 1024  # at most this much of one pass's records goes to etcd (its requests stay small)
 
 
@@ -63,6 +64,7 @@ class Collector:
         targets: Mapping[str, NodeTarget],
         commit: Callable[[list[Any]], Awaitable[bool]],
         recent: int = RECENT,
+        keep: float | None = None,
     ) -> None:
         """`targets` carry a token that may read recordings (auditor): records need only a reader's.
         `commit` writes etcd operations in one transaction, fenced (only the leader collects)."""
@@ -77,6 +79,8 @@ class Collector:
         self.unfetchable: dict[str, str] = {}  # node -> why its recordings could not be fetched (said once)
         self.commit = commit
         self.recent = recent
+        self.keep = keep  # seconds records and recordings are kept in the trail; None: for ever
+        self.pruned_at = 0.0
         self.chunks: dict[str, list[int]] = {}  # node -> first seq of each chunk of recent records in etcd
         self.unsent: dict[str, list[bytes]] = {}  # node -> records in the trail, not yet in etcd (it was down)
         self.known: dict[str, NodeTrail] = {}
@@ -101,6 +105,20 @@ class Collector:
                 await self.collect(name)
 
         await asyncio.gather(*(one(name) for name in self.names))
+        if self.keep is not None and time.time() - self.pruned_at >= PRUNE_EVERY:
+            await asyncio.to_thread(self.prune, time.time() - self.keep)
+
+    def prune(self, before: float) -> None:
+        """Let go of records and recordings older than the retention, except on flagged nodes: their copy
+        is evidence, kept until someone has looked (and the node is collected again from a fresh start)."""
+        self.pruned_at = time.time()
+        for name in self.names:
+            state = self.known.get(name)
+            if state is not None and state.problem is not None:
+                continue
+            records, recordings = self.trail.prune(name, before), self.trail.prune_recordings(name, before)
+            if records or recordings:
+                log.info("%s: let go of %d records and %d recordings past the retention", name, records, recordings)
 
     async def collect(self, name: str) -> None:
         state = self.known.get(name) or NodeTrail(name=name)
@@ -285,9 +303,10 @@ class Collector:
         """Look again at a page of older records (a cursor goes round the whole copy): a record edited in
         place, its hash left alone, changes nothing the head shows, but its content no longer hashes to it."""
         collected, _ = self.trail.head(name)
-        cursor = self.cursors.get(name, 0)
+        first = self.trail.first(name)
+        cursor = max(self.cursors.get(name, first), first)
         if cursor > collected:
-            cursor = 0
+            cursor = first
         page = await client.audit(after=cursor - 1, limit=PAGE)
         expected = cursor
         for record in page.records:
@@ -312,10 +331,11 @@ class Collector:
                 and page.records[0].hash == self.trail.hash_at(name, seq)
             )
 
-        low, high = 0, min(collected, node_head)  # the answer is in [low, high + 1]
+        first = self.trail.first(name)  # records older than the retention are no longer held to compare
+        low, high = first, min(collected, node_head)  # the answer is in [low, high + 1]
         try:
-            if high < 0 or not await same(0):
-                return 0
+            if high < first or not await same(first):
+                return first
             while low < high:
                 middle = (low + high + 1) // 2
                 if await same(middle):

@@ -61,6 +61,7 @@ class Controller:
         proven_writers: bool = False,
         trail: Trail | None = None,
         trail_nodes: Mapping[str, NodeTarget] | None = None,
+        trail_keep: float | None = None,
     ) -> None:
         self.store = store
         # Act only on intents whose writer etcd's authentication proves (see rollouts.writer_key); for a
@@ -80,7 +81,7 @@ class Controller:
         self.unreadable: dict[str, str] = {}  # rollout -> why it cannot be read (said once in the log)
         self.parsed: keys.Parsed = {}  # etcd keys already parsed, by revision (see rollouts.read_all)
         self.collector = (
-            collector.Collector(store, trail, trail_nodes or self.targets, self._commit_fenced)
+            collector.Collector(store, trail, trail_nodes or self.targets, self._commit_fenced, keep=trail_keep)
             if trail is not None
             else None
         )  # audit records copied off the nodes; None: not collected

@@ -189,29 +189,30 @@ async def log_main(args: argparse.Namespace) -> int:
 
 def export_main(args: argparse.Namespace) -> int:
     """The node's collected records; with --since/--until the slice from the first record at or after
-    `since` up to the first at or after `until` (whole: nothing in between is left out)."""
+    `since` up to the first at or after `until` (whole: nothing in between is left out). A copy that does
+    not start at record 0 (a slice, or records past the retention let go) says which record it follows."""
     trail = DirectoryTrail(trail_dir(args))
     ranged = args.since is not None or args.until is not None
-    count, before, last = 0, None, None
+    count, first = 0, None
     for stored in trail.lines(args.node):
-        if ranged:
+        if ranged or first is None:
             record = AuditRecord.model_validate_json(stored)
             if args.since is not None and count == 0 and record.time < args.since:
-                before = record
                 continue
             if args.until is not None and record.time >= args.until:
                 break
-            last = record
+            if first is None:
+                first = record
         sys.stdout.buffer.write(stored)
         count += 1
     sys.stdout.buffer.flush()
-    if not count:
+    if first is None:
         print(f"lifsea-tui audit: nothing collected from {args.node} in that range", file=sys.stderr)
         return EXIT_FLAGGED
-    if before is not None and last is not None:
+    if first.seq > 0:
         print(
-            f"lifsea-tui audit: records {before.seq + 1}–{last.seq} of {args.node}; they follow record "
-            f"{before.seq}: verify with `lifsea-agent verify-audit FILE --after {before.seq}:{before.hash}`",
+            f"lifsea-tui audit: {count} records of {args.node} from record {first.seq}; they follow record "
+            f"{first.seq - 1}: verify with `lifsea-agent verify-audit FILE --after {first.seq - 1}:{first.prev}`",
             file=sys.stderr,
         )
     return 0
