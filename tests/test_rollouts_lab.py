@@ -560,7 +560,7 @@ async def test_a_controller_on_a_three_member_etcd_goes_on_with_two_and_stops_wi
 async def test_nodes_are_chosen_by_their_labels_and_each_zone_keeps_its_own_limit(lab3) -> None:
     """The lab's agents say zone=a (node1, node3) or zone=b (node2) in /v1/node and /v1/summary. A
     selector picks by them; a per-zone limit of 1 with a fleet-wide limit of 3 lets node2 move beside a
-    zone-a node but never both zone-a nodes at once (seen from the lab's view of the machines)."""
+    zone-a node but never both zone-a nodes at once (that one seen from the lab's view of the machines)."""
     status, env, layout = lab3
     for name, zone in (("node1", "a"), ("node2", "b"), ("node3", "a")):
         with node_http(status, name) as http:
@@ -586,7 +586,14 @@ async def test_nodes_are_chosen_by_their_labels_and_each_zone_keeps_its_own_limi
     assert done.spec.group_max == {"a": 1, "b": 1}
     assert {n.booted_version for n in done.nodes} == {"4.1"}
     assert not any({"node1", "node3"} <= down for down in watcher.down_sets), watcher.down_sets
-    assert watcher.most_down == 2, f"node2 never moved beside a zone-a node: {watcher.down_sets}"
+    # node2 was in flight beside a zone-a node (the rollout's own times: reboots that short need not overlap)
+    node1, node2, node3 = (done.node(name) for name in ("node1", "node2", "node3"))
+    assert node2.started_at is not None and node2.finished_at is not None
+    spans = {n.name: (n.started_at or 0.0, n.finished_at or 0.0) for n in (node1, node3)}
+    overlapping = [
+        name for name, (began, ended) in spans.items() if began < node2.finished_at and node2.started_at < ended
+    ]
+    assert overlapping, [(n.name, n.started_at, n.finished_at) for n in done.nodes]
     summary = json.loads(rollout_cli(env, "status", done.spec.id, "--json").stdout)
     assert summary["group_by"] == "zone" and [n["group"] for n in summary["nodes"]] == ["a", "b", "a"]
     only_b = rollout_cli(env, "start", "--version", "4.1", "--selector", "zone=b", "--reason", "CHG-92", "--json")

@@ -369,8 +369,16 @@ class FleetScreen(ConsoleScreen[None]):
             for name, state in states.items()
             if state.problem is None and state.silent_during
         }
-        for name in flags.keys() - self.trail_flags.keys():
-            problem = states[name].problem
+        new = sorted(flags.keys() - self.trail_flags.keys())
+        if len(new) > 1:  # one notice for many: a stack of them would cover the rows that say which
+            shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+            self.notify(
+                f"{len(new)} nodes' audit trail needs a look ({shown}): see their rows, and lifsea-tui audit status",
+                severity="error",
+                timeout=30,
+            )
+        elif new:
+            name, problem = new[0], states[new[0]].problem
             if problem is None:
                 sessions = ", ".join(states[name].silent_during)
                 text = f"{name} stopped answering while break-glass session(s) {sessions} were open"
