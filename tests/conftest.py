@@ -85,17 +85,22 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict, dict
         yield running
 
 
+CONSOLE = f"{sys.executable} -m lifsea_tui.tui.cli"
+
+
 class Console:
     """The real console in a tmux pane of its own tmux server, read as a person would read it."""
 
-    def __init__(self, env: dict[str, str], name: str) -> None:
+    def __init__(
+        self, env: dict[str, str], name: str, program: str = f"{sys.executable} -m lifsea_tui.tui.cli"
+    ) -> None:
         self.socket = f"lifsea-test-{os.getpid()}"
         self.name = name
         command = " ".join(
             [
                 f"LIFSEA_LAB_DIR={env['LIFSEA_LAB_DIR']}",
                 f"LIFSEA_TUI_STATE_DIR={env['LIFSEA_LAB_DIR']}/console-state",
-                f"exec {sys.executable} -m lifsea_tui.tui.cli",
+                f"exec {program}",
             ]
         )
         self.tmux("new-session", "-d", "-s", name, "-x", "150", "-y", "45", command)

@@ -110,10 +110,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from lifsea_tui.agent.app import create_app
-    from lifsea_tui.agent.serving import uvicorn_config
+        from lifsea_tui.agent.app import create_app
+        from lifsea_tui.agent.serving import uvicorn_config
+    except ModuleNotFoundError as error:
+        extra = "pip install 'lifsea-tui[agent]'"
+        print(f"lifsea-agent: serving needs the agent's packages: {extra} (missing: {error.name})", file=sys.stderr)
+        return 2
 
     overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _) in SERVE_FLAGS.items()}
     try:

@@ -10,27 +10,40 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-
-import uvicorn
+from typing import Any
 
 from lifsea_tui import __version__
 from lifsea_tui.client import inventory
 from lifsea_tui.client.etcd import EtcdTarget, Store
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.client.trail import DirectoryTrail
-from lifsea_tui.fleetd import fleetlock
 from lifsea_tui.fleetd.controller import LEASE_TTL, TICK, Controller
 
 log = logging.getLogger("lifsea.fleetd")
 USER = "lifsea-fleetd"
 
 
-class _QuietServer(uvicorn.Server):
-    """The FleetLock server inside the controller's loop: the controller, not uvicorn, handles SIGTERM."""
+SERVER_EXTRA = "FleetLock needs the controller's server packages: pip install 'lifsea-tui[fleetd]'"
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+
+def fleetlock_server(store: Store, listen: str, slots: int) -> Any:
+    """The FleetLock server, run inside the controller's loop: the controller, not uvicorn, handles
+    SIGTERM. Its packages are imported here, so a controller without FleetLock needs none of them."""
+    try:
+        import uvicorn
+
+        from lifsea_tui.fleetd import fleetlock
+    except ModuleNotFoundError as error:
+        raise SystemExit(f"lifsea-fleetd: {SERVER_EXTRA} (missing: {error.name})") from None
+
+    class QuietServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    host, _, port = listen.rpartition(":")
+    config = uvicorn.Config(fleetlock.app(store, {}, slots), host=host, port=int(port), log_level="warning")
+    return QuietServer(config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -137,14 +150,9 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = None
+    server = fleetlock_server(store, args.fleetlock, args.fleetlock_slots) if args.fleetlock else None
     tasks = [asyncio.create_task(controller.run(stop))]
-    if args.fleetlock:
-        host, _, port = args.fleetlock.rpartition(":")
-        config = uvicorn.Config(
-            fleetlock.app(store, {}, args.fleetlock_slots), host=host, port=int(port), log_level="warning"
-        )
-        server = _QuietServer(config)
+    if server is not None:
         tasks.append(asyncio.create_task(server.serve()))
     log.info("%s: %d nodes, etcd %s", controller.ident, len(nodes), target.describe())
     await stop.wait()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lifsea_tui import __version__
 from lifsea_tui.agent.config import hash_token
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.api import Role
@@ -337,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         description="A real lab fleet on this machine: an OS image in "
         "ostree, an update server, and nodes booted with systemd-nspawn, each with an agent.",
     )
+    top.add_argument("--version", action="version", version=f"lifsea-lab {__version__}")
     top.add_argument(
         "--dir", type=Path, help="the lab's state directory (default: $LIFSEA_LAB_DIR or the user's state dir)"
     )

@@ -9,8 +9,9 @@ from typing import Any
 
 from platformdirs import user_config_dir, user_state_dir
 
-# Shipped themes live in the project's top-level themes/ folder.
-SHIPPED_THEMES = Path(__file__).resolve().parents[2] / "themes"
+# Shipped themes: the project's top-level themes/ folder is their source; theme_files links to it, so the
+# wheel carries them (setuptools copies what the link points at) and a checkout reads them in place.
+SHIPPED_THEMES = Path(__file__).resolve().parent / "theme_files"
 
 
 def config_dir() -> Path:
