@@ -163,6 +163,34 @@ def test_plain_http_is_for_loopback_only(tmp_path: Path, tiny_node: TinyNode) ->
     assert served.returncode == 2 and "loopback" in served.stderr
 
 
+@pytest.mark.parametrize(
+    ("written", "typo", "said"),
+    [
+        ("[listen]", "[listn]", "unknown key listn at the top level"),
+        ('node_name = "tiny"', 'nodename = "tiny"', "unknown key nodename at the top level"),
+        ("[paths]\n", "[paths]\nhostroot = '/host'\n", "unknown key hostroot in [paths]"),
+        ("[tls]\n", "[tls]\nclient-ca = '/x.pem'\n", "unknown key client-ca in [tls]"),
+        ("[[tokens]]\n", "[[tokens]]\nsha = '00'\n", "unknown key sha in [[tokens]]"),
+        ("[audit]\n", "[ops]\nttl = 5\n[audit]\n", "[ops]: unknown keys ttl"),
+    ],
+)
+def test_a_typo_in_the_config_is_an_error_naming_the_file_and_the_key(
+    tmp_path: Path, tiny_node: TinyNode, written: str, typo: str, said: str
+) -> None:
+    """Before, an unknown key or section was silently ignored: `[listn]` left the agent on its defaults."""
+    path, _ = write_agent_config(tmp_path, host_root=tiny_node.host_root, sysroot_path=tiny_node.sysroot)
+    assert load(path, {}).node_name == "tiny"
+    path.write_text(path.read_text().replace(written, typo, 1))
+    with pytest.raises(ConfigError) as refused:
+        load(path, {})
+    assert str(refused.value).startswith(f"{path}: ") and said in str(refused.value), refused.value
+    served = subprocess.run(
+        [sys.executable, "-m", "lifsea_tui.agent.cli", "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert served.returncode == 2 and str(path) in served.stderr and said in served.stderr, served.stderr
+
+
 def _long_log(directory: Path, count: int) -> None:
     """A chained log of `count` records, written at once (the agent would fsync each: minutes)."""
     directory.mkdir(parents=True, exist_ok=True)

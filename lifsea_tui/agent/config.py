@@ -206,16 +206,53 @@ def _path(value: Any, key: str) -> Path:
     return Path(value)
 
 
+# The keys the file may hold, by section ("" is the top level); [ops], [services] and [limits] check
+# their own. A key or section not here is a typo that would otherwise be silently ignored ([listn]).
+KNOWN_KEYS: dict[str, set[str]] = {
+    "": {"node_name", "osname", "pull_timeout", "paths", "listen", "tls", "audit", "tokens", "ops", "services",
+         "limits", "labels"},
+    "paths": {"host_root", "sysroot", "system_bus", "journal"},
+    "listen": {"host", "port"},
+    "tls": {"cert", "key", "client_ca"},
+    "audit": {"dir"},
+    "tokens": {"name", "role", "sha256"},
+}  # fmt: skip
+
+
+def _check_keys(data: dict[str, Any]) -> None:
+    sections: list[tuple[str, Any]] = [("", data)]
+    sections += [(name, data[name]) for name in KNOWN_KEYS if name and name != "tokens" and name in data]
+    sections += [("tokens", entry) for entry in data.get("tokens", [])] if isinstance(data.get("tokens"), list) else []
+    for name, section in sections:
+        if not isinstance(section, dict):
+            raise ConfigError(f"[{name}] must be a table" if name != "tokens" else "each [[tokens]] must be a table")
+        unknown = sorted(set(section) - KNOWN_KEYS[name])
+        if unknown:
+            where = {"": "at the top level", "tokens": "in [[tokens]]"}.get(name, f"in [{name}]")
+            known = ", ".join(sorted(KNOWN_KEYS[name]))
+            raise ConfigError(f"unknown {'key' if len(unknown) == 1 else 'keys'} {', '.join(unknown)} {where} "
+                              f"(known: {known})")  # fmt: skip
+
+
 def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
-    """Read `path` (if given), apply `overrides` (flag name -> value, None meaning unset), validate."""
+    """Read `path` (if given), apply `overrides` (flag name -> value, None meaning unset), validate. Every
+    error names the file."""
+    try:
+        return _load(path, overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path is not None else str(error)) from None
+
+
+def _load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
     data: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError as error:
-            raise ConfigError(f"config file {path} does not exist") from error
+            raise ConfigError("the config file does not exist") from error
         except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {path}: {error}") from error
+            raise ConfigError(f"not TOML: {error}") from error
+        _check_keys(data)
     paths = data.get("paths", {})
     listen = data.get("listen", {})
     tls = data.get("tls", {})
