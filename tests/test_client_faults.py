@@ -156,6 +156,7 @@ def test_inventory_reads_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     from lifsea_tui.client import inventory
 
     (tmp_path / "a.token").write_text("secret-a\n")
+    (tmp_path / "a.token").chmod(0o600)
     monkeypatch.setenv("LIFSEA_TEST_TOKEN", "secret-b")
     path = tmp_path / "nodes.toml"
     path.write_text(
@@ -165,6 +166,23 @@ def test_inventory_reads_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     a, b = inventory.from_file(path)
     assert (a.name, a.url, a.token, a.timeout) == ("a", "https://a:7443", "secret-a", 3.0)
     assert (b.token, b.timeout) == ("secret-b", 10.0)
+
+
+def test_a_token_file_others_can_read_is_refused_naming_it(tmp_path: Path) -> None:
+    from lifsea_tui.client import inventory
+
+    token = tmp_path / "a.token"
+    token.write_text("secret-a\n")
+    path = tmp_path / "nodes.toml"
+    path.write_text("[[nodes]]\nname = 'a'\nurl = 'https://a:7443'\ntoken_file = 'a.token'\n")
+    for mode in (0o644, 0o640, 0o604, 0o660):
+        token.chmod(mode)
+        with pytest.raises(inventory.InventoryError) as raised:
+            inventory.from_file(path)
+        said = str(raised.value)
+        assert str(token) in said and f"mode {mode:o}" in said and "chmod 600" in said, said
+    token.chmod(0o400)
+    assert inventory.from_file(path)[0].token == "secret-a"
 
 
 def test_cli_reports_a_bad_inventory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,9 +43,14 @@ def _token(entry: dict[str, Any], where: str, base: Path) -> str:
         path = Path(entry["token_file"]).expanduser()
         path = path if path.is_absolute() else base / path
         try:
+            mode = path.stat().st_mode
             value = path.read_text().strip()
         except OSError as error:
             raise InventoryError(f"{where}: cannot read token file {path}: {error.strerror}") from error
+        if mode & 0o077:  # as ssh does with a private key: a token others can read is not yours alone
+            raise InventoryError(
+                f"{where}: token file {path} can be read or written by others (mode {mode & 0o777:o}); chmod 600 it"
+            )
         if not value:
             raise InventoryError(f"{where}: token file {path} is empty")
         return value
