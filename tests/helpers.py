@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +23,7 @@ from lifsea_tui.agent.app import create_app
 from lifsea_tui.agent.config import AgentConfig, LimitsConfig, OpsConfig, ServicesConfig, TokenEntry, hash_token
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.agent.serving import uvicorn_config
-from lifsea_tui.api import Role
+from lifsea_tui.api import Role, routes
 from lifsea_tui.client.ops import OpsShell, Output
 from lifsea_tui.lab import certs, image, sysroot
 from lifsea_tui.lab.updateserver import UpdateServer
@@ -191,6 +195,37 @@ def lab_client(node: dict, role: str) -> httpx.Client:
         headers={"Authorization": f"Bearer {node['tokens'][role]}"},
         timeout=30,
     )
+
+
+def serve_agent(config: Path, info: dict) -> subprocess.Popen[bytes]:
+    """`lifsea-agent serve` in a process (and session) of its own, once its /healthz answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lifsea_tui.agent.cli", "serve", "--config", str(config)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if (
+                httpx.get(
+                    info["url"] + routes.HEALTHZ, verify=ssl.create_default_context(cafile=str(info["ca"])), timeout=1
+                ).status_code
+                == 200
+            ):
+                return proc
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "agent exited"
+        assert time.monotonic() < deadline, "agent did not start"
+        time.sleep(0.1)
+
+
+def kill_agent(proc: subprocess.Popen[bytes]) -> None:
+    """What systemd does to a unit's cgroup on SIGKILL: the agent and anything it started."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 PROMPT = b"OPS"  # the break-glass shell's prompt

@@ -3,11 +3,8 @@ recomputed from disk, the interrupted operation is audited, and the chain verifi
 
 from __future__ import annotations
 
-import os
-import signal
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,37 +14,7 @@ import pytest
 from lifsea_tui.agent.audit import verify
 from lifsea_tui.api import routes
 from lifsea_tui.lab import image, sysroot
-from tests.helpers import TinyNode, write_agent_config
-
-
-def _start(config: Path, info: dict) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lifsea_tui.agent.cli", "serve", "--config", str(config)],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if (
-                httpx.get(
-                    info["url"] + routes.HEALTHZ, verify=ssl.create_default_context(cafile=str(info["ca"])), timeout=1
-                ).status_code
-                == 200
-            ):
-                return proc
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "agent exited"
-        assert time.monotonic() < deadline, "agent did not start"
-        time.sleep(0.1)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """What systemd does to a unit's cgroup on SIGKILL: the agent and anything it started."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+from tests.helpers import TinyNode, kill_agent, serve_agent, write_agent_config
 
 
 @pytest.mark.parametrize("where", ["during-pull", "right-after-accept"])
@@ -56,7 +23,7 @@ def test_sigkill_during_stage(tmp_path: Path, tiny_node: TinyNode, where: str) -
     headers = {"Authorization": f"Bearer {info['tokens']['operator']}"}
     image.publish(tiny_node.repo, "1.1")
     image.publish(tiny_node.repo, "1.2")  # a check fetches the newest tree, and only the metadata of 1.1
-    proc = _start(config, info)
+    proc = serve_agent(config, info)
     listener = None
     try:
         with httpx.Client(
@@ -78,8 +45,8 @@ def test_sigkill_during_stage(tmp_path: Path, tiny_node: TinyNode, where: str) -
             assert accepted.status_code == 202
             if where == "during-pull":
                 time.sleep(0.5)
-        _kill(proc)
-        proc = _start(config, info)
+        kill_agent(proc)
+        proc = serve_agent(config, info)
         with httpx.Client(
             base_url=info["url"], verify=ssl.create_default_context(cafile=str(info["ca"])), headers=headers, timeout=30
         ) as http:
@@ -109,4 +76,4 @@ def test_sigkill_during_stage(tmp_path: Path, tiny_node: TinyNode, where: str) -
     finally:
         if listener:
             listener.close()
-        _kill(proc)
+        kill_agent(proc)

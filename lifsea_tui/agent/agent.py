@@ -7,12 +7,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from lifsea_tui import __version__
 from lifsea_tui.agent import audited
 from lifsea_tui.agent.audit import AuditLog
 from lifsea_tui.agent.auth import Authenticator
-from lifsea_tui.agent.config import AgentConfig
+from lifsea_tui.agent.config import AgentConfig, ConfigError
 from lifsea_tui.agent.errors import ApiError
 from lifsea_tui.agent.events import EventHub
 from lifsea_tui.agent.limits import RefusalTally, StreamLimits
@@ -51,6 +52,21 @@ class Agent:
         self.started = time.monotonic()
         self._last_deployments: list[Deployment] | None = None
         self._last_booted: str | None = None
+
+    def reload(self, read: Callable[[], AgentConfig]) -> None:
+        """Take the tokens of the config file again (SIGHUP): open sessions and streams go on; a caller's
+        next request is judged by the new set. A file that does not load changes nothing, and says why."""
+        try:
+            config = read()
+        except ConfigError as error:
+            log.error("reload refused, the tokens stay as they were: %s", error)
+            audited.note(self.audit, audited.SYSTEM, "agent.reload", f"failed: {error}")
+            return
+        self.authn = Authenticator(config.tokens)
+        self.config.tokens = config.tokens
+        names = sorted(entry.name for entry in config.tokens)
+        log.info("reloaded: %d tokens (%s)", len(names), ", ".join(names))
+        audited.note(self.audit, audited.SYSTEM, "agent.reload", "ok", params={"tokens": names})
 
     async def start(self) -> None:
         await self.ops.start()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Depends, FastAPI
 
@@ -17,11 +19,14 @@ from lifsea_tui.agent.middleware import LimitsMiddleware
 from lifsea_tui.agent.routes import ROUTERS
 
 
-def create_app(config: AgentConfig) -> FastAPI:
+def create_app(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> FastAPI:
+    """`reload` reads the config file again: SIGHUP takes its tokens (an agent serving in its own process)."""
     agent = Agent(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if reload is not None and threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, agent.reload, reload)
         await agent.start()
         watcher = asyncio.create_task(agent.watch())
         unit_watcher = asyncio.create_task(agent.services.watch())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from lifsea_tui.agent.config import TokenEntry, hash_token
 from lifsea_tui.api import Role
@@ -94,6 +95,9 @@ class Authenticator:
         digest = hash_token(token.strip())
         for known, entry in self._by_digest.items():
             if hmac.compare_digest(known, digest):
+                if entry.expires is not None and datetime.now(UTC) >= entry.expires:
+                    when = entry.expires.isoformat().replace("+00:00", "Z")
+                    raise AuthError(401, "unauthorized", f"token {entry.name} expired at {when}; ask for a new one")
                 return Identity(entry.name, entry.role)
         raise AuthError(401, "unauthorized", "unknown token")
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import secrets
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lifsea_tui import __version__
 from lifsea_tui.agent.audit import LOG_NAME, Head, verify
 from lifsea_tui.agent.config import ConfigError, hash_token, load
+from lifsea_tui.api import Role
 
 SERVE_FLAGS = {
     # flag: (config key, help)
@@ -50,6 +53,25 @@ def anchor(text: str) -> Head:
     return Head(int(found.group(1)), found.group(2))
 
 
+def lifetime(text: str) -> timedelta:
+    found = re.fullmatch(r"(\d+)([hd])", text.strip())
+    if found is None or int(found.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a span such as 12h or 30d")
+    return timedelta(hours=int(found.group(1)) * (24 if found.group(2) == "d" else 1))
+
+
+def new_token(name: str, role: Role, expires: timedelta | None = None) -> str:
+    """A new token on the first line, then its config entry (the token itself is not in it, only its hash)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", name):
+        raise SystemExit(f"lifsea-agent: {name!r} is not a name (letters, digits, _ . @ -)")
+    token = secrets.token_urlsafe(32)
+    entry = f'[[tokens]]\nname = "{name}"\nrole = "{role.value}"\nsha256 = "{hash_token(token)}"\n'
+    if expires is not None:
+        until = (datetime.now(UTC) + expires).replace(microsecond=0)
+        entry += f"expires = {until.isoformat().replace('+00:00', 'Z')}\n"
+    return f"{token}\n\n# for the agent's config file (the token above is not stored anywhere):\n{entry}"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="lifsea-agent",
@@ -78,6 +100,16 @@ def parser() -> argparse.ArgumentParser:
         metavar="SEQ:HASH",
         help="the file is a slice of a log (an export of a time range): it starts after record SEQ, whose hash is HASH",
     )
+    token = commands.add_parser("token", help="make a token for the config file")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    made = token_commands.add_parser(
+        "new",
+        help="print a new token (once: it is stored nowhere) and its [[tokens]] entry for the config file; "
+        "then `kill -HUP` the agent (or restart it)",
+    )
+    made.add_argument("--name", required=True, help="who holds it (the audit log's actor)")
+    made.add_argument("--role", required=True, choices=[role.value for role in Role])
+    made.add_argument("--expires", type=lifetime, metavar="SPAN", help="refused after this long: 12h, 30d")
     commands.add_parser("hash-token", help="read a token on standard input, print the sha256 for the config file")
     return top
 
@@ -99,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         for bad in result.bad_recordings:
             print(f"BAD: recording {bad.id} (sealed in record {bad.audit_seq}): {bad.problem}")
         return 1
+    if args.command == "token":
+        print(new_token(args.name, Role(args.role), args.expires))
+        return 0
     if args.command == "hash-token":
         token = sys.stdin.readline().strip()
         if not token:
@@ -127,7 +162,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"lifsea-agent: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvicorn.Server(uvicorn_config(create_app(config), config, log_level=args.log_level)).run()
+    app = create_app(config, reload=(lambda: load(args.config, overrides)) if args.config else None)
+    uvicorn.Server(uvicorn_config(app, config, log_level=args.log_level)).run()
     return 0
 
 

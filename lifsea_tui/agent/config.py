@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ class TokenEntry:
     name: str
     role: Role
     sha256: str
+    expires: datetime | None = None  # refused from then on
 
 
 @dataclass
@@ -200,6 +202,18 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _expiry(entry: dict[str, Any], name: str) -> datetime | None:
+    """A token entry's `expires`: a TOML date-time (UTC when it names no offset) or a date (its midnight, UTC)."""
+    value = entry.get("expires")
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    raise ConfigError(f"token {name!r}: expires must be a TOML date-time such as 2027-01-31T00:00:00Z")
+
+
 def _path(value: Any, key: str) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key} must be a non-empty path string")
@@ -215,7 +229,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "listen": {"host", "port"},
     "tls": {"cert", "key", "client_ca"},
     "audit": {"dir"},
-    "tokens": {"name", "role", "sha256"},
+    "tokens": {"name", "role", "sha256", "expires"},
 }  # fmt: skip
 
 
@@ -303,7 +317,7 @@ def _load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
             raise ConfigError(f"bad token entry {entry.get('name', '?')!r}: {error}") from error
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(f"token {name!r}: sha256 must be 64 hex digits")
-        config.tokens.append(TokenEntry(name=name, role=role, sha256=digest))
+        config.tokens.append(TokenEntry(name=name, role=role, sha256=digest, expires=_expiry(entry, name)))
     config.ops = _ops(data.get("ops", {}))
     config.services = _services(data.get("services", {}))
     config.limits = _limits(data.get("limits", {}))
