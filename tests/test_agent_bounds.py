@@ -21,7 +21,7 @@ import websockets
 from lifsea_tui.agent.audit import LOG_NAME, canonical, record_hash
 from lifsea_tui.agent.config import ConfigError, LimitsConfig, load
 from lifsea_tui.api import routes
-from tests.helpers import RunningAgent, TinyNode, start_agent, write_agent_config
+from tests.helpers import RunningAgent, TinyNode, issue_pki, start_agent, write_agent_config
 
 
 @pytest.fixture
@@ -189,6 +189,20 @@ def test_a_typo_in_the_config_is_an_error_naming_the_file_and_the_key(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert served.returncode == 2 and str(path) in served.stderr and said in served.stderr, served.stderr
+
+
+def test_a_certificate_that_does_not_match_its_key_is_an_error_naming_both(tmp_path: Path, tiny_node: TinyNode) -> None:
+    path, _ = write_agent_config(tmp_path, host_root=tiny_node.host_root, sysroot_path=tiny_node.sysroot)
+    _, _, other_key = issue_pki(tmp_path / "other", "other")
+    text = path.read_text()
+    key = next(line.split('"')[1] for line in text.splitlines() if line.startswith("key = "))
+    path.write_text(text.replace(key, str(other_key)))
+    with pytest.raises(ConfigError, match="the key does not match the certificate") as refused:
+        load(path, {})
+    assert str(other_key) in str(refused.value) and str(path) in str(refused.value)
+    path.write_text(text.replace(key, str(tmp_path / "gone.key")))
+    with pytest.raises(ConfigError, match=r"gone\.key: no such file"):
+        load(path, {})
 
 
 def _long_log(directory: Path, count: int) -> None:

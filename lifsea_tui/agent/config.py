@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import ssl
 import tomllib
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
@@ -214,6 +215,20 @@ def _expiry(entry: dict[str, Any], name: str) -> datetime | None:
     raise ConfigError(f"token {name!r}: expires must be a TOML date-time such as 2027-01-31T00:00:00Z")
 
 
+def _check_pair(cert: Path, key: Path) -> None:
+    """The certificate and key load, and belong together (else uvicorn fails later, with a traceback)."""
+    for name, path in (("tls.cert", cert), ("tls.key", key)):
+        if not path.is_file():
+            raise ConfigError(f"{name} {path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as error:
+        why = "the key does not match the certificate" if "MISMATCH" in str(error) else str(error)
+        raise ConfigError(f"tls.cert {cert} and tls.key {key}: {why}") from None
+    except OSError as error:
+        raise ConfigError(f"tls.cert {cert} or tls.key {key}: {error.strerror or error}") from None
+
+
 def _path(value: Any, key: str) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key} must be a non-empty path string")
@@ -308,6 +323,8 @@ def _load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         config.pull_timeout = float(flat["pull_timeout"])
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls.cert and tls.key go together")
+    if config.tls_cert is not None and config.tls_key is not None:
+        _check_pair(config.tls_cert, config.tls_key)
     for entry in data.get("tokens", []):
         try:
             role = Role(entry["role"])
