@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lifsea_tui import __version__
 from lifsea_tui.agent.audit import LOG_NAME, Head, verify
-from lifsea_tui.agent.config import ConfigError, hash_token, load
+from lifsea_tui.agent.config import ConfigError, hash_token, load, token_entry
 from lifsea_tui.api import Role
 
 SERVE_FLAGS = {
@@ -65,10 +65,7 @@ def new_token(name: str, role: Role, expires: timedelta | None = None) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", name):
         raise SystemExit(f"lifsea-agent: {name!r} is not a name (letters, digits, _ . @ -)")
     token = secrets.token_urlsafe(32)
-    entry = f'[[tokens]]\nname = "{name}"\nrole = "{role.value}"\nsha256 = "{hash_token(token)}"\n'
-    if expires is not None:
-        until = (datetime.now(UTC) + expires).replace(microsecond=0)
-        entry += f"expires = {until.isoformat().replace('+00:00', 'Z')}\n"
+    entry = token_entry(name, role, token, datetime.now(UTC) + expires if expires is not None else None)
     return f"{token}\n\n# for the agent's config file (the token above is not stored anywhere):\n{entry}"
 
 

@@ -203,6 +203,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_entry(name: str, role: Role, token: str, expires: datetime | None = None) -> str:
+    """The [[tokens]] entry of a config file for `token` (only its hash is written)."""
+    entry = f'[[tokens]]\nname = "{name}"\nrole = "{role.value}"\nsha256 = "{hash_token(token)}"\n'
+    if expires is not None:
+        entry += f"expires = {expires.astimezone(UTC).replace(microsecond=0).isoformat().replace('+00:00', 'Z')}\n"
+    return entry
+
+
 def _expiry(entry: dict[str, Any], name: str) -> datetime | None:
     """A token entry's `expires`: a TOML date-time (UTC when it names no offset) or a date (its midnight, UTC)."""
     value = entry.get("expires")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lifsea_tui import __version__
-from lifsea_tui.agent.config import hash_token
+from lifsea_tui.agent.config import token_entry
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.api import Role
 from lifsea_tui.lab import certs, image, scenarios, sysroot, varfs
@@ -97,8 +97,8 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
         certs.issue(layout.pki / "ca", node.certs, spec.name)
     var = sysroot.stateroot_var(node.sysroot)
     audit_dir = var / "lib" / "lifsea-agent" / "audit"
-    tokens = "".join(
-        f'\n[[tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
+    tokens = "".join(  # the entries `lifsea-agent token new` prints
+        "\n" + token_entry(name, Role(role), token)
         for name, role, token in [
             *((f"lab-{role}", role, token) for role, token in spec.tokens.items()),
             ("lifsea-fleetd", "operator", spec.controller_token),
