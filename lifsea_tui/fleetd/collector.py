@@ -253,8 +253,9 @@ class Collector:
                 except NodeError as error:
                     if error.status != 404:
                         raise
-                    self.live_done.add((name, recording))  # no longer held: the sealed file is fetched instead
-                    break
+                    if recording not in self.sessions[name].values():
+                        self.live_done.add((name, recording))  # no longer held: the sealed file is fetched instead
+                    break  # (a session still open is asked again next pass)
                 if got.data:
                     self.trail.append_live(name, recording, got.data)
                     offset += len(got.data)

@@ -66,6 +66,7 @@ class OpsManager:
         self.ostree = ostree
         self.sessions: dict[str, Session] = {}
         self.recent: deque[Session] = deque(maxlen=RECENT_ENDED)
+        self.starting: dict[str, Recorder] = {}  # sessions whose container is being made
         self._endings: set[asyncio.Task[None]] = set()
         self.runtime = Runtime(self.ops, config.sysroot / "ostree" / "repo", config.pull_timeout)
         self._subreaper = False
@@ -261,6 +262,9 @@ class OpsManager:
             container=CONTAINER_PREFIX + session_id,
             bundle=self.sessions_dir / session_id,
         )
+        # Its recording can be read live from its first byte, while the container is still being made:
+        # the start record is in the log already, and a copy taken off the node follows it from there.
+        self.starting[session_id] = recorder
         try:
             recorder.open(
                 session.cols,
@@ -274,6 +278,8 @@ class OpsManager:
             code = "recording_unavailable" if isinstance(error, RecordingError) else getattr(error, "code", "failed")
             await self._teardown(session, f"failed to start: {detail}")
             raise ApiError(code, f"ops session not started: {detail}", audited=True) from error
+        finally:
+            self.starting.pop(session_id, None)
         session.state = OpsSessionState.detached
         session.detached_at = time.monotonic()
         self.sessions[session_id] = session
@@ -504,6 +510,11 @@ class OpsManager:
 
     def find(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id) or next((s for s in self.recent if s.id == session_id), None)
+
+    def recorder(self, recording_id: str) -> Recorder | None:
+        """A recording still in memory: its session starting, open, or ended a little while ago."""
+        session = self.find(recording_id)
+        return session.recorder if session is not None else self.starting.get(recording_id)
 
     def open_sessions(self) -> list[OpsSession]:
         return [s.model() for s in self.sessions.values()]

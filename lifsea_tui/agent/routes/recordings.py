@@ -99,8 +99,7 @@ async def recording_live(
     """The bytes of a session's recording from `offset` on, from the agent's memory: what it wrote, even if
     the file on disk has been changed since. Held while the session is open and for a while after its seal
     (the newest LIVE_BYTES only). The first read by each caller is audited."""
-    session = agent.ops.find(recording_id)
-    recorder = session.recorder if session is not None else None
+    recorder = agent.ops.recorder(recording_id)
     data = recorder.live(offset, limit) if recorder is not None else None
     if recorder is None or data is None:
         raise ApiError("not_found", f"recording {recording_id} is not held in memory from byte {offset}")
