@@ -52,6 +52,7 @@ VERIFY_EVERY = 6  # every this many looks, the node hashes its collected recordi
 CONCURRENCY = 32
 QUIET_WRITE = 30.0  # seconds: how stale "when it last answered" may get in etcd while nothing moves
 RECENT = 512  # each node's newest records also kept in etcd, for consoles (the trail holds them all)
+LIVE_PER_PASS = 8 << 20  # bytes of one recording copied live in one pass, at most
 PRUNE_EVERY = 3600.0  # seconds between looks for records and recordings past the retention
 CHUNK_BYTES = 512 * 1024  # at most this much of one pass's records goes to etcd (its requests stay small)
 
@@ -247,6 +248,9 @@ class Collector:
             if (name, recording) in self.live_done or self.trail.has_recording(name, recording):
                 continue
             offset = self.trail.live_size(name, recording)
+            # A pass takes at most LIVE_PER_PASS of one recording: a node that claims an endless size
+            # cannot hold the pass (the agent itself keeps only its newest LIVE_BYTES, 2 MiB).
+            budget = offset + LIVE_PER_PASS
             while True:
                 try:
                     got = await client.recording_live(recording, offset)
@@ -259,7 +263,7 @@ class Collector:
                 if got.data:
                     self.trail.append_live(name, recording, got.data)
                     offset += len(got.data)
-                    if offset < got.size:
+                    if offset < got.size and offset < budget:
                         continue
                 if got.sealed is not None and offset >= got.size:
                     self.live_done.add((name, recording))
