@@ -6,13 +6,16 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable
 
+from lifsea_tui.api.rollouts import NodeRollout, NodeState, RolloutSpec
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget, Problem
+from lifsea_tui.fleetd import steps
 from lifsea_tui.lab import certs
 from lifsea_tui.tui.app import LifseaApp
 from tests.helpers import RunningAgent
@@ -87,6 +90,30 @@ async def test_fleet_refresh_is_not_held_up(bad_nodes: dict[str, NodeTarget]) ->
     await fleet.refresh(on_result=lambda s: arrivals.append((s.name, 0)))
     assert {name for name, _ in arrivals} == {"good"}
     await fleet.aclose()
+
+
+async def test_a_gate_runbook_that_cannot_look_holds_the_verdict(bad_nodes: dict[str, NodeTarget]) -> None:
+    """A rollout's runbook gate whose check cannot reach the node is no verdict at all: the node waits
+    (its deadline decides) rather than pass as healthy. Before the node is touched, the same silence
+    only means that runbook is not in the baseline."""
+    spec = RolloutSpec(
+        id="r1",
+        target_version="2.0",
+        nodes=["server-error"],
+        max_unavailable=1,
+        runbooks=["crash-loop"],
+        reason="CHG-1",
+        created_by="test",
+        created_at=datetime.now(UTC),
+    )
+    node = NodeRollout(name="server-error", batch=0, state=NodeState.verifying, baseline_runbooks=[])
+    client = NodeClient(bad_nodes["server-error"])
+    try:
+        with pytest.raises(steps.NotYet, match=r"runbook crash-loop: could not check: .*500"):
+            await steps.runbook_gate(spec, node, client)
+        assert await steps.fired_runbooks(spec, client) == []
+    finally:
+        await client.aclose()
 
 
 async def test_event_stream_dropped_mid_stream(bad_nodes: dict[str, NodeTarget]) -> None:

@@ -66,6 +66,12 @@ def test_node_is_real(fleet: tuple[dict, dict[str, str], Layout]) -> None:
         timeout=30,
     ) as http:
         info = http.get(routes.NODE).json()
+        deadline = time.monotonic() + 90
+        while info["ready_seconds"] is None and time.monotonic() < deadline:  # systemd still starting it
+            time.sleep(1)
+            info = http.get(routes.NODE).json()
+    # Started, and started after its boot began: the clock the rollout gates wait on.
+    assert info["ready_seconds"] is not None and 0 <= info["ready_seconds"] <= info["uptime_seconds"], info
     assert info["name"] == "node2" and info["os_name"] == "LifseaOS" and info["os_version"] == "1.0"
     assert info["capabilities"]["reboot"]["available"], info["capabilities"]
     assert info["uptime_seconds"] is not None and info["uptime_seconds"] >= 0

@@ -62,9 +62,10 @@ async def node_info(
         else Capability(available=False, reason=ostree.unavailable_reason())
     )
     capabilities["upgrades"] = Capability(available=ostree_reason is None, reason=ostree_reason)
-    uptime = None
+    uptime = ready = None
     try:
         uptime = await systemd.uptime_seconds()
+        ready = await systemd.ready_seconds()
         capabilities["reboot"] = Capability(available=True, reason=None)
     except BackendError as error:
         capabilities["reboot"] = Capability(available=False, reason=error.detail)
@@ -78,6 +79,7 @@ async def node_info(
         os_version=release.get("VERSION_ID") or release.get("VERSION"),
         kernel=os.uname().release,
         uptime_seconds=uptime,
+        ready_seconds=ready,
         agent_version=__version__,
         booted_checksum=booted,
         capabilities=capabilities,

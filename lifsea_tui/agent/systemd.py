@@ -75,6 +75,12 @@ class SystemdBackend:
         started_us = await self.manager_property("UserspaceTimestamp")
         return max(0.0, time.time() - started_us / 1_000_000)
 
+    async def ready_seconds(self) -> float | None:
+        """Seconds since systemd finished starting the node (its default target reached, failed units
+        or not); None while it is still starting."""
+        finished_us = await self.manager_property("FinishTimestamp")
+        return max(0.0, time.time() - finished_us / 1_000_000) if finished_us else None
+
     # -- units ---------------------------------------------------------------------------------------
 
     async def units(self) -> list[UnitInfo]:

@@ -66,6 +66,10 @@ class NodeInfo(BaseModel):
     os_version: str | None
     kernel: str
     uptime_seconds: float | None
+    ready_seconds: float | None = Field(
+        default=None,
+        description="seconds since systemd finished starting the node; null while it is still starting",
+    )
     agent_version: str
     booted_checksum: str | None
     capabilities: dict[str, Capability]

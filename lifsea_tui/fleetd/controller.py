@@ -559,6 +559,8 @@ class Controller:
                 why = await steps.gates(rollout.spec, node, client, target)
             except NodeError as error:
                 why = f"unreachable while soaking: {error}"
+            except steps.NotYet:
+                continue  # a gate could not look this time; the soak asks again on the next tick
             if why is not None:
                 failed = node.model_copy(update={"state": NodeState.failed, "reason": f"while soaking: {why}"})
                 await self.write(rollout, nodes=[failed], decision=("node", f"{node.name} failed while soaking: {why}"))

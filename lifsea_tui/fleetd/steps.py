@@ -30,7 +30,9 @@ from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.runbook import Proposal, Runbook
 
 SETTLE_SECONDS = 5.0  # a node judged this soon after boot may not have started (or failed) its units yet
-RUNBOOK_SETTLE = 20.0  # gate runbooks judge a node this long after boot: a loop has shown, DNS has come up
+# Gate runbooks judge a node this long after systemd finished starting it (not after its boot: a node
+# that takes a minute to start would be judged before its units had a chance to loop).
+RUNBOOK_SETTLE = 20.0
 REBOOT_SLACK = 2.0
 
 
@@ -41,10 +43,21 @@ def gate_runbooks() -> dict[str, Runbook]:
     return {book.id: book for book in found}
 
 
-async def fired_runbooks(spec: RolloutSpec, client: NodeClient) -> list[Proposal]:
-    """The rollout's gate runbooks whose first checks find a problem on the node now."""
+class NotYet(Exception):
+    """The node cannot be judged now (a gate could not look); wait, and say why in its record."""
+
+
+async def fired_runbooks(spec: RolloutSpec, client: NodeClient, *, sure: bool = False) -> list[Proposal]:
+    """The rollout's gate runbooks whose first checks find a problem on the node now. `sure`: raise
+    NotYet when a first check could not look, rather than count that runbook as quiet."""
     books = [gate_runbooks()[name] for name in spec.runbooks if name in gate_runbooks()]
-    return [p for p in await runbook.triage(client, books) if p.status is runbook.Status.problem]
+    proposals = await runbook.triage(client, books)
+    if sure:
+        unsure = [(p, f) for p in proposals for f in p.findings if f.status is runbook.Status.unknown]
+        if unsure:
+            proposal, finding = unsure[0]
+            raise NotYet(f"runbook {proposal.runbook.id}: {finding.summary}")
+    return [p for p in proposals if p.status is runbook.Status.problem]
 
 
 @dataclass
@@ -128,7 +141,8 @@ async def runbook_gate(spec: RolloutSpec, node: NodeRollout, client: NodeClient)
     """None when no gate runbook fires that had not fired before the rollout touched the node."""
     if not spec.runbooks or node.direction != "forward":
         return None
-    new = [p for p in await fired_runbooks(spec, client) if p.runbook.id not in (node.baseline_runbooks or [])]
+    fired = await fired_runbooks(spec, client, sure=True)
+    new = [p for p in fired if p.runbook.id not in (node.baseline_runbooks or [])]
     if not new:
         return None
     return "; ".join(f"runbook {p.runbook.id} ({p.runbook.title}) applies: {p.summary}" for p in new)[:400]
@@ -170,8 +184,9 @@ async def step(spec: RolloutSpec, target: str, node: NodeRollout, client: NodeCl
         if node.direction == "forward":
             return await _forward(spec, target, node, client, now)
         return await _back(spec, node, client, now)
-    except NodeError as error:
-        # Unreachable, refused, slow: wait (the deadline decides), but say why in the node's record.
+    except (NodeError, NotYet) as error:
+        # Unreachable, refused, slow, a gate that could not look: wait (the deadline decides), but say
+        # why in the node's record.
         why = f"waiting: {error}"
         if node.reason == why:
             return None
@@ -257,8 +272,8 @@ async def _verify(
     booted = _booted(summary)
     why = await gates(spec, node, client, want, summary, runbooks=False)
     if why is None and spec.runbooks and node.direction == "forward":
-        if info.uptime_seconds is not None and info.uptime_seconds < RUNBOOK_SETTLE:
-            waiting = f"healthy so far; the gate runbooks look {RUNBOOK_SETTLE:.0f} s after boot"
+        if info.ready_seconds is None or info.ready_seconds < RUNBOOK_SETTLE:
+            waiting = f"healthy so far; the gate runbooks look {RUNBOOK_SETTLE:.0f} s after it has started"
             return None if node.reason == waiting else Step(_update(node, reason=waiting))
         why = await runbook_gate(spec, node, client)
     version = booted.version if booted else None
