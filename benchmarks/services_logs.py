@@ -27,7 +27,7 @@ import httpx
 
 from benchmarks.results import pct, recorder
 from lifsea_tui.client import inventory
-from lifsea_tui.client.node import NodeTarget, ssl_context
+from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.lab.layout import Layout
 
 record = recorder("services_logs.jsonl")
@@ -121,9 +121,7 @@ def main() -> int:
         extra = max(0, 200 - units)
         for n in range(extra):
             in_node(leader, "systemd-run", "--quiet", f"--unit=bench-{n}", "sleep", "infinity")
-        http = httpx.Client(
-            base_url=target.url, verify=ssl_context(target.ca_file), headers={"Authorization": f"Bearer {target.token}"}
-        )
+        http = httpx.Client(base_url=target.url, verify=target.tls(), headers=target.auth_headers())
         count = len(http.get("/v1/services").json()["units"])
         api, peer = [], []
         for _ in range(60):

@@ -197,8 +197,9 @@ def lab_client(node: dict, role: str) -> httpx.Client:
     )
 
 
-def serve_agent(config: Path, info: dict) -> subprocess.Popen[bytes]:
-    """`lifsea-agent serve` in a process (and session) of its own, once its /healthz answers."""
+def serve_agent(config: Path, info: dict, tls: ssl.SSLContext | None = None) -> subprocess.Popen[bytes]:
+    """`lifsea-agent serve` in a process (and session) of its own, once its /healthz answers (asked
+    with `tls`, when the agent requires a client certificate)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "lifsea_tui.agent.cli", "serve", "--config", str(config)],
         start_new_session=True,
@@ -210,7 +211,9 @@ def serve_agent(config: Path, info: dict) -> subprocess.Popen[bytes]:
         try:
             if (
                 httpx.get(
-                    info["url"] + routes.HEALTHZ, verify=ssl.create_default_context(cafile=str(info["ca"])), timeout=1
+                    info["url"] + routes.HEALTHZ,
+                    verify=tls or ssl.create_default_context(cafile=str(info["ca"])),
+                    timeout=1,
                 ).status_code
                 == 200
             ):

@@ -42,7 +42,7 @@ class Agent:
         self.ops = OpsManager(config, self.audit, self.events, self.ostree)
         self.services = Services(self.systemd, self.audit, self.events, UnitPolicy.from_config(config.services))
         self.journal = Journal(config.journal_dirs)
-        self.authn = Authenticator(config.tokens)
+        self.authn = Authenticator(config.tokens, config.clients)
         self.refusals = RefusalTally(self.audit)
         self.follows = StreamLimits("log follows", config.limits.follows_per_caller, config.limits.follows)
         self.event_streams = StreamLimits(
@@ -54,19 +54,22 @@ class Agent:
         self._last_booted: str | None = None
 
     def reload(self, read: Callable[[], AgentConfig]) -> None:
-        """Take the tokens of the config file again (SIGHUP): open sessions and streams go on; a caller's
-        next request is judged by the new set. A file that does not load changes nothing, and says why."""
+        """Take the tokens and client mappings of the config file again (SIGHUP): open sessions and
+        streams go on; a caller's next request is judged by the new set. A file that does not load
+        changes nothing, and says why."""
         try:
             config = read()
         except ConfigError as error:
-            log.error("reload refused, the tokens stay as they were: %s", error)
+            log.error("reload refused, the tokens and clients stay as they were: %s", error)
             audited.note(self.audit, audited.SYSTEM, "agent.reload", f"failed: {error}")
             return
-        self.authn = Authenticator(config.tokens)
-        self.config.tokens = config.tokens
+        self.authn = Authenticator(config.tokens, config.clients)
+        self.config.tokens, self.config.clients = config.tokens, config.clients
         names = sorted(entry.name for entry in config.tokens)
-        log.info("reloaded: %d tokens (%s)", len(names), ", ".join(names))
-        audited.note(self.audit, audited.SYSTEM, "agent.reload", "ok", params={"tokens": names})
+        clients = sorted(entry.name for entry in config.clients)
+        log.info("reloaded: tokens %s; clients %s", ", ".join(names) or "none", ", ".join(clients) or "none")
+        params = {"tokens": names, "clients": clients}
+        audited.note(self.audit, audited.SYSTEM, "agent.reload", "ok", params=params)
 
     async def start(self) -> None:
         await self.ops.start()

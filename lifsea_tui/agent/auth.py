@@ -11,7 +11,8 @@ import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from lifsea_tui.agent.config import TokenEntry, hash_token
+from lifsea_tui.agent.config import ClientEntry, TokenEntry, hash_token
+from lifsea_tui.agent.tls import PeerCert, describe
 from lifsea_tui.api import Role
 from lifsea_tui.api import routes as r
 
@@ -82,13 +83,31 @@ class AuthError(Exception):
         self.detail = detail
 
 
-class Authenticator:
-    def __init__(self, tokens: list[TokenEntry]) -> None:
-        self._by_digest = {entry.sha256: entry for entry in tokens}
+def _matches(entry: ClientEntry, cert: PeerCert) -> bool:
+    if entry.san is not None:
+        return entry.san in {(str(kind), str(value)) for kind, value in cert.get("subjectAltName", ())}
+    subject = {(str(key), str(value)) for rdn in cert.get("subject", ()) for key, value in rdn}
+    return bool(entry.subject) and set(entry.subject) <= subject
 
-    def identify(self, authorization: str | None) -> Identity:
+
+class Authenticator:
+    """Callers by bearer token, or (with no token) by the client certificate TLS verified, mapped by
+    [[clients]]. A token, when sent, names the caller: a certificate the node requires of every
+    connection does not hide who typed the token."""
+
+    def __init__(self, tokens: list[TokenEntry], clients: list[ClientEntry] | None = None) -> None:
+        self._by_digest = {entry.sha256: entry for entry in tokens}
+        self._clients = list(clients or [])
+
+    def identify(self, authorization: str | None, cert: PeerCert | None = None) -> Identity:
         if not authorization:
-            return ANONYMOUS
+            if cert is None:
+                return ANONYMOUS
+            entry = next((e for e in self._clients if _matches(e, cert)), None)
+            if entry is None:
+                why = f"the client certificate {describe(cert)} is not mapped to a name and role here"
+                raise AuthError(401, "unauthorized", why)
+            return Identity(entry.name, entry.role)
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError(401, "unauthorized", "the Authorization header must be 'Bearer TOKEN'")
@@ -109,7 +128,7 @@ class Authenticator:
         if allowed is PUBLIC:
             return
         if identity.role is None:
-            raise AuthError(401, "unauthorized", "a bearer token is required")
+            raise AuthError(401, "unauthorized", "a bearer token (or a mapped client certificate) is required")
         if identity.role not in allowed:
             needed = ", ".join(sorted(allowed))
             raise AuthError(403, "forbidden", f"{identity.name} has role {identity.role}; this needs one of: {needed}")

@@ -39,8 +39,8 @@ SERVE_FLAGS = {
     "--tls-key": ("tls_key", "PEM private key of --tls-cert"),
     "--tls-client-ca": (
         "tls_client_ca",
-        "CA bundle for client certificates: every client must then present one it signed (mTLS), in "
-        "addition to its token, which still names the caller and role",
+        "CA bundle for client certificates: every client must then present one it signed (mTLS); a "
+        "token, when sent, still names the caller, and [[clients]] map certificates to a name and role",
     ),
 }
 

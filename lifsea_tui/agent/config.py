@@ -31,6 +31,56 @@ class TokenEntry:
     expires: datetime | None = None  # refused from then on
 
 
+@dataclass(frozen=True)
+class ClientEntry:
+    """A client certificate (from tls.client_ca) that acts as `name` with `role`: matched by subject
+    attributes (each given pair present in the certificate's subject) or by one subjectAltName."""
+
+    name: str
+    role: Role
+    subject: tuple[tuple[str, str], ...] = ()  # (("CN", "alice"), ("O", "ops"))
+    san: tuple[str, str] | None = None  # ("DNS", "fleetd.example"), ("URI", "spiffe://...")
+
+
+SUBJECT_NAMES = {  # the short names a [[clients]] subject uses, as Python's ssl spells them in a peer cert
+    "CN": "commonName",
+    "O": "organizationName",
+    "OU": "organizationalUnitName",
+    "C": "countryName",
+    "ST": "stateOrProvinceName",
+    "L": "localityName",
+    "emailAddress": "emailAddress",
+}
+SAN_KINDS = {"DNS": "DNS", "email": "email", "URI": "URI", "IP": "IP Address"}
+
+
+def _client(entry: dict[str, Any]) -> ClientEntry:
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("each [[clients]] needs a name")
+    try:
+        role = Role(entry.get("role"))
+    except ValueError:
+        raise ConfigError(f"client {name!r}: role must be one of {', '.join(r.value for r in Role)}") from None
+    subject, san = entry.get("subject"), entry.get("san")
+    if (subject is None) == (san is None):
+        raise ConfigError(f'client {name!r}: give exactly one of subject ("CN=alice,O=ops") or san ("DNS:host")')
+    if subject is not None:
+        pairs = []
+        for part in str(subject).split(","):
+            key, eq, value = part.strip().partition("=")
+            if not eq or key not in SUBJECT_NAMES or not value:
+                known = ", ".join(SUBJECT_NAMES)
+                what = f"subject part {part.strip()!r}"
+                raise ConfigError(f"client {name!r}: {what} is not KEY=value with KEY one of {known}")
+            pairs.append((SUBJECT_NAMES[key], value))
+        return ClientEntry(name=name, role=role, subject=tuple(pairs))
+    kind, colon, value = str(san).partition(":")
+    if not colon or kind not in SAN_KINDS or not value:
+        raise ConfigError(f"client {name!r}: san {san!r} is not KIND:value with KIND one of {', '.join(SAN_KINDS)}")
+    return ClientEntry(name=name, role=role, san=(SAN_KINDS[kind], value))
+
+
 @dataclass
 class OpsConfig:
     """The break-glass shell. No image means no ops shell on this node (the capability says so)."""
@@ -179,8 +229,10 @@ class AgentConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    tls_client_certs_required: bool = True  # tls.client_certs: "required" (else "optional": tokens alone too)
     audit_dir: Path = Path("/var/lib/lifsea-agent/audit")
     tokens: list[TokenEntry] = field(default_factory=list)
+    clients: list[ClientEntry] = field(default_factory=list)
     max_body_bytes: int = 64 * 1024
     pull_timeout: float = 300.0
     watch_interval: float = 1.0
@@ -246,29 +298,56 @@ def _path(value: Any, key: str) -> Path:
 # The keys the file may hold, by section ("" is the top level); [ops], [services] and [limits] check
 # their own. A key or section not here is a typo that would otherwise be silently ignored ([listn]).
 KNOWN_KEYS: dict[str, set[str]] = {
-    "": {"node_name", "osname", "pull_timeout", "paths", "listen", "tls", "audit", "tokens", "ops", "services",
-         "limits", "labels"},
+    "": {"node_name", "osname", "pull_timeout", "paths", "listen", "tls", "audit", "tokens", "clients", "ops",
+         "services", "limits", "labels", "credentials"},
     "paths": {"host_root", "sysroot", "system_bus", "journal"},
     "listen": {"host", "port"},
-    "tls": {"cert", "key", "client_ca"},
+    "tls": {"cert", "key", "client_ca", "client_certs"},
     "audit": {"dir"},
     "tokens": {"name", "role", "sha256", "expires"},
+    "clients": {"name", "role", "subject", "san"},
 }  # fmt: skip
+LISTS = ("tokens", "clients")  # arrays of tables: [[tokens]], [[clients]]
 
 
 def _check_keys(data: dict[str, Any]) -> None:
     sections: list[tuple[str, Any]] = [("", data)]
-    sections += [(name, data[name]) for name in KNOWN_KEYS if name and name != "tokens" and name in data]
-    sections += [("tokens", entry) for entry in data.get("tokens", [])] if isinstance(data.get("tokens"), list) else []
+    sections += [(name, data[name]) for name in KNOWN_KEYS if name and name not in LISTS and name in data]
+    for name in LISTS:
+        entries = data.get(name, [])
+        if not isinstance(entries, list):
+            raise ConfigError(f"{name} must be written [[{name}]]")
+        sections += [(name, entry) for entry in entries]
     for name, section in sections:
         if not isinstance(section, dict):
-            raise ConfigError(f"[{name}] must be a table" if name != "tokens" else "each [[tokens]] must be a table")
+            raise ConfigError(f"[{name}] must be a table" if name not in LISTS else f"each [[{name}]] must be a table")
         unknown = sorted(set(section) - KNOWN_KEYS[name])
         if unknown:
-            where = {"": "at the top level", "tokens": "in [[tokens]]"}.get(name, f"in [{name}]")
+            where = f"in [[{name}]]" if name in LISTS else "at the top level" if not name else f"in [{name}]"
             known = ", ".join(sorted(KNOWN_KEYS[name]))
             raise ConfigError(f"unknown {'key' if len(unknown) == 1 else 'keys'} {', '.join(unknown)} {where} "
                               f"(known: {known})")  # fmt: skip
+
+
+def _add_credentials(data: dict[str, Any], path: Path, base: Path) -> None:
+    """The [[tokens]] and [[clients]] of another file (a Kubernetes Secret beside the ConfigMap), after
+    the config file's own. Read again on SIGHUP, as the file is."""
+    path = path if path.is_absolute() else base / path
+    try:
+        extra = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"credentials {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"credentials {path}: not TOML: {error}") from None
+    unknown = sorted(set(extra) - set(LISTS))
+    if unknown:
+        raise ConfigError(f"credentials {path}: only [[tokens]] and [[clients]] belong here, not {', '.join(unknown)}")
+    try:
+        _check_keys(extra)
+    except ConfigError as error:
+        raise ConfigError(f"credentials {path}: {error}") from None
+    for name in LISTS:
+        data[name] = [*data.get(name, []), *extra.get(name, [])]
 
 
 def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
@@ -290,6 +369,8 @@ def _load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"not TOML: {error}") from error
         _check_keys(data)
+        if "credentials" in data:
+            _add_credentials(data, _path(data["credentials"], "credentials"), path.parent)
     paths = data.get("paths", {})
     listen = data.get("listen", {})
     tls = data.get("tls", {})
@@ -343,6 +424,13 @@ def _load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(f"token {name!r}: sha256 must be 64 hex digits")
         config.tokens.append(TokenEntry(name=name, role=role, sha256=digest, expires=_expiry(entry, name)))
+    config.clients = [_client(entry) for entry in data.get("clients", [])]
+    if "client_certs" in tls:
+        if tls["client_certs"] not in ("required", "optional"):
+            raise ConfigError('tls.client_certs must be "required" or "optional"')
+        config.tls_client_certs_required = tls["client_certs"] == "required"
+    if config.clients and config.tls_client_ca is None:
+        raise ConfigError("[[clients]] need tls.client_ca, the CA their certificates are checked against")
     config.ops = _ops(data.get("ops", {}))
     config.services = _services(data.get("services", {}))
     config.limits = _limits(data.get("limits", {}))
@@ -350,8 +438,8 @@ def _load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         config.labels = check_labels(data.get("labels", {}))
     except ValueError as error:
         raise ConfigError(f"[labels]: {error}") from None
-    if not config.tokens:
-        raise ConfigError("no [[tokens]]: nobody could use this agent")
+    if not config.tokens and not config.clients:
+        raise ConfigError("no [[tokens]] and no [[clients]]: nobody could use this agent")
     if config.tls_client_ca is not None and config.tls_cert is None:
         raise ConfigError("tls.client_ca needs tls.cert and tls.key")
     if config.tls_cert is None and not is_loopback(config.listen_host):

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
+from asyncio import sslproto
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from lifsea_tui.agent import audited
+from lifsea_tui.agent import tls as tls_module
 from lifsea_tui.agent.audit import AuditLog
 from lifsea_tui.agent.config import LimitsConfig
 
@@ -119,20 +122,60 @@ class StreamLimits:
                 del self.held[actor]
 
 
-def guarded_http(limits: LimitsConfig) -> type[HttpToolsProtocol]:
-    """uvicorn's HTTP protocol with a connection cap (total and per peer) and a header-read deadline."""
+def guarded_http(
+    limits: LimitsConfig,
+    tls: ssl.SSLContext | None = None,
+    on_refused: Callable[[str, str | None], None] = lambda what, peer: None,
+) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP protocol with a connection cap (total and per peer) and a header-read deadline;
+    with `tls`, the handshake done here, each refused one reported to `on_refused` (see tls.py)."""
+    handshaking: Counter[str] = Counter()  # connections in their TLS handshake, by peer address
 
     class GuardedHttp(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _tls_started = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if tls is not None and not self._tls_started:
+                self._start_tls(transport)  # this protocol's connection_made comes again, with TLS up
+                return
             super().connection_made(transport)
             peer = self.client[0] if self.client else None
             same_peer = sum(1 for c in self.connections if getattr(c, "client", None) and c.client[0] == peer)
             if len(self.connections) > limits.connections or same_peer > limits.connections_per_peer:
                 transport.abort()
                 return
+            if tls is not None:
+                self.app = tls_module.with_tls(self.app, tls_module.extension(transport.get_extra_info("ssl_object")))
             self._start_header_timer()
+
+        def _start_tls(self, raw: asyncio.Transport) -> None:
+            """What asyncio's server does for ssl= (an SSLProtocol between the socket and this
+            protocol), done here so that the handshake's failure is heard. Synchronously: the socket is
+            read from the next turn of the loop, and its first bytes must reach the SSLProtocol."""
+            self._tls_started = True
+            peername = raw.get_extra_info("peername")
+            peer = str(peername[0]) if peername else "unknown"
+            if sum(handshaking.values()) >= limits.connections or handshaking[peer] >= limits.connections_per_peer:
+                raw.abort()
+                return
+            handshaking[peer] += 1
+            done: asyncio.Future[None] = self.loop.create_future()
+            secure = sslproto.SSLProtocol(
+                self.loop, self, tls, done, server_side=True, ssl_handshake_timeout=limits.header_timeout
+            )
+            raw.set_protocol(secure)
+            secure.connection_made(raw)
+
+            def finished(future: asyncio.Future[None]) -> None:
+                handshaking[peer] -= 1
+                if not handshaking[peer]:
+                    del handshaking[peer]
+                error = None if future.cancelled() else future.exception()
+                if error is not None and tls_module.refused(error):
+                    on_refused(tls_module.refusal_reason(error), peer)
+
+            done.add_done_callback(finished)
 
         def _start_header_timer(self) -> None:
             if self._header_timer is None:

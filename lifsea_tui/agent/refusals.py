@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection, Request
 
-from lifsea_tui.agent import audited
+from lifsea_tui.agent import audited, tls
 from lifsea_tui.agent.agent import Agent
 from lifsea_tui.agent.auth import ANONYMOUS, PUBLIC, RULES, AuthError, Identity
 from lifsea_tui.agent.errors import ApiError
@@ -61,7 +61,7 @@ async def authorize(conn: HTTPConnection) -> Identity:
         conn.state.identity = ANONYMOUS  # whatever the caller sends (a stale token must not fail /healthz)
         return ANONYMOUS
     try:
-        identity = agent.authn.identify(conn.headers.get("authorization"))
+        identity = agent.authn.identify(conn.headers.get("authorization"), tls.peer_cert(conn.scope))
         conn.state.identity = identity
         agent.authn.authorize(method, template, identity)
     except AuthError as error:
@@ -81,13 +81,17 @@ def record(conn: HTTPConnection, status: int, detail: str) -> None:
     if method in ("GET", "HEAD", "OPTIONS"):
         return
     identity = getattr(conn.state, "identity", None)
+    cert = tls.peer_cert(conn.scope)
     if identity is None:
         try:
-            identity = agent.authn.identify(conn.headers.get("authorization"))
+            identity = agent.authn.identify(conn.headers.get("authorization"), cert)
         except AuthError:
             identity = ANONYMOUS
     if identity.role is None:
-        agent.refusals.count(f"{method} {template}", conn.client.host if conn.client else None)
+        # Counted, not recorded one by one; a certificate the CA signed but nobody mapped is named.
+        actor = f"certificate {tls.describe(cert)}" if cert and not conn.headers.get("authorization") else None
+        peer = conn.client.host if conn.client else None
+        agent.refusals.count(f"{method} {template}", peer, actor or "unauthenticated")
         return
     audited.note(
         agent.audit, identity, action_of(conn), f"refused: {detail}"[:500],

@@ -7,6 +7,8 @@ Inventory and config files are TOML with one [[nodes]] table per node:
     url = "https://10.0.0.7:7443"
     ca_file = "/etc/lifsea/ca.pem"         # optional: the system's CAs otherwise
     token_file = "~/.config/lifsea-tui/edge.token"   # or token_env = "LIFSEA_TOKEN", or token = "..."
+    client_cert = "~/.config/lifsea-tui/me.pem"      # optional: for agents that require one (mTLS);
+    client_key = "~/.config/lifsea-tui/me.key"       #   with no token, the certificate names you
     timeout = 10                            # seconds, optional
     labels = { zone = "a", pool = "edge" }  # optional: added to (and over) the agent's own labels
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tomllib
@@ -31,7 +34,42 @@ class InventoryError(Exception):
     pass
 
 
-def _token(entry: dict[str, Any], where: str, base: Path) -> str:
+def _path(value: Any, base: Path) -> Path:
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _private(path: Path, where: str, what: str) -> None:
+    """As ssh does with a private key: a secret others can read is not yours alone."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise InventoryError(f"{where}: cannot read {what} {path}: {error.strerror}") from error
+    if mode & 0o077:
+        raise InventoryError(
+            f"{where}: {what} {path} can be read or written by others (mode {mode & 0o777:o}); chmod 600 it"
+        )
+
+
+def _client_cert(entry: dict[str, Any], where: str, base: Path) -> tuple[Path | None, Path | None]:
+    cert, key = entry.get("client_cert"), entry.get("client_key")
+    if cert is None and key is None:
+        return None, None
+    if cert is None or key is None:
+        raise InventoryError(f"{where}: client_cert and client_key go together")
+    cert_path, key_path = _path(cert, base), _path(key, base)
+    if not cert_path.is_file():
+        raise InventoryError(f"{where}: client certificate {cert_path} does not exist")
+    _private(key_path, where, "client key")
+    try:
+        ssl.create_default_context().load_cert_chain(cert_path, key_path)
+    except (ssl.SSLError, OSError) as error:
+        why = "the key does not match the certificate" if "MISMATCH" in str(error) else str(error)
+        raise InventoryError(f"{where}: client_cert {cert_path} and client_key {key_path}: {why}") from None
+    return cert_path, key_path
+
+
+def _token(entry: dict[str, Any], where: str, base: Path, *, optional: bool = False) -> str:
     if isinstance(entry.get("token"), str) and entry["token"]:
         return str(entry["token"])
     if isinstance(entry.get("token_env"), str):
@@ -40,21 +78,18 @@ def _token(entry: dict[str, Any], where: str, base: Path) -> str:
             raise InventoryError(f"{where}: environment variable {entry['token_env']} is empty or unset")
         return value
     if isinstance(entry.get("token_file"), str):
-        path = Path(entry["token_file"]).expanduser()
-        path = path if path.is_absolute() else base / path
+        path = _path(entry["token_file"], base)
+        _private(path, where, "token file")
         try:
-            mode = path.stat().st_mode
             value = path.read_text().strip()
         except OSError as error:
             raise InventoryError(f"{where}: cannot read token file {path}: {error.strerror}") from error
-        if mode & 0o077:  # as ssh does with a private key: a token others can read is not yours alone
-            raise InventoryError(
-                f"{where}: token file {path} can be read or written by others (mode {mode & 0o777:o}); chmod 600 it"
-            )
         if not value:
             raise InventoryError(f"{where}: token file {path} is empty")
         return value
-    raise InventoryError(f"{where}: needs token_file, token_env or token")
+    if optional:
+        return ""
+    raise InventoryError(f"{where}: needs token_file, token_env or token (or client_cert and client_key)")
 
 
 def parse(data: dict[str, Any], source: str, base: Path) -> list[NodeTarget]:
@@ -77,8 +112,7 @@ def parse(data: dict[str, Any], source: str, base: Path) -> list[NodeTarget]:
         ca_file = entry.get("ca_file")
         ca_path = None
         if ca_file is not None:
-            ca_path = Path(str(ca_file)).expanduser()
-            ca_path = ca_path if ca_path.is_absolute() else base / ca_path
+            ca_path = _path(ca_file, base)
             if not ca_path.exists():
                 raise InventoryError(f"{where}: CA file {ca_path} does not exist")
         timeout = entry.get("timeout", DEFAULT_TIMEOUT)
@@ -88,15 +122,18 @@ def parse(data: dict[str, Any], source: str, base: Path) -> list[NodeTarget]:
             labels = check_labels(entry.get("labels", {}))
         except ValueError as error:
             raise InventoryError(f"{where}: labels: {error}") from None
+        client_cert, client_key = _client_cert(entry, where, base)
         names.add(name)
         targets.append(
             NodeTarget(
                 name=name,
                 url=url.rstrip("/"),
-                token=_token(entry, where, base),
+                token=_token(entry, where, base, optional=client_cert is not None),
                 ca_file=ca_path,
                 timeout=float(timeout),
                 labels=labels,
+                client_cert=client_cert,
+                client_key=client_key,
             )
         )
     return targets

@@ -95,18 +95,30 @@ class LiveBytes:
 class NodeTarget:
     name: str
     url: str
-    token: str
+    token: str  # "" when the client certificate alone says who the caller is
     ca_file: Path | None = None
     timeout: float = 10.0
     labels: dict[str, str] = field(default_factory=dict, hash=False)  # the inventory's, over the agent's
+    client_cert: Path | None = None  # presented to agents that ask for one (their tls.client_ca)
+    client_key: Path | None = None
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl_context(self.ca_file, self.client_cert, self.client_key)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
 @lru_cache(maxsize=64)
-def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
-    """One context per CA file: building one reads the CA bundle, which a fleet of a thousand shares."""
-    if ca_file is None:
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=str(ca_file))
+def ssl_context(
+    ca_file: Path | None, client_cert: Path | None = None, client_key: Path | None = None
+) -> ssl.SSLContext:
+    """One context per CA file and client certificate: building one reads the CA bundle, which a fleet
+    of a thousand shares."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    if client_cert is not None:
+        context.load_cert_chain(client_cert, client_key)
+    return context
 
 
 def _tls_failure(error: BaseException) -> bool:
@@ -122,10 +134,10 @@ class NodeClient:
     def __init__(self, target: NodeTarget, *, max_connections: int = 4) -> None:
         self.target = target
         self._http = httpx.AsyncClient(
-            verify=ssl_context(target.ca_file),
+            verify=target.tls(),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
-        self._headers = {"Authorization": f"Bearer {target.token}"}
+        self._headers = target.auth_headers()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def aclose(self) -> None:
@@ -279,8 +291,8 @@ class NodeClient:
         try:
             async with websockets.connect(
                 url,
-                ssl=ssl_context(self.target.ca_file) if url.startswith("wss://") else None,
-                additional_headers={"Authorization": f"Bearer {self.target.token}"},
+                ssl=self.target.tls() if url.startswith("wss://") else None,
+                additional_headers=self.target.auth_headers(),
                 open_timeout=self.target.timeout,
                 max_size=max_size,
             ) as socket:

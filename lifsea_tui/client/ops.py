@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection
 
 from lifsea_tui.api import ops as proto
 from lifsea_tui.api import routes as r
-from lifsea_tui.client.node import NodeTarget, ssl_context
+from lifsea_tui.client.node import NodeTarget
 
 # Close codes after which re-attaching cannot help.
 FINAL_CODES = {
@@ -101,8 +101,8 @@ class OpsShell:
         url = attach_url(self.target, self.session_id)
         return await websockets.connect(
             url,
-            ssl=ssl_context(self.target.ca_file) if url.startswith("wss://") else None,
-            additional_headers={"Authorization": f"Bearer {self.target.token}"},
+            ssl=self.target.tls() if url.startswith("wss://") else None,
+            additional_headers=self.target.auth_headers(),
             subprotocols=[websockets.Subprotocol(proto.SUBPROTOCOL)],
             open_timeout=self.target.timeout,
             ping_interval=proto.PING_INTERVAL,

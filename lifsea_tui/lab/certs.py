@@ -64,9 +64,18 @@ def ensure_ca(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def issue(ca_dir: Path, out_dir: Path, name: str, *, client: bool = False, peer: bool = False) -> tuple[Path, Path]:
+def issue(
+    ca_dir: Path,
+    out_dir: Path,
+    name: str,
+    *,
+    client: bool = False,
+    peer: bool = False,
+    days: float = VALID_DAYS,
+) -> tuple[Path, Path]:
     """A certificate for `name` (and localhost, 127.0.0.1) signed by the lab CA: a server's, a client's
-    (`client`), or both at once (`peer`: an etcd member is each to the others)."""
+    (`client`), or both at once (`peer`: an etcd member is each to the others). Valid for `days` (a
+    negative number: one that expired that long ago, to test refusals)."""
     ca_cert_path, ca_key_path = ensure_ca(ca_dir)
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
@@ -82,8 +91,8 @@ def issue(ca_dir: Path, out_dir: Path, name: str, *, client: bool = False, peer:
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+        .not_valid_before(min(now, now + datetime.timedelta(days=days)) - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(
             x509.SubjectAlternativeName(
                 [
