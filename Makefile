@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both set everything up first.
-.PHONY: setup run test lint unit bench lab-down
+.PHONY: setup run test lint unit bench lab-down agent-image
 
 setup:
 	@./scripts/setup.sh
@@ -26,3 +26,7 @@ bench:
 
 lab-down: setup
 	.venv/bin/lifsea-lab down
+
+# The agent as a container image (an OCI layout in build/agent-image), from a clean tree: see README.
+agent-image: setup
+	.venv/bin/python -m lifsea_tui.agentimage build --out build/agent-image

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   ostree gir1.2-ostree-1.0 python3-gi python3-venv   # ostree CLI and libostree for the agent
-  systemd-container debootstrap runc                  # lab nodes (nspawn), their image, ops containers
+  systemd-container debootstrap runc umoci            # lab nodes (nspawn), their image, ops containers, the agent image
   etcd-server                                         # the fleet controller's store (the lab runs one)
   e2fsprogs procps iproute2 tmux                      # chattr for lab clean-up, pgrep, tmux for trying the console
 )

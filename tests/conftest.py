@@ -56,15 +56,16 @@ def lab(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 @contextlib.contextmanager
 def running_lab(
-    tmp_path_factory: pytest.TempPathFactory, nodes: int, name: str
+    tmp_path_factory: pytest.TempPathFactory, nodes: int, name: str, agent: str = "process"
 ) -> Iterator[tuple[dict, dict[str, str], Layout]]:
-    """A real lab of `nodes` nodes in its own directory, taken down (and checked clean) at the end."""
+    """A real lab of `nodes` nodes in its own directory, taken down (and checked clean) at the end;
+    `agent` "image": each node's agent runs from the agent image (lifsea-lab up --agent image)."""
     missing = lab_missing()
     if missing:
         pytest.skip(missing)
     root = tmp_path_factory.mktemp(name)
     env = {**os.environ, "LIFSEA_LAB_DIR": str(root)}
-    started = lab(["up", "--nodes", str(nodes)], env)
+    started = lab(["up", "--nodes", str(nodes), "--agent", agent], env)
     try:
         assert started.returncode == 0, started.stderr
         status = lab(["status", "--json"], env)

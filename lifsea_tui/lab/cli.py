@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import secrets
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lifsea_tui import __version__
+from lifsea_tui import __version__, agentimage
 from lifsea_tui.agent.config import token_entry
 from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.api import Role
@@ -90,6 +91,17 @@ def lab_labels(name: str) -> dict[str, str]:
     return {"zone": "ab"[(number - 1) % 2], "pool": "lab"}
 
 
+def _tokens(spec: NodeSpec) -> str:
+    """The node's [[tokens]]: the entries `lifsea-agent token new` prints."""
+    return "".join(
+        "\n" + token_entry(name, Role(role), token)
+        for name, role, token in [
+            *((f"lab-{role}", role, token) for role, token in spec.tokens.items()),
+            ("lifsea-fleetd", "operator", spec.controller_token),
+        ]
+    )
+
+
 def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
     node = layout.node(spec.name)
     cert, key = node.certs / f"{spec.name}.pem", node.certs / f"{spec.name}.key"
@@ -97,13 +109,7 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
         certs.issue(layout.pki / "ca", node.certs, spec.name)
     var = sysroot.stateroot_var(node.sysroot)
     audit_dir = var / "lib" / "lifsea-agent" / "audit"
-    tokens = "".join(  # the entries `lifsea-agent token new` prints
-        "\n" + token_entry(name, Role(role), token)
-        for name, role, token in [
-            *((f"lab-{role}", role, token) for role, token in spec.tokens.items()),
-            ("lifsea-fleetd", "operator", spec.controller_token),
-        ]
-    )
+    tokens = _tokens(spec)
     node.agent_config.write_text(
         f'node_name = "{spec.name}"\n\n[paths]\nhost_root = "{node.host_root}"\nsysroot = "{node.sysroot}"\n'
         f'system_bus = "{node.bus}"\njournal = ["{node.host_root}/var/log/journal"]\n\n'
@@ -193,7 +199,59 @@ def wait_ready(layout: Layout, spec: LabSpec, alive: Callable[[], bool], timeout
         time.sleep(0.2)
 
 
-def up(layout: Layout, count: int) -> int:
+def ensure_agent_image(layout: Layout) -> str:
+    """The agent image for `--agent image`: built from this tree into the cache, again only when the
+    tree has changed since (a tree with uncommitted changes is built anyway, its label says -dirty)."""
+    out = cache_dir() / "agent-image"
+
+    def git(*args: str) -> bytes:
+        argv = ["git", "-C", str(agentimage.ROOT), *args]
+        return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL).stdout
+
+    changes = hashlib.sha256(git("diff", "HEAD") + git("status", "--porcelain")).hexdigest()[:16]
+    key = f"{git('rev-parse', 'HEAD').decode().strip()} {changes} {agentimage.__version__}"
+    stamp = cache_dir() / "agent-image.key"
+    reference = f"{out}:{agentimage.__version__}"
+    if stamp.exists() and stamp.read_text() == key and (out / "index.json").exists():
+        return reference
+    started = time.monotonic()
+    progress(f"building the agent image (cached in {out})")
+    shutil.rmtree(out, ignore_errors=True)
+    agentimage.build(out, dirty=True, progress=progress)
+    stamp.write_text(key)
+    progress(f"the agent image built in {time.monotonic() - started:.0f} s")
+    return reference
+
+
+def write_image_agent_config(layout: Layout, spec: NodeSpec, image_ref: str) -> None:
+    """What a host gives the containerized agent: its config (the production paths, as in the
+    DaemonSet's ConfigMap) and certificate in /etc/lifsea-agent, and its bundle."""
+    node = layout.node(spec.name)
+    node.agent_etc.mkdir(parents=True, exist_ok=True)
+    node.agent_state.mkdir(parents=True, exist_ok=True)
+    node.dbus_dir.mkdir(parents=True, exist_ok=True)
+    for suffix in ("pem", "key"):
+        shutil.copy(node.certs / f"{spec.name}.{suffix}", node.agent_etc / f"tls.{suffix}")
+    config = (
+        f'node_name = "{spec.name}"\n\n[paths]\nhost_root = "/host"\nsysroot = "/host/sysroot"\n'
+        'system_bus = "/host/run/dbus/system_bus_socket"\njournal = ["/host/var/log/journal"]\n\n'
+        f'[listen]\nhost = "127.0.0.1"\nport = {spec.port}\n\n'
+        '[tls]\ncert = "/etc/lifsea-agent/tls.pem"\nkey = "/etc/lifsea-agent/tls.key"\n\n'
+        '[audit]\ndir = "/host/var/lib/lifsea-agent/audit"\n\n'
+        f'[ops]\nimage = "{sysroot.REMOTE}:{image.OPS_REF}"\nnamespaces = "/proc/1/ns"\n'
+        'dir = "/var/lib/lifsea-agent/ops"\naccess = ["read-only", "debug", "writable"]\n'
+        'recordings = "/host/var/lib/lifsea-agent/recordings"\n\n[labels]\n'
+        + "".join(f'{key} = "{value}"\n' for key, value in lab_labels(spec.name).items())
+        + _tokens(spec)
+    )
+    target = node.agent_etc / "agent.toml"
+    target.write_text(config)
+    target.chmod(0o600)
+    if not (node.agent_bundle / "config.image.json").exists():
+        agentimage.bundle(image_ref, node.agent_bundle)
+
+
+def up(layout: Layout, count: int, agent: str = "process") -> int:
     problems = preflight()
     if problems:
         for problem in problems:
@@ -217,6 +275,8 @@ def up(layout: Layout, count: int) -> int:
         etcd_port=(spec and spec.etcd_port) or _free_port(),
         etcd_peer_port=(spec and spec.etcd_peer_port) or _free_port(),
         fleetlock_port=(spec and spec.fleetlock_port) or _free_port(),
+        agent=agent,
+        agent_image=ensure_agent_image(layout) if agent == "image" else "",
     )
     for index in range(1, count + 1):
         name = f"node{index}"
@@ -245,6 +305,8 @@ def up(layout: Layout, count: int) -> int:
             sysroot.pull_ops_image(node.sysroot, layout.repo)
             varfs.mount(node.var_image, sysroot.stateroot_var(node.sysroot))
             write_agent_config(layout, node_spec)
+            if spec.agent == "image":
+                write_image_agent_config(layout, node_spec, spec.agent_image)
     finally:
         server.stop()
     log = layout.log_file.open("ab")
@@ -345,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = top.add_subparsers(dest="command", required=True)
     up_cmd = commands.add_parser("up", help="build (once) and start the lab; idempotent")
     up_cmd.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    up_cmd.add_argument(
+        "--agent",
+        choices=("process", "image"),
+        default="process",
+        help="how each node's agent runs: a process of this machine (default), or the agent image run by "
+        "runc with the paths a DaemonSet gives it (/host, /host/sysroot, /host/run, the node's pid namespace)",
+    )
     status_cmd = commands.add_parser("status", help="show the lab")
     status_cmd.add_argument("--json", action="store_true", help="machine-readable: update server, nodes, tokens")
     publish_cmd = commands.add_parser("publish", help="commit a new OS version to the update server")
@@ -375,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.nodes <= 50:
             top.error("--nodes must be between 1 and 50")
         try:
-            return up(layout, args.nodes)
-        except (image.ImageError, varfs.VarError) as error:
+            return up(layout, args.nodes, args.agent)
+        except (image.ImageError, varfs.VarError, agentimage.ImageError) as error:
             print(f"lifsea-lab: {error}", file=sys.stderr)
             return 1
     if args.command == "status":

@@ -41,6 +41,8 @@ class LabSpec:
     etcd_port: int = 0
     etcd_peer_port: int = 0
     fleetlock_port: int = 0
+    agent: str = "process"  # "image": every agent runs from the agent image, by runc (agentimage.py)
+    agent_image: str = ""  # LAYOUT:TAG of that image
 
 
 class Layout:
@@ -84,7 +86,7 @@ class Layout:
         except (OSError, ValueError):
             return None
         nodes = [NodeSpec(**node) for node in data.pop("nodes")]
-        known = {"update_port", "etcd_port", "etcd_peer_port", "fleetlock_port"}
+        known = {"update_port", "etcd_port", "etcd_peer_port", "fleetlock_port", "agent", "agent_image"}
         return LabSpec(nodes=nodes, **{key: value for key, value in data.items() if key in known})
 
     def write_spec(self, spec: LabSpec) -> None:
@@ -153,6 +155,24 @@ class NodeLayout:
     @property
     def agent_config(self) -> Path:
         return self.root / "agent.toml"
+
+    # An agent run from the agent image: its bundle, and what a host would give it at /etc/lifsea-agent,
+    # /var/lib/lifsea-agent and /run/dbus (bound into the machine, so the bus is reachable from outside).
+    @property
+    def agent_bundle(self) -> Path:
+        return self.root / "agent-bundle"
+
+    @property
+    def agent_etc(self) -> Path:
+        return self.root / "agent-etc"
+
+    @property
+    def agent_state(self) -> Path:
+        return self.root / "agent-state"
+
+    @property
+    def dbus_dir(self) -> Path:
+        return self.root / "run-dbus"
 
     @property
     def state_file(self) -> Path:

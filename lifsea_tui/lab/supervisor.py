@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
+from lifsea_tui import agentimage
 from lifsea_tui.lab import sysroot
 from lifsea_tui.lab.image import ImageError
 from lifsea_tui.lab.layout import LabSpec, Layout, NodeLayout, lab_etcd
@@ -62,8 +64,11 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
 class Machine:
     """One node: boots it, reboots it into the default deployment, stops it."""
 
-    def __init__(self, node: NodeLayout) -> None:
+    def __init__(self, node: NodeLayout, *, bus_outside: bool = False) -> None:
         self.node = node
+        # For an agent run from its image: the machine's /run/dbus is a directory of the lab's, so the
+        # container can have the bus at /host/run/dbus (a mount of another mount namespace cannot be).
+        self.bus_outside = bus_outside
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
         self.boots = 0
@@ -100,6 +105,11 @@ class Machine:
         self.boots += 1
         self._set("booting", deployment=str(deployment))
         stateroot_var = sysroot.stateroot_var(self.node.sysroot)
+        binds = []
+        if self.bus_outside:
+            shutil.rmtree(self.node.dbus_dir, ignore_errors=True)  # no socket of the last boot
+            self.node.dbus_dir.mkdir(parents=True)
+            binds.append(f"--bind={self.node.dbus_dir}:/run/dbus")
         log_file = open(self.node.root / "nspawn.log", "ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -112,6 +122,7 @@ class Machine:
                 str(deployment),
                 f"--bind-ro={deployment}/usr:/usr",
                 f"--bind={stateroot_var}:/var",
+                *binds,
                 f"--machine={self.node.name}",
                 f"--hostname={self.node.name}",
                 "-b",
@@ -194,6 +205,82 @@ def agent(node: NodeLayout) -> Supervised:
     return Supervised(f"agent of {node.name}", argv, node.root / "agent.log", node.root / "agent.pid")
 
 
+class ImageAgent(Supervised):
+    """A node's agent run from the agent image by runc, as the DaemonSet runs it on a host: the node's
+    root at /host, its sysroot, its bus under /host/run, the node's pid namespace (so /proc/1/ns is the
+    node's, for ops sessions). Started once the machine runs, and again after each boot: the node's pid
+    namespace ends with the machine, and the agent with it, as a pod's containers end with their node's
+    reboot. Its network is the lab's (the machines' own is private), so the console reaches it."""
+
+    def __init__(self, node: NodeLayout) -> None:
+        self.node = node
+        self.container = f"lifsea-agent-{node.name}"
+        self.runc = ["runc", f"--root={node.root / 'runc'}"]
+        run = [*self.runc, "run", "--bundle", str(node.agent_bundle), self.container]
+        super().__init__(f"agent of {node.name} (image)", run, node.root / "agent.log", node.root / "agent.pid")
+
+    async def run(self) -> None:
+        while not self.stopping:
+            state = self.node.state()
+            leader, deployment = state.get("leader"), state.get("deployment")
+            if state.get("state") != "running" or not isinstance(leader, int) or not isinstance(deployment, str):
+                await asyncio.sleep(0.2)
+                continue
+            await self._delete()
+            agentimage.write_config(
+                self.node.agent_bundle,
+                agentimage.Mounts(
+                    host_root=Path(deployment),
+                    sysroot=self.node.sysroot,
+                    var=sysroot.stateroot_var(self.node.sysroot),
+                    run=self.node.dbus_dir,
+                    run_at="/host/run/dbus",
+                    config=self.node.agent_etc,
+                    state=self.node.agent_state,
+                    pid_namespace=Path(f"/proc/{leader}/ns/pid"),
+                ),
+            )
+            await self._run_once()
+            await asyncio.sleep(0.5)  # then start it again, on the node as it is by then
+
+    async def _run_once(self) -> None:
+        log_file = open(self.log_path, "ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT
+            )
+        finally:
+            log_file.close()
+        if self.pid_path is not None:
+            fresh = self.pid_path.with_suffix(".tmp")
+            fresh.write_text(str(self.proc.pid))
+            os.replace(fresh, self.pid_path)
+        status = await self.proc.wait()
+        if not self.stopping:
+            log.warning("%s exited %s", self.name, status)
+
+    async def _delete(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *self.runc, "delete", "--force", self.container,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await proc.wait()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.proc is not None and self.proc.returncode is None:
+            kill = await asyncio.create_subprocess_exec(
+                *self.runc, "kill", self.container, "TERM",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            await kill.wait()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                await _terminate(self.proc, 1)
+        await self._delete()
+
+
 def etcd(layout: Layout, spec: LabSpec) -> Supervised:
     member = lab_etcd(layout, spec).members[0]
     return Supervised("etcd", lab_etcd(layout, spec).argv(member), layout.etcd_dir / "etcd.log")
@@ -222,8 +309,9 @@ async def supervise(layout: Layout) -> None:
     if spec is None:
         raise SystemExit(f"no lab spec at {layout.spec_file}; run lifsea-lab up")
     server = UpdateServer(layout.repo, port=spec.update_port).start()
-    machines = [Machine(layout.node(node.name)) for node in spec.nodes]
-    agents = [agent(layout.node(node.name)) for node in spec.nodes]
+    image = spec.agent == "image"
+    machines = [Machine(layout.node(node.name), bus_outside=image) for node in spec.nodes]
+    agents = [ImageAgent(layout.node(n.name)) if image else agent(layout.node(n.name)) for n in spec.nodes]
     store, fleetd = etcd(layout, spec), controller(layout, spec)
     tasks = [asyncio.create_task(item.run()) for item in (*machines, *agents, store, fleetd)]
     stop = asyncio.Event()
