@@ -51,6 +51,7 @@ VENV = "/opt/lifsea-agent"
 ENTRYPOINT = [f"{VENV}/bin/lifsea-agent"]
 CMD = ["serve", "--config", "/etc/lifsea-agent/agent.toml"]
 PORT = 7443
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME = "lifsea-agent"
 ROOT = Path(__file__).resolve().parent.parent  # the repository, when run from a checkout
 
@@ -165,7 +166,7 @@ def build(out: Path, *, repo: Path = ROOT, dirty: bool = False, progress: Progre
         shutil.rmtree(bundle / "rootfs")
         os.rename(rootfs, bundle / "rootfs")
         _run(["umoci", "repack", "--image", image, str(bundle)], "umoci repack")
-        config = ["--config.entrypoint", ENTRYPOINT[0]]
+        config = ["--config.entrypoint", ENTRYPOINT[0], "--config.env", f"PATH={VENV}/bin:{PATH}"]
         for arg in CMD:
             config += ["--config.cmd", arg]
         labels = {
@@ -304,13 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     made = commands.add_parser("build", help="build the agent image into an OCI layout")
     made.add_argument("--out", type=Path, default=ROOT / "build" / "agent-image", help="the OCI layout directory")
     made.add_argument("--dirty", action="store_true", help="build from a tree with uncommitted changes anyway")
+    made.add_argument("--repo", type=Path, default=ROOT, help="the repository to build from (default: this one)")
     unpacked = commands.add_parser("bundle", help="unpack the image as a runc bundle for a host (the systemd unit)")
     unpacked.add_argument("--image", required=True, help="LAYOUT:TAG, as build printed it")
     unpacked.add_argument("--out", type=Path, default=Path("/var/lib/lifsea-agent/bundle"))
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
-            print(build(args.out, dirty=args.dirty, progress=lambda line: print(line, file=sys.stderr)))
+            print(build(args.out, repo=args.repo, dirty=args.dirty, progress=lambda line: print(line, file=sys.stderr)))
         else:
             print(bundle(args.image, args.out))
     except ImageError as error:

@@ -61,6 +61,12 @@ async def test_the_agent_image_serves_a_node_through_its_whole_cycle(image_lab) 
     node = status["nodes"][0]
     name, leader = node["name"], layout.node(node["name"]).state()["leader"]
 
+    # The image names the commit it was built from.
+    spec = layout.read_spec()
+    assert spec is not None and spec.agent == "image"
+    head = subprocess.run(["git", "-C", str(agentimage.ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert agentimage.labels(spec.agent_image)["org.opencontainers.image.revision"].startswith(head.stdout.strip())
+
     # It is the image's agent, in the node's pid namespace, with the production paths.
     running = container(layout, name)
     assert running["status"] == "running" and running["bundle"] == str(layout.node(name).agent_bundle)

@@ -101,6 +101,7 @@ def test_the_containerfile_and_the_offline_build_make_the_same_image() -> None:
     assert "CMD [" + ", ".join(f'"{arg}"' for arg in agentimage.CMD) + "]" in text
     assert f"python3 -m venv --system-site-packages {agentimage.VENV}" in text
     assert f"EXPOSE {agentimage.PORT}" in text
+    assert f"ENV PATH={agentimage.VENV}/bin:{agentimage.PATH}" in text
 
 
 def test_an_image_is_not_built_from_a_dirty_tree(tmp_path: Path) -> None:

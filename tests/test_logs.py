@@ -59,6 +59,27 @@ async def test_a_line_written_in_the_node_reaches_a_follower_within_a_second(
     assert elapsed < 1.0, f"{elapsed:.2f} s"
 
 
+def test_lines_journald_keeps_in_run_are_read_too(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    """A node whose journald writes to /run/log/journal (before its flush to /var, after a failed one,
+    Storage=volatile): its newest lines are there, and the logs show them, merged with /var's."""
+    status, _, layout = fleet
+    node = status["nodes"][1]
+    token = f"lifsea-volatile-{secrets.token_hex(4)}"
+    in_node(layout, "node2", "systemd-cat", "-t", "lifsea-test", "echo", f"{token} persistent")
+    in_node(layout, "node2", "journalctl", "--relinquish-var")  # journald now writes to /run only
+    try:
+        in_node(layout, "node2", "systemd-cat", "-t", "lifsea-test", "echo", f"{token} volatile")
+        with reader(node) as http:
+            deadline = time.monotonic() + 10
+            while len((page := http.get(routes.LOGS, params={"grep": token}).json())["entries"]) < 2:
+                assert time.monotonic() < deadline, page
+                time.sleep(0.2)
+        assert sorted(e["message"] for e in page["entries"]) == [f"{token} persistent", f"{token} volatile"]
+        assert any((layout.node("node2").host_root / "run/log/journal").iterdir())
+    finally:
+        in_node(layout, "node2", "journalctl", "--flush")
+
+
 def test_read_resume_filters_and_odd_messages(fleet: tuple[dict, dict[str, str], Layout]) -> None:
     status, _, layout = fleet
     node = status["nodes"][1]

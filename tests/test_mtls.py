@@ -179,11 +179,14 @@ async def test_certificates_name_callers_and_the_wrong_ones_are_refused_and_coun
             '\n[[clients]]\nname = "x"\nrole = "reader"\nsan = "DNS:x"\nsubjekt = 1\n',
             "unknown key subjekt in [[clients]]",
         ),
+        ('TOP:pull_timeout = "soon"\n', "a value of the wrong type: could not convert string to float"),
+        ('TOP:credentials = "nowhere.toml"\n', "nowhere.toml: No such file"),
     ],
 )
-def test_a_bad_client_mapping_is_a_clear_error_naming_the_file(tmp_path: Path, extra: str, message: str) -> None:
+def test_a_bad_mapping_or_value_is_a_clear_error_naming_the_file(tmp_path: Path, extra: str, message: str) -> None:
     config, _ = write_agent_config(tmp_path / "agent", host_root=tmp_path, sysroot_path=tmp_path)
-    config.write_text(config.read_text() + extra)
+    text = config.read_text()
+    config.write_text(extra.removeprefix("TOP:") + text if extra.startswith("TOP:") else text + extra)
     with pytest.raises(ConfigError) as raised:
         load(config, {})
     assert str(raised.value).startswith(f"{config}: ") and message in str(raised.value), raised.value

@@ -34,6 +34,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self._sources_seen: list[tuple[int, int, int] | None] = []
         self.audit = AuditLog(config.audit_dir, config.node_name, tracked=HISTORY_EVENTS)
         self.events = EventHub()
         self.ostree = OstreeBackend(config.sysroot, config.host_root, config.osname)
@@ -57,19 +58,42 @@ class Agent:
         """Take the tokens and client mappings of the config file again (SIGHUP): open sessions and
         streams go on; a caller's next request is judged by the new set. A file that does not load
         changes nothing, and says why."""
+        self._sources_seen = self._sources_signature()  # what this reload reads: a watcher need not again
         try:
             config = read()
-        except ConfigError as error:
-            log.error("reload refused, the tokens and clients stay as they were: %s", error)
-            audited.note(self.audit, audited.SYSTEM, "agent.reload", f"failed: {error}")
+        except Exception as error:  # noqa: BLE001 - whatever the file did, the agent keeps what it had
+            why = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+            log.error("reload refused, the tokens and clients stay as they were: %s", why)
+            audited.note(self.audit, audited.SYSTEM, "agent.reload", f"failed: {why}"[:500])
             return
         self.authn = Authenticator(config.tokens, config.clients)
         self.config.tokens, self.config.clients = config.tokens, config.clients
+        self.config.sources = config.sources
         names = sorted(entry.name for entry in config.tokens)
         clients = sorted(entry.name for entry in config.clients)
         log.info("reloaded: tokens %s; clients %s", ", ".join(names) or "none", ", ".join(clients) or "none")
         params = {"tokens": names, "clients": clients}
         audited.note(self.audit, audited.SYSTEM, "agent.reload", "ok", params=params)
+
+    def _sources_signature(self) -> list[tuple[int, int, int] | None]:
+        found: list[tuple[int, int, int] | None] = []
+        for path in self.config.sources:
+            try:
+                info = path.stat()
+                found.append((info.st_ino, info.st_size, info.st_mtime_ns))
+            except OSError:
+                found.append(None)
+        return found
+
+    async def watch_sources(self, read: Callable[[], AgentConfig], interval: float) -> None:
+        """Reload when a file the config came from changes (a Kubernetes Secret is updated in place, by
+        a symlink swap, and an agent sharing the host's pid namespace is not easy to signal)."""
+        self._sources_seen = self._sources_signature()
+        while True:
+            await asyncio.sleep(interval)
+            if self._sources_signature() != self._sources_seen:
+                log.info("a config file changed; reloading")
+                self.reload(read)
 
     async def start(self) -> None:
         await self.ops.start()

@@ -18,15 +18,21 @@ from lifsea_tui.agent.config import AgentConfig
 from lifsea_tui.agent.middleware import LimitsMiddleware
 from lifsea_tui.agent.routes import ROUTERS
 
+CONFIG_POLL = 5.0  # seconds between looks at the config files (a Secret's update lands without a SIGHUP)
+
 
 def create_app(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> FastAPI:
-    """`reload` reads the config file again: SIGHUP takes its tokens (an agent serving in its own process)."""
+    """`reload` reads the config file again: SIGHUP takes its tokens (an agent serving in its own
+    process), and so does a change to the config or credentials file."""
     agent = Agent(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if reload is not None and threading.current_thread() is threading.main_thread():
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, agent.reload, reload)
+        watching = None
+        if reload is not None:
+            if threading.current_thread() is threading.main_thread():
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, agent.reload, reload)
+            watching = asyncio.create_task(agent.watch_sources(reload, CONFIG_POLL))
         await agent.start()
         watcher = asyncio.create_task(agent.watch())
         unit_watcher = asyncio.create_task(agent.services.watch())
@@ -37,6 +43,8 @@ def create_app(config: AgentConfig, reload: Callable[[], AgentConfig] | None = N
             watcher.cancel()
             unit_watcher.cancel()
             summaries.cancel()
+            if watching is not None:
+                watching.cancel()
             await asyncio.gather(summaries, return_exceptions=True)
             await agent.ops.shutdown()
             await agent.updates.shutdown()

@@ -223,7 +223,9 @@ class AgentConfig:
     sysroot: Path = Path("/host/sysroot")
     osname: str = "lifsea"
     system_bus: Path = Path("/host/run/dbus/system_bus_socket")
-    journal_dirs: list[Path] = field(default_factory=lambda: [Path("/host/var/log/journal")])
+    journal_dirs: list[Path] = field(  # persistent and volatile: both are read, merged
+        default_factory=lambda: [Path("/host/var/log/journal"), Path("/host/run/log/journal")]
+    )
     listen_host: str = "127.0.0.1"
     listen_port: int = 7443
     tls_cert: Path | None = None
@@ -240,6 +242,7 @@ class AgentConfig:
     services: ServicesConfig = field(default_factory=ServicesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     labels: dict[str, str] = field(default_factory=dict)
+    sources: list[Path] = field(default_factory=list)  # the files it was read from (watched for changes)
 
 
 def is_loopback(host: str) -> bool:
@@ -329,7 +332,7 @@ def _check_keys(data: dict[str, Any]) -> None:
                               f"(known: {known})")  # fmt: skip
 
 
-def _add_credentials(data: dict[str, Any], path: Path, base: Path) -> None:
+def _add_credentials(data: dict[str, Any], path: Path, base: Path) -> Path:
     """The [[tokens]] and [[clients]] of another file (a Kubernetes Secret beside the ConfigMap), after
     the config file's own. Read again on SIGHUP, as the file is."""
     path = path if path.is_absolute() else base / path
@@ -337,7 +340,7 @@ def _add_credentials(data: dict[str, Any], path: Path, base: Path) -> None:
         extra = tomllib.loads(path.read_text())
     except OSError as error:
         raise ConfigError(f"credentials {path}: {error.strerror or error}") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"credentials {path}: not TOML: {error}") from None
     unknown = sorted(set(extra) - set(LISTS))
     if unknown:
@@ -348,6 +351,7 @@ def _add_credentials(data: dict[str, Any], path: Path, base: Path) -> None:
         raise ConfigError(f"credentials {path}: {error}") from None
     for name in LISTS:
         data[name] = [*data.get(name, []), *extra.get(name, [])]
+    return path
 
 
 def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
@@ -357,6 +361,9 @@ def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         return _load(path, overrides)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}" if path is not None else str(error)) from None
+    except (ValueError, TypeError, AttributeError) as error:  # a value of the wrong kind (port = "x")
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}a value of the wrong type: {error}") from None
 
 
 def _load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
@@ -366,11 +373,14 @@ def _load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError as error:
             raise ConfigError("the config file does not exist") from error
-        except tomllib.TOMLDecodeError as error:
+        except OSError as error:  # unreadable, a directory: said, not a traceback (nor a dead reload)
+            raise ConfigError(f"cannot read it: {error.strerror or error}") from error
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"not TOML: {error}") from error
         _check_keys(data)
+        sources = [path]
         if "credentials" in data:
-            _add_credentials(data, _path(data["credentials"], "credentials"), path.parent)
+            sources.append(_add_credentials(data, _path(data["credentials"], "credentials"), path.parent))
     paths = data.get("paths", {})
     listen = data.get("listen", {})
     tls = data.get("tls", {})
@@ -394,6 +404,8 @@ def _load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
     if not flat["node_name"]:
         raise ConfigError("node_name is required (config key node_name or --node-name)")
     config = AgentConfig(node_name=str(flat["node_name"]))
+    if path is not None:
+        config.sources = sources
     for key in ("host_root", "sysroot", "system_bus", "audit_dir"):
         if flat[key] is not None:
             setattr(config, key, _path(flat[key], key))

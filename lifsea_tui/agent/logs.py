@@ -2,7 +2,8 @@
 
 journalctl is journald's own reader: it understands every journal file version, follows with
 inotify, resumes from a cursor and filters by unit, priority, time and pattern. The agent runs it with
-`--directory` on the node's /var/log/journal (never on the host it runs on), reads its JSON lines one
+`--file` on the node's journal files, /var/log/journal's and /run/log/journal's merged (never the
+host it runs on), reads its JSON lines one
 at a time, and hands back bounded entries: a message over MAX_MESSAGE is cut (and says so), binary
 fields are shown as text with the undecodable bytes escaped. Following reads the next line only when
 the last one was sent, so a slow client slows journalctl (its pipe fills), not the agent's memory.
@@ -71,13 +72,20 @@ class Journal:
     def __init__(self, directories: list[Path]) -> None:
         self.directories = directories
 
-    def directory(self) -> Path:
-        """The node's journal: the machine's directory under the first journal path that has one."""
+    def sources(self) -> list[str]:
+        """The node's journal files, as journalctl --file globs: every machine directory under every
+        journal path that has one, persistent and volatile together. A node whose journald has not
+        flushed to /var (early in its boot, a failed flush, Storage=volatile) keeps its newest lines
+        in /run/log/journal; reading only /var would show a journal that stopped."""
+        found = []
         for base in self.directories:
             if base.is_dir():
-                machines = sorted(path for path in base.iterdir() if path.is_dir())
-                return machines[0] if machines else base
-        raise BackendError("unavailable", f"no journal at {', '.join(str(d) for d in self.directories)}")
+                machines = sorted(path for path in base.iterdir() if path.is_dir()) or [base]
+                # Only where there are files: a glob that matches nothing fails journalctl altogether.
+                found += [str(m / "*.journal") for m in machines if next(m.glob("*.journal"), None) is not None]
+        if not found:
+            raise BackendError("unavailable", f"no journal at {', '.join(str(d) for d in self.directories)}")
+        return found
 
     def _argv(
         self,
@@ -90,7 +98,8 @@ class Journal:
         lines: int | None,
         follow: bool,
     ) -> list[str]:
-        argv = ["journalctl", f"--directory={self.directory()}", "--output=json", "--all", "--no-pager", "--quiet"]
+        files = [f"--file={pattern}" for pattern in self.sources()]
+        argv = ["journalctl", *files, "--output=json", "--all", "--no-pager", "--quiet"]
         if unit:
             argv.append(f"--unit={unit}")
         if priority is not None:

@@ -112,7 +112,8 @@ def write_agent_config(layout: Layout, spec: NodeSpec) -> None:
     tokens = _tokens(spec)
     node.agent_config.write_text(
         f'node_name = "{spec.name}"\n\n[paths]\nhost_root = "{node.host_root}"\nsysroot = "{node.sysroot}"\n'
-        f'system_bus = "{node.bus}"\njournal = ["{node.host_root}/var/log/journal"]\n\n'
+        f'system_bus = "{node.bus}"\n'
+        f'journal = ["{node.host_root}/var/log/journal", "{node.host_root}/run/log/journal"]\n\n'
         f'[listen]\nhost = "127.0.0.1"\nport = {spec.port}\n\n[tls]\ncert = "{cert}"\nkey = "{key}"\n\n'
         f'[audit]\ndir = "{audit_dir}"\n\n'
         f'[ops]\nimage = "{sysroot.REMOTE}:{image.OPS_REF}"\nnamespaces = "{node.namespaces}"\n'

@@ -178,21 +178,24 @@ class Supervised:
 
     async def run(self) -> None:
         while not self.stopping:
-            log_file = open(self.log_path, "ab")
-            try:
-                self.proc = await asyncio.create_subprocess_exec(
-                    *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT
-                )
-            finally:
-                log_file.close()
-            if self.pid_path is not None:  # replaced whole: a reader never sees it empty
-                fresh = self.pid_path.with_suffix(".tmp")
-                fresh.write_text(str(self.proc.pid))
-                os.replace(fresh, self.pid_path)
-            status = await self.proc.wait()
+            status = await self._run_once()
             if not self.stopping:
                 log.warning("%s exited %s; restarting", self.name, status)
                 await asyncio.sleep(1)
+
+    async def _run_once(self) -> int:
+        log_file = open(self.log_path, "ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT
+            )
+        finally:
+            log_file.close()
+        if self.pid_path is not None:  # replaced whole: a reader never sees it empty
+            fresh = self.pid_path.with_suffix(".tmp")
+            fresh.write_text(str(self.proc.pid))
+            os.replace(fresh, self.pid_path)
+        return await self.proc.wait()
 
     async def stop(self) -> None:
         self.stopping = True
@@ -240,24 +243,10 @@ class ImageAgent(Supervised):
                     pid_namespace=Path(f"/proc/{leader}/ns/pid"),
                 ),
             )
-            await self._run_once()
-            await asyncio.sleep(0.5)  # then start it again, on the node as it is by then
-
-    async def _run_once(self) -> None:
-        log_file = open(self.log_path, "ab")
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT
-            )
-        finally:
-            log_file.close()
-        if self.pid_path is not None:
-            fresh = self.pid_path.with_suffix(".tmp")
-            fresh.write_text(str(self.proc.pid))
-            os.replace(fresh, self.pid_path)
-        status = await self.proc.wait()
-        if not self.stopping:
-            log.warning("%s exited %s", self.name, status)
+            status = await self._run_once()
+            if not self.stopping:
+                log.warning("%s exited %s; starting it again on the node as it is now", self.name, status)
+                await asyncio.sleep(0.5)
 
     async def _delete(self) -> None:
         proc = await asyncio.create_subprocess_exec(

@@ -44,7 +44,7 @@ async def get_node(agent: AgentDep) -> NodeInfo:
         config.node_name, config.host_root, agent.ostree, agent.systemd, agent.ops.unavailable_reason()
     )
     try:
-        agent.journal.directory()
+        agent.journal.sources()
         info.capabilities["logs"] = Capability(available=True, reason=None)
     except BackendError as error:
         info.capabilities["logs"] = Capability(available=False, reason=error.detail)
