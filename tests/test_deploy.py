@@ -21,6 +21,7 @@ from lifsea_tui.lab import certs
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 MANIFEST = DEPLOY / "kubernetes" / "lifsea-agent.yaml"
 UNIT = DEPLOY / "systemd" / "lifsea-agent.service"
+CREDENTIALS, TLS = "/etc/lifsea-agent/credentials", "/etc/lifsea-agent/tls"
 
 
 def documents() -> list[dict]:
@@ -45,7 +46,10 @@ def test_the_daemonset_is_valid_for_kubernetes_and_runs_as_the_agent_needs() -> 
         host_paths["/host"] == "/" and host_paths["/host/sysroot"] == "/sysroot" and host_paths["/host/run"] == "/run"
     )
     assert volumes[mounts["/etc/lifsea-agent/agent.toml"]["name"]]["configMap"]["name"] == "lifsea-agent"
-    assert "secret" in volumes[mounts["/etc/lifsea-agent/credentials"]["name"]]
+    # The two Secrets the README has people create, by these names; the manifest holds neither.
+    secrets = {path: volumes[mounts[path]["name"]]["secret"]["secretName"] for path in (CREDENTIALS, TLS)}
+    assert secrets == {CREDENTIALS: "lifsea-agent-credentials", TLS: "lifsea-agent-tls"}
+    assert not [doc for doc in docs if doc["kind"] == "Secret"]
 
     # A mistake the schema catches, so the check above is not a formality.
     broken = {**daemonset, "spec": {**daemonset["spec"], "template": {**daemonset["spec"]["template"]}}}
@@ -55,11 +59,11 @@ def test_the_daemonset_is_valid_for_kubernetes_and_runs_as_the_agent_needs() -> 
 
 
 def test_the_manifests_config_and_secret_load_in_the_agent(tmp_path: Path) -> None:
-    """The agent.toml of the ConfigMap, with the Secret's credentials.toml beside it, is what the agent
-    loads on a node (its paths moved under a temporary root, where a certificate is made for it)."""
+    """The agent.toml of the ConfigMap, with the example credentials.toml as its Secret, is what the
+    agent loads on a node (its paths moved under a temporary root, where a certificate is made for it)."""
     docs = documents()
     config = next(doc for doc in docs if doc["kind"] == "ConfigMap")["data"]["agent.toml"]
-    secret = next(doc for doc in docs if doc["kind"] == "Secret")["stringData"]["credentials.toml"]
+    secret = (DEPLOY / "kubernetes" / "credentials.example.toml").read_text()
     etc = tmp_path / "etc" / "lifsea-agent"
     (etc / "credentials").mkdir(parents=True)
     (etc / "tls").mkdir()
@@ -70,7 +74,7 @@ def test_the_manifests_config_and_secret_load_in_the_agent(tmp_path: Path) -> No
     (etc / "agent.toml").write_text(config.replace("/etc/lifsea-agent/", f"{etc}/"))
     loaded = load(etc / "agent.toml", {"node_name": "edge-7"})
     assert loaded.host_root == Path("/host") and loaded.system_bus == Path("/host/run/dbus/system_bus_socket")
-    assert [(t.name, t.role.value) for t in loaded.tokens] == [("REPLACE-ME", "reader")]
+    assert [(t.name, t.role.value) for t in loaded.tokens] == [("alice", "operator")]
     assert str(loaded.ops.namespaces) == "/proc/1/ns"
 
     (etc / "credentials" / "credentials.toml").write_text(secret + "\n[listen]\nport = 1\n")

@@ -73,6 +73,9 @@ def test_the_console_installs_from_its_wheel_alone_and_starts_on_the_lab(
     assert runbooks.returncode == 0 and int(runbooks.stdout) >= 5, runbooks  # read from the package
     serving = run(bin_dir / "lifsea-agent", "serve", "--config", tmp_path / "none.toml")
     assert serving.returncode == 2 and "pip install 'lifsea-tui[agent]'" in serving.stderr, serving.stderr
+    # Whoever deploys agents makes their tokens from the console's install (README, step 3).
+    made = run(bin_dir / "lifsea-agent", "token", "new", "--name", "alice", "--role", "operator")
+    assert made.returncode == 0 and '[[tokens]]\nname = "alice"' in made.stdout, made
     with running_lab(tmp_path_factory, 1, "labwheel") as (_, env, _layout):
         console = Console(env, "wheel", str(bin_dir / "lifsea-tui"))
         try:
