@@ -13,7 +13,7 @@ import pytest
 from textual.widgets import DataTable
 
 from lifsea_tui.api.rollouts import NodeRollout, NodeState, RolloutSpec
-from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.fleet import BACKOFF_MAX, BACKOFF_START, Fleet, backoff
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget, Problem
 from lifsea_tui.fleetd import steps
 from lifsea_tui.lab import certs
@@ -217,3 +217,15 @@ def test_cli_reports_a_bad_inventory(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     assert main(["--inventory", str(tmp_path / "nope.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_backoff_doubles_to_its_ceiling_and_is_spread() -> None:
+    """A fleet that went away together is not retried together: each wait is its doubling step
+    stretched by up to half again, never shorter than the step, never past the maximum."""
+    for failures in range(1, 12):
+        step = min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1))
+        delays = [backoff(failures) for _ in range(200)]
+        assert all(step <= d <= min(BACKOFF_MAX, step * 1.5) for d in delays), (failures, min(delays), max(delays))
+        if step * 1.5 <= BACKOFF_MAX:
+            assert max(delays) - min(delays) > step / 8  # spread, not lockstep
+    assert backoff(0) >= BACKOFF_START and backoff(10_000) == BACKOFF_MAX

@@ -71,6 +71,25 @@ def test_absurd_header_and_garbage_do_not_break_parsing() -> None:
     assert binary.events == [] and binary.problems
 
 
+def test_asciicast_v3_intervals_comments_and_exit_are_read() -> None:
+    """asciinema 3 records v3 by default: the size is in `term`, times are intervals since the event
+    before, `#` lines are comments, and `x` is the exit status."""
+    header = json.dumps({"version": 3, "term": {"cols": 90, "rows": 30, "type": "xterm"}, "title": "v3"})
+    data = (
+        header + "\n# a comment\n"
+        '[0.25, "o", "one\\r\\n"]\n[1.0, "o", "two"]\n# another\n[0.5, "r", "100x40"]\n'
+        '[700, "m", "after a long pause"]\n[0.1, "x", "0"]\n[-1, "o", "bad"]\n'
+    ).encode()
+    cast = parse(data)
+    assert (cast.width, cast.height, cast.title) == (90, 30, "v3")
+    assert [(e.kind, round(e.time, 2)) for e in cast.events] == [
+        ("o", 0.25), ("o", 1.25), ("r", 1.75), ("m", 701.75), ("x", 701.85),
+    ]  # fmt: skip
+    assert round(cast.events[3].at, 2) == 3.75  # the long pause shortened on the timeline, as in v2
+    assert cast.problems == ["line 9: time -1 is not a time; skipped"]
+    assert parse(cast_file([0, "x", "0"])).problems == ["line 2: unknown event kind 'x'; skipped"]  # not in v2
+
+
 def test_idle_pauses_are_shortened() -> None:
     cast = parse(cast_file([0.5, "o", "a"], [600.5, "o", "b"], [601.0, "m", "end"]))
     assert [round(e.at, 2) for e in cast.events] == [0.5, 2.5, 3.0]

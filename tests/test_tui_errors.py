@@ -6,11 +6,13 @@ code path, which a real agent cannot be made to trigger.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable
 
+from lifsea_tui.tui import locations
 from lifsea_tui.tui.app import LifseaApp
 from lifsea_tui.tui.screens.node import NodeScreen
 from tests.frozen import FrozenClient, FrozenFleet
@@ -29,6 +31,10 @@ async def test_failures_are_shown_not_swallowed(tmp_path: Path, monkeypatch: pyt
     fleet = FrozenFleet()
     fleet.clients["edge-1"] = BrokenClient("edge-1")  # type: ignore[assignment]
     app = LifseaApp(fleet, refresh_interval=3600)
+    project = logging.getLogger("lifsea")  # given back as it was when the test ends
+    for name in ("handlers", "propagate", "level"):
+        monkeypatch.setattr(project, name, getattr(project, name) if name != "handlers" else [])
+    assert locations.start_console_log() == tmp_path / "console.log"
     async with app.run_test(size=(120, 32)) as pilot:
         await pilot.pause(0.3)
         await pilot.press("enter")
@@ -41,6 +47,8 @@ async def test_failures_are_shown_not_swallowed(tmp_path: Path, monkeypatch: pyt
         await pilot.pause(0.5)
         messages = [n.message for n in app._notifications]
         assert any("ZeroDivisionError: verify blew up" in m for m in messages), messages
+        logged = locations.console_log().read_text()  # and the console's own log has its traceback
+        assert "worker " in logged and "Traceback" in logged and "ZeroDivisionError: verify blew up" in logged
         await pilot.press("escape")
         await pilot.pause(0.2)
         assert app.is_running and not isinstance(app.screen, NodeScreen)

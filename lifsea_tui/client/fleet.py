@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,15 @@ T = TypeVar("T")
 
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds before trying a node again after `failures` failures in a row: doubling from
+    BACKOFF_START to BACKOFF_MAX, each step stretched by up to half again at random (never shortened,
+    never past the maximum), so that a fleet that went away together (a partition, a switch) is not
+    retried in lockstep when it comes back."""
+    step: float = min(BACKOFF_MAX, BACKOFF_START * 2.0 ** min(max(failures, 1) - 1, 16))
+    return min(BACKOFF_MAX, step * random.uniform(1.0, 1.5))
 
 
 @dataclass
@@ -97,7 +107,7 @@ class Fleet:
                 summary = await self.clients[name].summary()
             except NodeError as error:
                 failures = old.failures + 1
-                self._next_try[name] = time.monotonic() + min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1))
+                self._next_try[name] = time.monotonic() + backoff(failures)
                 new = dataclasses.replace(old, problem=str(error), failures=failures)
             else:
                 self._next_try.pop(name, None)
@@ -161,7 +171,7 @@ class Fleet:
                             self.heads.save()
                 except NodeError:
                     failures += 1
-                await asyncio.sleep(min(BACKOFF_MAX, BACKOFF_START * 2 ** min(failures, 6)))
+                await asyncio.sleep(backoff(failures + 1))
 
         await asyncio.gather(*(one(name) for name in self.clients))
 

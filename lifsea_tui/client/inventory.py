@@ -11,6 +11,17 @@ Inventory and config files are TOML with one [[nodes]] table per node:
     client_key = "~/.config/lifsea-tui/me.key"       #   with no token, the certificate names you
     timeout = 10                            # seconds, optional
     labels = { zone = "a", pool = "edge" }  # optional: added to (and over) the agent's own labels
+
+Shared defaults and named contexts, as kubeconfig has them:
+
+    current_context = "prod"                # or --context NAME, or $LIFSEA_CONTEXT
+    [defaults]                              # any node key but name and url; a node's own win
+    ca_file = "/etc/lifsea/ca.pem"
+    [contexts.prod]                         # its own defaults, over [defaults]
+    token_env = "LIFSEA_PROD_TOKEN"
+    [[contexts.prod.nodes]]
+    name = "edge-7"
+    url = "https://10.0.0.7:7443"
 """
 
 from __future__ import annotations
@@ -92,15 +103,74 @@ def _token(entry: dict[str, Any], where: str, base: Path, *, optional: bool = Fa
     raise InventoryError(f"{where}: needs token_file, token_env or token (or client_cert and client_key)")
 
 
-def parse(data: dict[str, Any], source: str, base: Path) -> list[NodeTarget]:
-    nodes = data.get("nodes")
+SHARED = {"ca_file", "token", "token_env", "token_file", "timeout", "client_cert", "client_key", "labels"}
+TOKEN_KEYS = ("token", "token_env", "token_file")
+CONTEXT_ENV = "LIFSEA_CONTEXT"
+
+
+def _shared(table: Any, where: str) -> dict[str, Any]:
+    """A table of defaults ([defaults], or a context's own keys): only what a node may say itself."""
+    if not isinstance(table, dict):
+        raise InventoryError(f"{where} must be a table")
+    unknown = sorted(set(table) - SHARED)
+    if unknown:
+        raise InventoryError(
+            f"{where}: unknown keys {', '.join(unknown)} (a default may be {', '.join(sorted(SHARED))})"
+        )
+    return table
+
+
+def _merged(defaults: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A node's entry over the defaults: its own way to a token replaces theirs, as does its own
+    certificate; labels add up."""
+    base = dict(defaults)
+    if any(key in entry for key in TOKEN_KEYS):
+        for key in TOKEN_KEYS:
+            base.pop(key, None)
+    if "client_cert" in entry or "client_key" in entry:
+        base.pop("client_cert", None)
+        base.pop("client_key", None)
+    merged = {**base, **entry}
+    if isinstance(defaults.get("labels"), dict) and isinstance(entry.get("labels"), dict):
+        merged["labels"] = {**defaults["labels"], **entry["labels"]}
+    return merged
+
+
+def context_name(data: dict[str, Any], context: str | None = None) -> Any:
+    """The context an inventory's data is read with: `context`, else $LIFSEA_CONTEXT, else its own
+    current_context; None (or empty) for its top-level [[nodes]]."""
+    return context or os.environ.get(CONTEXT_ENV) or data.get("current_context")
+
+
+def select(data: dict[str, Any], source: str, context: str | None) -> tuple[Any, dict[str, Any], str | None]:
+    """The nodes and defaults to use: a context's (named, else $LIFSEA_CONTEXT, else the file's
+    current_context), over [defaults]; without any, the file's own [[nodes]]. As kubeconfig does."""
+    name = context_name(data, context)
+    defaults = _shared(data.get("defaults", {}), f"{source}: [defaults]")
+    if not name:
+        return data.get("nodes"), defaults, None
+    contexts = data.get("contexts", {})
+    if not isinstance(contexts, dict) or not isinstance(name, str) or name not in contexts:
+        known = ", ".join(sorted(contexts)) if isinstance(contexts, dict) and contexts else "none"
+        raise InventoryError(f"{source}: unknown context {name!r} (its contexts: {known})")
+    table = contexts[name]
+    if not isinstance(table, dict):
+        raise InventoryError(f"{source}: [contexts.{name}] must be a table")
+    own = _shared({k: v for k, v in table.items() if k != "nodes"}, f"{source}: [contexts.{name}]")
+    return table.get("nodes"), _merged(defaults, own), name
+
+
+def parse(data: dict[str, Any], source: str, base: Path, context: str | None = None) -> list[NodeTarget]:
+    nodes, defaults, chosen = select(data, source, context)
     if not isinstance(nodes, list) or not nodes:
-        raise InventoryError(f"{source}: no [[nodes]] entries")
+        where = f"[[contexts.{chosen}.nodes]]" if chosen else "[[nodes]]"
+        raise InventoryError(f"{source}: no {where} entries")
     targets, names = [], set()
-    for index, entry in enumerate(nodes, start=1):
+    for index, raw in enumerate(nodes, start=1):
         where = f"{source}: node {index}"
-        if not isinstance(entry, dict):
+        if not isinstance(raw, dict):
             raise InventoryError(f"{where}: not a table")
+        entry = _merged(defaults, raw)
         name, url = entry.get("name"), entry.get("url")
         if not isinstance(name, str) or not name:
             raise InventoryError(f"{where}: needs a name")
@@ -139,14 +209,19 @@ def parse(data: dict[str, Any], source: str, base: Path) -> list[NodeTarget]:
     return targets
 
 
-def from_file(path: Path) -> list[NodeTarget]:
+def read(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        data: dict[str, Any] = tomllib.loads(path.read_text())
     except FileNotFoundError as error:
         raise InventoryError(f"inventory {path} does not exist") from error
     except tomllib.TOMLDecodeError as error:
         raise InventoryError(f"inventory {path}: {error}") from error
-    return parse(data, str(path), path.parent)
+    return data
+
+
+def from_file(path: Path, context: str | None = None) -> list[NodeTarget]:
+    """The nodes of an inventory file; `context` (else $LIFSEA_CONTEXT, else its current_context)."""
+    return parse(read(path), str(path), path.parent, context)
 
 
 def lab_status(lab_dir: Path | None = None) -> dict[str, Any]:

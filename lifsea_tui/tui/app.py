@@ -53,8 +53,11 @@ class LifseaApp(App[None]):
         refresh_interval: float = 5.0,
         events_limit: int = EVENTS_LIMIT,
         rollout_store: EtcdTarget | None = None,
+        context: str | None = None,
     ) -> None:
         super().__init__()
+        if context:  # which fleet this is, as k9s shows its context: prod is not staging
+            self.title = f"lifsea-tui · {context}"
         self.fleet = fleet
         self.net = NetworkLoop()
         self.rollout_store = Store(rollout_store) if rollout_store is not None else None

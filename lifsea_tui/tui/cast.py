@@ -1,4 +1,4 @@
-"""Reading asciicast v2 recordings as hostile input.
+"""Reading asciicast recordings (v2, and v3 as asciinema 3 records by default) as hostile input.
 
 A recording is whatever a root shell printed, so it may try to fool whoever plays it back: set the
 window title, write the clipboard, hide text (concealed), draw over what it showed, smuggle device
@@ -47,7 +47,7 @@ REWRITES = [
 class Event:
     at: float  # on the player's timeline (idle pauses shortened)
     time: float  # as recorded
-    kind: str  # o output, i input, r resize, m marker
+    kind: str  # o output, i input, r resize, m marker, x exit status (v3)
     data: str
 
 
@@ -75,15 +75,21 @@ class Cast:
         return out
 
 
-def _header(line: bytes, cast: Cast) -> None:
+def _header(line: bytes, cast: Cast) -> int:
+    """Read the header into `cast`; its version (2 when it cannot tell: the events are read as v2)."""
     try:
         header: Any = json.loads(line)
     except ValueError:
         cast.problems.append("line 1: the header is not JSON; playing at 80x24")
-        return
-    if not isinstance(header, dict) or header.get("version") != 2:
-        cast.problems.append("line 1: not an asciicast v2 header; playing at 80x24")
-        return
+        return 2
+    if not isinstance(header, dict) or header.get("version") not in (2, 3):
+        cast.problems.append("line 1: not an asciicast v2 or v3 header; playing at 80x24")
+        return 2
+    version = int(header["version"])
+    if version == 3:  # the size is the terminal's: {"term": {"cols": 80, "rows": 24, ...}}
+        term = header.get("term")
+        term = term if isinstance(term, dict) else {}
+        header = {**header, "width": term.get("cols"), "height": term.get("rows")}
     for key, limit in (("width", MAX_COLS), ("height", MAX_ROWS)):
         value = header.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -96,6 +102,7 @@ def _header(line: bytes, cast: Cast) -> None:
     title = header.get("title")
     if isinstance(title, str):
         cast.title = visible(title[:200])
+    return version
 
 
 def parse(data: bytes) -> Cast:
@@ -104,12 +111,12 @@ def parse(data: bytes) -> Cast:
     if not lines or not lines[0].strip():
         cast.problems.append("empty recording")
         return cast
-    _header(lines[0][:MAX_LINE], cast)
+    version = _header(lines[0][:MAX_LINE], cast)
     last_time = 0.0
     at = 0.0
     cut = 0
     for number, raw in enumerate(lines[1:], start=2):
-        if not raw.strip():
+        if not raw.strip() or (version == 3 and raw.lstrip().startswith(b"#")):  # v3 has comment lines
             continue
         if len(raw) > MAX_LINE:
             cut += 1
@@ -135,6 +142,8 @@ def parse(data: bytes) -> Cast:
         if not time >= 0 or time == float("inf"):
             cast.problems.append(f"line {number}: time {item[0]!r} is not a time; skipped")
             continue
+        if version == 3:  # v3 times are intervals since the event before
+            time = last_time + time
         if time < last_time:
             cast.problems.append(f"line {number}: time goes back from {last_time:.3f} to {time:.3f} s; kept in order")
             time = last_time
@@ -150,7 +159,7 @@ def parse(data: bytes) -> Cast:
         elif kind == "r" and not re.fullmatch(r"\d{1,4}x\d{1,4}", text):
             cast.problems.append(f"line {number}: bad resize {text[:20]!r}; skipped")
             continue
-        elif kind not in ("i", "m", "r"):
+        elif kind not in ("i", "m", "r") and not (version == 3 and kind == "x"):
             cast.problems.append(f"line {number}: unknown event kind {kind[:10]!r}; skipped")
             continue
         cast.events.append(Event(at=at, time=time, kind=kind, data=text))

@@ -13,7 +13,7 @@ from lifsea_tui.client import inventory
 from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.heads import AuditHeads
 from lifsea_tui.tui import locations
-from lifsea_tui.tui.sources import add_inventory_options, add_store_options, sources, targets_from
+from lifsea_tui.tui.sources import add_inventory_options, add_store_options, context_label, sources, targets_from
 
 
 def raise_open_file_limit() -> None:
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from lifsea_tui.tui.app import LifseaApp
 
+    locations.start_console_log()  # what fails behind the screen goes there, never onto it
     raise_open_file_limit()
     # Everything built so far lives as long as the console: keep the collector from walking it again, and
     # collect less often. Measured on a 1,000-node fleet: key-to-screen p99 348 ms before, 122 ms after.
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         refresh_interval=args.refresh,
         events_limit=args.events_limit,
         rollout_store=store,
+        context=context_label(args),
     ).run()
     return 0
 

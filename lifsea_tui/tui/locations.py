@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,35 @@ def settings_file() -> Path:
 def audit_heads_file() -> Path:
     """The newest audit record seen on each node (seq, hash): see client/heads.py."""
     return state_dir() / "audit-heads.json"
+
+
+def console_log() -> Path:
+    """The console's own log (rotated): what failed behind the screen, with its traceback."""
+    return state_dir() / "console.log"
+
+
+LOG_BYTES, LOG_KEEP = 1024 * 1024, 3
+
+
+def start_console_log() -> Path | None:
+    """Send the project's loggers (lifsea.*) to console.log, never to the terminal the console draws
+    on; None when the state directory cannot be written (the console runs without its log)."""
+    path = console_log()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_KEEP)
+    except OSError:
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("lifsea")
+    for old in [h for h in root.handlers if getattr(h, "console_log", False)]:
+        root.removeHandler(old)
+        old.close()
+    handler.console_log = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    return path
 
 
 def load_settings() -> dict[str, Any]:

@@ -195,7 +195,7 @@ class PlayerApp(App[None]):
 def play_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lifsea-tui play",
-        description="Play an ops session recording (asciicast v2) safely: a file, or NODE RECORDING_ID "
+        description="Play an ops session recording (asciicast v2 or v3) safely: a file, or NODE RECORDING_ID "
         "(from the node while it matches the seal in its audit log, else from the copy the fleet controller "
         "collected, checked against the seal the copy holds).",
     )

@@ -21,15 +21,30 @@ def sources(args: argparse.Namespace) -> tuple[list[NodeTarget], EtcdTarget | No
     store = None
     if getattr(args, "etcd", None):
         store = EtcdTarget.from_flags(args.etcd, args.etcd_ca, args.etcd_cert, args.etcd_key, args.etcd_server_name)
+    context = getattr(args, "context", None)
     if args.inventory is not None:
-        return inventory.from_file(args.inventory), store
+        return inventory.from_file(args.inventory, context), store
     config = locations.config_file()
     if config.exists():
-        return inventory.from_file(config), store
+        return inventory.from_file(config, context), store
+    if context:
+        raise inventory.InventoryError(f"--context {context}: no inventory to take it from (--inventory, or {config})")
     status = inventory.lab_status(args.lab_dir)
     if store is None and "etcd" in status:
         store = EtcdTarget.from_json(status["etcd"], "console")
     return inventory.from_lab(role=args.lab_role, status=status), store
+
+
+def context_label(args: argparse.Namespace) -> str:
+    """What the console's title says it is looking at: the inventory's context, or the lab."""
+    context = getattr(args, "context", None)
+    path = args.inventory if args.inventory is not None else locations.config_file()
+    if args.inventory is None and not path.exists():
+        return "lab"
+    try:
+        return str(inventory.context_name(inventory.read(path), context) or path.name)
+    except inventory.InventoryError:
+        return path.name
 
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +61,10 @@ def add_inventory_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="TOML file of nodes ([[nodes]] name, url, ca_file, token_file "
         f"or token_env); default: {locations.config_file()}, else the running lab",
+    )
+    parser.add_argument(
+        "--context",
+        help=f"which of the inventory's [contexts.NAME] (default: ${inventory.CONTEXT_ENV}, else its current_context)",
     )
     parser.add_argument("--lab-dir", type=Path, help="the lab to use when no inventory is given")
     parser.add_argument(

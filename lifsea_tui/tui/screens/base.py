@@ -8,12 +8,14 @@ app or each other; the app, which knows every screen, does the navigating.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, cast
 
 from textual import on
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.worker import Worker, WorkerState
 
 from lifsea_tui.api import OpsSession, OpsSessionRequest
@@ -68,6 +70,20 @@ class Console(Protocol):
     def open_rollouts(self, nodes: list[str] | None = None) -> None: ...
 
 
+log = logging.getLogger("lifsea.console")
+
+
+def report_worker_failure(widget: Widget, event: Worker.StateChanged) -> bool:
+    """A worker that failed: told to the person, once, where they look, and written with its traceback
+    to the console's log. True when it had failed."""
+    error = event.worker.error
+    if event.state != WorkerState.ERROR or error is None:
+        return False
+    log.error("worker %s failed", event.worker.name, exc_info=error)
+    widget.notify(f"{event.worker.name} failed: {type(error).__name__}: {error}", severity="error", timeout=15)
+    return True
+
+
 class ConsoleScreen(Screen[ResultT]):
     @property
     def lifsea(self) -> Console:
@@ -81,7 +97,4 @@ class ConsoleScreen(Screen[ResultT]):
     def _worker_failed(self, event: Worker.StateChanged) -> None:
         """Worker messages do not bubble, so each screen listens for its own workers' failures and shows them
         to the user: never swallowed, never a traceback on the screen."""
-        error = event.worker.error
-        if event.state == WorkerState.ERROR and error is not None:
-            self.log.error(f"worker {event.worker.name} failed", error)
-            self.notify(f"{event.worker.name} failed: {type(error).__name__}: {error}", severity="error", timeout=15)
+        report_worker_failure(self, event)

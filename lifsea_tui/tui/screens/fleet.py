@@ -110,6 +110,7 @@ class FleetScreen(ConsoleScreen[None]):
         Binding("r", "act('reboot')", "Reboot", id="fleet-reboot"),
         Binding("ctrl+r", "refresh_now", "Refresh", id="fleet-refresh"),
         Binding("o", "sort", "Sort", id="fleet-sort"),
+        Binding("g", "group", "Group by label", id="fleet-group", show=False),
         Binding("F", "failed", "Failed units", id="fleet-failed"),
         Binding("d", "debug", "Debug", id="fleet-debug"),
         Binding("R", "rollouts", "Rollouts", id="fleet-rollouts"),
@@ -128,6 +129,7 @@ class FleetScreen(ConsoleScreen[None]):
         self.selected: set[str] = set()
         self.filter_text = ""
         self.sort_index = 0
+        self.group_by: str | None = None  # a label key: rows in runs of its values
         self._dirty: set[str] = set()
         self._warned: set[str] = set()  # nodes whose audit-chain warning was shown (network loop only)
         self._rebuild = True
@@ -138,7 +140,9 @@ class FleetScreen(ConsoleScreen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="drift")
-        yield Input(placeholder="filter nodes: name, version, state (esc clears)", id="filter", disabled=True)
+        yield Input(
+            placeholder="filter nodes: name, version, state, label=value (esc clears)", id="filter", disabled=True
+        )
         table = NodeTable(id="nodes", cursor_type="row", zebra_stripes=True)
         for key, label, width in COLUMNS:
             table.add_column(label, key=key, width=width)
@@ -191,8 +195,7 @@ class FleetScreen(ConsoleScreen[None]):
     def _visible(self) -> list[NodeSnapshot]:
         snapshots = list(self.lifsea.fleet.snapshots.values())
         if self.filter_text:
-            needle = self.filter_text.lower()
-            snapshots = [s for s in snapshots if needle in " ".join(c.plain for c in self._cells(s)).lower()]
+            snapshots = [s for s in snapshots if self._matches(s, self.filter_text)]
         sort = SORTS[self.sort_index]
         if sort == "state":
             snapshots.sort(key=lambda s: (s.reachable, s.name))
@@ -202,7 +205,25 @@ class FleetScreen(ConsoleScreen[None]):
             snapshots.sort(key=lambda s: (s.latency_ms is None, s.latency_ms or 0.0))
         else:
             snapshots.sort(key=lambda s: s.name)
+        if self.group_by is not None:
+            key = self.group_by
+            snapshots.sort(key=lambda s: (key not in s.labels, s.labels.get(key, "")))  # stable: sort kept inside
         return snapshots
+
+    def _matches(self, snapshot: NodeSnapshot, text: str) -> bool:
+        """Every word of the filter: `key=value` is one of the node's labels (the agent's and the
+        inventory's), anything else a piece of its row (name, version, state...)."""
+        row: str | None = None
+        for word in text.split():
+            key, eq, value = word.partition("=")
+            if eq and key:
+                if snapshot.labels.get(key) != value:
+                    return False
+                continue
+            row = row if row is not None else " ".join(c.plain for c in self._cells(snapshot)).lower()
+            if word.lower() not in row:
+                return False
+        return True
 
     def _style(self, variable: str) -> str:
         return self.lifsea.colour(variable)
@@ -256,12 +277,25 @@ class FleetScreen(ConsoleScreen[None]):
             self._dirty.clear()
             cursor = self._cursor_name()
             table.clear()
-            for snapshot in self._visible():
-                table.add_row(*self._cells(snapshot), key=snapshot.name)
+            shown = self._visible()
+            group: str | None = None
+            for index, snapshot in enumerate(shown):
+                label = None
+                if self.group_by is not None:  # the group's value on its first row, as a heading
+                    value = snapshot.labels.get(self.group_by, "(none)")
+                    label = plain(f"{self.group_by}={value}", self._style("text-muted"), limit=24)
+                    if index and value == group:
+                        label = Text("")
+                    group = value
+                table.add_row(*self._cells(snapshot), key=snapshot.name, label=label)
+            total = len(self.lifsea.fleet.snapshots)
+            nothing = f" · no node matches {self.filter_text!r}" if self.filter_text and not shown else ""
+            grouped = f" · grouped by {self.group_by}" if self.group_by is not None else ""
+            self.sub_title = f"{total} nodes{grouped}{nothing}"
             if cursor is not None and cursor in table.rows:
                 table.move_cursor(row=table.get_row_index(cursor))
         elif self._dirty:
-            if self.filter_text or SORTS[self.sort_index] != "name":
+            if self.filter_text or SORTS[self.sort_index] != "name" or self.group_by is not None:
                 # Membership or order may have changed: rebuild, but at most once a second.
                 if time.monotonic() - self._rebuilt_at >= 1.0:
                     self._rebuild = True
@@ -454,6 +488,18 @@ class FleetScreen(ConsoleScreen[None]):
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
         self.notify(f"sorted by {SORTS[self.sort_index]}", timeout=2)
+        self._rebuild = True
+        self._flush()
+
+    def action_group(self) -> None:
+        """Group rows by the next label key the fleet's nodes carry; after the last, no grouping."""
+        keys = sorted({key for s in self.lifsea.fleet.snapshots.values() for key in s.labels})
+        if not keys:
+            self.notify("no node has labels to group by (the agent's [labels], the inventory's labels)", timeout=4)
+            return
+        order = [*keys, None]
+        self.group_by = order[(order.index(self.group_by) + 1) % len(order)] if self.group_by in order else keys[0]
+        self.notify(f"grouped by {self.group_by}" if self.group_by else "not grouped", timeout=2)
         self._rebuild = True
         self._flush()
 

@@ -10,12 +10,12 @@ from textual import on
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from lifsea_tui.api import EventKind
 from lifsea_tui.client.node import NodeClient
 from lifsea_tui.tui.plain import plain
-from lifsea_tui.tui.screens.base import Console
+from lifsea_tui.tui.screens.base import Console, report_worker_failure
 
 
 class NodeChanged(Message):
@@ -62,10 +62,7 @@ class NodeTab(Vertical):
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
         """A tab's worker that fails says so, once, where the person looks; the other tabs go on."""
-        error = event.worker.error
-        if event.state == WorkerState.ERROR and error is not None:
-            self.log.error(f"worker {event.worker.name} failed", error)
-            self.notify(f"{event.worker.name} failed: {type(error).__name__}: {error}", severity="error", timeout=15)
+        report_worker_failure(self, event)
 
     def problem(self, widget_id: str, error: BaseException) -> None:
         self.query_one(widget_id, Static).update(plain(f"✗ {error}", self.lifsea.colour("node-down")))

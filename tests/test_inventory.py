@@ -1,0 +1,107 @@
+"""Inventory files as kubeconfig's habit has them: shared defaults, named contexts chosen by flag,
+environment or the file itself, and clear errors for a context or default that does not exist."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from lifsea_tui.client.inventory import CONTEXT_ENV, InventoryError, from_file
+from lifsea_tui.tui import sources
+
+INVENTORY = """
+current_context = "staging"
+
+[defaults]
+ca_file = "ca.pem"
+token_file = "shared.token"
+timeout = 4
+labels = { team = "edge" }
+
+[[nodes]]
+name = "lab-1"
+url = "https://127.0.0.1:1"
+
+[contexts.prod]
+token_env = "PROD_TOKEN"
+timeout = 20
+labels = { env = "prod" }
+
+[[contexts.prod.nodes]]
+name = "edge-7"
+url = "https://10.0.0.7:7443"
+labels = { zone = "a" }
+
+[[contexts.prod.nodes]]
+name = "edge-8"
+url = "https://10.0.0.8:7443"
+token = "its-own"
+timeout = 2
+
+[contexts.staging]
+[[contexts.staging.nodes]]
+name = "stage-1"
+url = "https://10.1.0.1:7443"
+"""
+
+
+@pytest.fixture
+def inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "ca.pem").write_text("not read here")
+    token = tmp_path / "shared.token"
+    token.write_text("shared-secret\n")
+    token.chmod(0o600)
+    path = tmp_path / "nodes.toml"
+    path.write_text(INVENTORY)
+    monkeypatch.delenv(CONTEXT_ENV, raising=False)
+    monkeypatch.setenv("PROD_TOKEN", "prod-secret")
+    return path
+
+
+def test_a_context_takes_its_nodes_and_its_defaults_over_the_shared_ones(inventory: Path) -> None:
+    seven, eight = from_file(inventory, "prod")
+    assert (seven.name, seven.token, seven.timeout) == ("edge-7", "prod-secret", 20.0)
+    assert seven.ca_file == inventory.parent / "ca.pem"  # from [defaults], relative to the file
+    assert seven.labels == {"team": "edge", "env": "prod", "zone": "a"}
+    assert (eight.token, eight.timeout) == ("its-own", 2.0)  # a node's own way to a token wins
+
+
+def test_which_context_the_flag_the_environment_then_the_file(inventory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [t.name for t in from_file(inventory)] == ["stage-1"]  # current_context
+    staged = from_file(inventory)[0]
+    assert (staged.token, staged.timeout) == ("shared-secret", 4.0)  # [defaults] alone
+    monkeypatch.setenv(CONTEXT_ENV, "prod")
+    assert [t.name for t in from_file(inventory)] == ["edge-7", "edge-8"]
+    assert [t.name for t in from_file(inventory, "staging")] == ["stage-1"]  # the flag over the environment
+    inventory.write_text(INVENTORY.replace('current_context = "staging"\n', ""))
+    monkeypatch.delenv(CONTEXT_ENV)
+    assert [t.name for t in from_file(inventory)] == ["lab-1"]  # no context: the file's own nodes
+
+
+def test_an_unknown_context_or_default_is_a_clear_error(inventory: Path) -> None:
+    with pytest.raises(InventoryError, match=r"unknown context 'prdo' \(its contexts: prod, staging\)"):
+        from_file(inventory, "prdo")
+    inventory.write_text(INVENTORY.replace("timeout = 4", "timeout = 4\nurl = 'https://x'"))
+    with pytest.raises(InventoryError, match=r"\[defaults\]: unknown keys url"):
+        from_file(inventory)
+    inventory.write_text(INVENTORY.replace("[contexts.staging]\n", "[contexts.staging]\nnme = 1\n"))
+    with pytest.raises(InventoryError, match=r"\[contexts.staging\]: unknown keys nme"):
+        from_file(inventory)
+
+
+def test_the_console_takes_context_from_its_flag(inventory: Path) -> None:
+    parser = argparse.ArgumentParser()
+    sources.add_inventory_options(parser)
+    args = parser.parse_args(["--inventory", str(inventory), "--context", "prod"])
+    assert [t.name for t in sources.targets_from(args)] == ["edge-7", "edge-8"]
+
+
+def test_the_console_title_names_the_context(inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    sources.add_inventory_options(parser)
+    assert sources.context_label(parser.parse_args(["--inventory", str(inventory), "--context", "prod"])) == "prod"
+    assert sources.context_label(parser.parse_args(["--inventory", str(inventory)])) == "staging"
+    monkeypatch.setenv("LIFSEA_TUI_CONFIG_DIR", str(tmp_path / "none"))
+    assert sources.context_label(parser.parse_args([])) == "lab"  # no inventory, no config: the lab
