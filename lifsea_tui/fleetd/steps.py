@@ -34,6 +34,10 @@ SETTLE_SECONDS = 5.0  # a node judged this soon after boot may not have started 
 # that takes a minute to start would be judged before its units had a chance to loop).
 RUNBOOK_SETTLE = 20.0
 REBOOT_SLACK = 2.0
+# A node that still answers this long after its reboot was asked, and has not booted since, never got the
+# ask (the controller died, or its store write outlived a lost answer, between writing "rebooting" and
+# asking): ask again. A node that is shutting down does not answer, so this never doubles a real reboot.
+REBOOT_ASK_AGAIN = 60.0
 
 
 @cache
@@ -224,6 +228,14 @@ async def _forward(spec: RolloutSpec, target: str, node: NodeRollout, client: No
         update = summary.update
         if update.state in (UpdateState.checking, UpdateState.staging) or update.operation:
             return recorded if node.reason in ("staging", "checking") else Step(_update(node, reason="staging"))
+        if pending is not None:
+            # Another deployment is staged (by hand, or by a rollout that was stopped): the node would
+            # boot it at its reboot, and the agent stages one at a time. The rollout's target replaces it,
+            # and the node's audit log says so.
+            other = pending.version or pending.checksum[:12]
+            what = f"cancel the staged {other}: the rollout's target is {spec.target_version}"
+            request = ActionRequest(reason=action_reason(spec, node, what))
+            return Step(_update(node, reason=f"replacing the staged {other}"), action=("cancel", request))
         if update.state is UpdateState.failed and node.reason == "staging":
             return _fail(node, f"staging failed: {update.last_error or 'no detail'}", now)
         rollback = next((d for d in summary.deployments.deployments if d.rollback), None)
@@ -259,6 +271,8 @@ async def _rebooting(spec: RolloutSpec, node: NodeRollout, client: NodeClient, n
     info = await client.node()
     if info.uptime_seconds is not None and now - info.uptime_seconds > node.reboot_at - REBOOT_SLACK:
         return Step(_update(node, state=NodeState.verifying, reason="booted again; checking its health"))
+    if now - node.reboot_at > REBOOT_ASK_AGAIN:
+        return _reboot(spec, node, now, what, f"no reboot {REBOOT_ASK_AGAIN:.0f} s after it was asked; asking again")
     return None
 
 
