@@ -348,6 +348,14 @@ async def test_a_writable_shell_that_rewrites_its_nodes_log_and_its_own_recordin
     )  # fmt: skip
     assert played.returncode in (0, 1) and "the collected copy" in played.stderr, played.stderr
     assert "changed since it was sealed" in played.stderr, played.stderr
+    kept.write_bytes(recorded.replace(b"evidence-of-42", b"evidence-of-43"))  # and now the copy, too
+    refused = subprocess.run(
+        [sys.executable, "-m", "lifsea_tui.tui.cli", "play", name, session.id, "--findings"],
+        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "does not match a seal" in refused.stderr, refused.stderr
+    assert refused.stdout == ""  # nothing of it was played or judged
+    kept.write_bytes(recorded)
     after = status(env)[name]
     assert not after["ok"] and after["first_bad_seq"] == opened["seq"], after
     checked, records = verify(env, name, tmp_path)

@@ -3,13 +3,13 @@ environment or the file itself, and clear errors for a context or default that d
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
 from lifsea_tui.client.inventory import CONTEXT_ENV, InventoryError, from_file
 from lifsea_tui.tui import sources
+from lifsea_tui.tui.cli import build_parser
 
 INVENTORY = """
 current_context = "staging"
@@ -92,15 +92,12 @@ def test_an_unknown_context_or_default_is_a_clear_error(inventory: Path) -> None
 
 
 def test_the_console_takes_context_from_its_flag(inventory: Path) -> None:
-    parser = argparse.ArgumentParser()
-    sources.add_inventory_options(parser)
-    args = parser.parse_args(["--inventory", str(inventory), "--context", "prod"])
+    args = build_parser().parse_args(["get", "nodes", "--inventory", str(inventory), "--context", "prod"])
     assert [t.name for t in sources.targets_from(args)] == ["edge-7", "edge-8"]
 
 
 def test_the_console_title_names_the_context(inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    parser = argparse.ArgumentParser()
-    sources.add_inventory_options(parser)
+    parser = build_parser()
     assert sources.context_label(parser.parse_args(["--inventory", str(inventory), "--context", "prod"])) == "prod"
     assert sources.context_label(parser.parse_args(["--inventory", str(inventory)])) == "staging"
     monkeypatch.setenv("LIFSEA_TUI_CONFIG_DIR", str(tmp_path / "none"))

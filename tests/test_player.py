@@ -142,6 +142,21 @@ def test_play_command_reports_findings(tmp_path: Path) -> None:
         [sys.executable, "-m", "lifsea_tui.tui.cli", "play", str(path), "--findings"], capture_output=True, text=True
     )
     assert result.returncode == 1 and "clipboard" in result.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "lifsea_tui.tui.cli", "play", str(path), "--findings", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    found = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and found["clean"] is False and found["recording"] == "x.cast"
+    assert any("clipboard" in what for what in found["hostile"]) and found["events"] == 1
+    path.write_bytes(cast_file([0.1, "o", "hello\r\n"]))
+    clean = subprocess.run(
+        [sys.executable, "-m", "lifsea_tui.tui.cli", "play", str(path), "--findings", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert clean.returncode == 0 and json.loads(clean.stdout)["clean"] is True
     missing = subprocess.run(
         [sys.executable, "-m", "lifsea_tui.tui.cli", "play", str(tmp_path / "nope.cast")],
         capture_output=True,

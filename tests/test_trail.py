@@ -28,7 +28,7 @@ from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.client.trail import DirectoryTrail, read_recent, read_states
 from lifsea_tui.fleetd import collector
 from lifsea_tui.lab import etcd
-from lifsea_tui.tui import audit_cli
+from lifsea_tui.tui import cli
 from tests.helpers import RunningAgent, TinyNode, start_agent
 
 pytestmark = pytest.mark.skipif(etcd.missing() is not None, reason=etcd.MISSING)
@@ -348,7 +348,7 @@ async def test_records_and_recordings_past_the_retention_go_and_what_is_kept_sti
         kept = json.loads(next(iter(trail.lines("tiny"))))
         assert verify(trail.path("tiny"), after=Head(older - 1, kept["prev"])).ok
         assert not verify(trail.path("tiny")).ok  # it no longer starts at the beginning of the chain
-        assert audit_cli.main(["export", "tiny", "--trail", str(tmp_path / "trail")]) == 0
+        assert cli.main(["audit", "export", "tiny", "--trail", str(tmp_path / "trail")]) == 0
         said = capfdbinary.readouterr().err.decode()
         assert f"--after {older - 1}:{kept['prev']}" in said, said
 

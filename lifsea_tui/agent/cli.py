@@ -97,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="SEQ:HASH",
         help="the file is a slice of a log (an export of a time range): it starts after record SEQ, whose hash is HASH",
     )
+    audit.add_argument("--json", action="store_true", help="print the verdict as JSON (the fields of /v1/audit/verify)")
     token = commands.add_parser("token", help="make a token for the config file")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     made = token_commands.add_parser(
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lifsea-agent: no audit log at {path}", file=sys.stderr)
             return 2
         result = verify(path, recordings=args.recordings, after=args.after)
+        if args.json:
+            print(result.model_dump_json(indent=2))
+            return 0 if result.ok else 1
         checked = f", {result.recordings_checked} sealed recordings match" if args.recordings else ""
         if result.ok:
             print(f"ok: {result.records} records, head seq {result.head_seq} hash {result.head_hash}{checked}")

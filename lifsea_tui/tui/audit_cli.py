@@ -24,11 +24,10 @@ import argparse
 import asyncio
 import hashlib
 import json
-import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 from pathlib import Path
 
 from lifsea_tui.api.chain import SESSION_END
@@ -39,23 +38,10 @@ from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.trail import DirectoryTrail, RecentFollower, read_states
 from lifsea_tui.tui.plain import visible
-from lifsea_tui.tui.sources import add_inventory_options, add_store_options, sources
+from lifsea_tui.tui.sources import sources
 
 EXIT_FLAGGED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
-SPAN = re.compile(r"(\d+)([smhd])")
 FOLLOW_EVERY = 1.0  # seconds between looks for newly collected records
-
-
-def moment(text: str) -> datetime:
-    """An ISO 8601 time, or a span before now (30s, 15m, 2h, 7d)."""
-    if found := SPAN.fullmatch(text.strip()):
-        seconds = int(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
-        return datetime.now(UTC) - timedelta(seconds=seconds)
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time (2026-12-02T18:00Z) or a span (15m, 2h)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def store_target(args: argparse.Namespace) -> EtcdTarget:
@@ -123,7 +109,7 @@ def trail_dir(args: argparse.Namespace) -> Path:
 def wanted(record: AuditRecord, args: argparse.Namespace) -> bool:
     return (
         (args.actor is None or record.actor == args.actor)
-        and (args.action is None or record.action.startswith(args.action))
+        and (args.action_prefix is None or record.action.startswith(args.action_prefix))
         and (args.since is None or record.time >= args.since)
         and (args.until is None or record.time < args.until)
     )
@@ -259,40 +245,15 @@ async def recording(args: argparse.Namespace) -> tuple[bytes, str]:
     return data, f"the collected copy (the node's: {why}), matching {whose} seal"
 
 
-def main(argv: list[str]) -> int:
-    top = argparse.ArgumentParser(
-        prog="lifsea-tui audit",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    add_inventory_options(common)
-    add_store_options(common)
-    ranged = argparse.ArgumentParser(add_help=False)
-    ranged.add_argument("--since", type=moment, help="from this time: ISO 8601, or a span before now (15m, 2h, 7d)")
-    ranged.add_argument("--until", type=moment, help="before this time")
-    actions = top.add_subparsers(dest="command", required=True)
-    status = actions.add_parser("status", parents=[common], help="each node's collection, and any node flagged")
-    status.add_argument("--json", action="store_true")
-    log = actions.add_parser("log", parents=[common, ranged], help="collected records, fleet-wide, filtered")
-    log.add_argument("--node", action="append", help="only this node (again for more)")
-    log.add_argument("--actor", help="only this actor's records")
-    log.add_argument("--action", help="only actions that start with this (ops.session)")
-    log.add_argument("-f", "--follow", action="store_true", help="go on printing records as they are collected")
-    log.add_argument("--json", action="store_true", help="JSON lines: each record with its node")
-    log.add_argument("--trail", help="read the controller's whole trail (a directory) instead of etcd's recent records")
-    export = actions.add_parser("export", parents=[common, ranged], help="a node's collected records, as JSON lines")
-    export.add_argument("node")
-    export.add_argument("--trail", help="the controller's trail directory (default: the lab's)")
-    args = top.parse_args(argv)
+def main(args: argparse.Namespace) -> int:
+    """`lifsea-tui audit ACTION ...` (the arguments: lifsea_tui.tui.cli)."""
     try:
-        if args.command == "log":
+        if args.action == "log":
             try:
                 return asyncio.run(log_main(args))
             except KeyboardInterrupt:
                 return 0
-        if args.command == "status":
+        if args.action == "status":
             states = asyncio.run(collected(args))
             if args.json:
                 print(json.dumps([summary(state) for state in states], indent=2))

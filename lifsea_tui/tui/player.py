@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,6 @@ from textual.widgets import Footer, RichLog, Static
 
 from lifsea_tui.tui.cast import Cast, parse, size_of
 from lifsea_tui.tui.plain import plain_lines, visible
-from lifsea_tui.tui.sources import add_inventory_options
 from lifsea_tui.tui.terminal import TerminalView
 
 SPEEDS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
@@ -192,19 +192,24 @@ class PlayerApp(App[None]):
         self.push_screen(PlayerScreen(self.cast, self.source))
 
 
-def play_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lifsea-tui play",
-        description="Play an ops session recording (asciicast v2 or v3) safely: a file, or NODE RECORDING_ID "
-        "(from the node while it matches the seal in its audit log, else from the copy the fleet controller "
-        "collected, checked against the seal the copy holds).",
-    )
-    parser.add_argument("source", help="the .cast file, or the node's name")
-    parser.add_argument("recording", nargs="?", help="with a node: the recording's id (the session's)")
-    parser.add_argument("--findings", action="store_true", help="print what the recording does and exit")
-    parser.add_argument("--trail", help="the controller's trail directory (default: the lab's)")
-    add_inventory_options(parser)
-    args = parser.parse_args(argv)
+def findings_json(cast: Cast, title: str) -> dict[str, object]:
+    """What --findings --json prints: a damaged file's problems, what its output tries to do (counted), and
+    the ordinary redraws that can hide what was shown."""
+    return {
+        "recording": title,
+        "width": cast.width,
+        "height": cast.height,
+        "duration_seconds": round(cast.duration, 3),
+        "events": len(cast.events),
+        "problems": cast.problems,
+        "hostile": dict(cast.hostile.most_common()),
+        "rewrites": dict(cast.rewrites.most_common()),
+        "clean": not cast.findings(),
+    }
+
+
+def play_main(args: argparse.Namespace) -> int:
+    """`lifsea-tui play FILE | NODE RECORDING_ID [--findings [--json]]` (the arguments: lifsea_tui.tui.cli)."""
     if args.recording is None:
         title = Path(args.source).name
         try:
@@ -220,15 +225,18 @@ def play_main(argv: list[str]) -> int:
         try:
             data, where = asyncio.run(recording(args))
         except (LookupError, ValueError) as error:
-            print(f"lifsea-tui play: {error}", file=sys.stderr)
+            print(visible(f"lifsea-tui play: {error}", keep_newlines=False), file=sys.stderr)
             return 1
         print(visible(f"lifsea-tui play: {title}: {where}", keep_newlines=False), file=sys.stderr)
     cast = parse(data)
     if args.findings:
-        for line in cast.findings() or ["no findings"]:
-            print(line)
-        for what, count in cast.rewrites.most_common():
-            print(f"redraw: {what} ({count}×)")
+        if args.json:
+            print(json.dumps(findings_json(cast, title), indent=2))
+        else:
+            for line in cast.findings() or ["no findings"]:
+                print(line)
+            for what, count in cast.rewrites.most_common():
+                print(f"redraw: {what} ({count}×)")
         return 1 if cast.findings() else 0
     PlayerApp(cast, title).run()
     return 0

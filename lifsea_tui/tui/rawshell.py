@@ -8,6 +8,7 @@ the remote shell's exit code (255 when the session could not be used, as ssh doe
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -207,3 +208,31 @@ async def _write_all(fd: int, data: bytes) -> None:
 def _resolve(ready: asyncio.Future[None]) -> None:
     if not ready.done():
         ready.set_result(None)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`lifsea-tui shell NODE --reason TEXT`."""
+    from lifsea_tui.client import inventory
+    from lifsea_tui.tui.sources import targets_from
+
+    try:
+        targets = {target.name: target for target in targets_from(args)}
+    except inventory.InventoryError as error:
+        print(f"lifsea-tui shell: {error}", file=sys.stderr)
+        return 2
+    if args.node not in targets:
+        known = ", ".join(sorted(targets)) or "none"
+        print(visible(f"lifsea-tui shell: no node {args.node!r} (known: {known})"), file=sys.stderr)
+        return 2
+    options = Options(
+        reason=args.reason,
+        ticket=args.ticket,
+        ttl_seconds=args.ttl,
+        session=args.session,
+        access=OpsAccess(args.access),
+    )
+    try:
+        import uvloop  # every keystroke crosses this loop twice: the faster loop halves its share
+    except ImportError:
+        return asyncio.run(run(targets[args.node], options))
+    return uvloop.run(run(targets[args.node], options))

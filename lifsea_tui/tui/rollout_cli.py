@@ -23,7 +23,7 @@ from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.client.rollouts import parse_group_limit
 from lifsea_tui.tui.plain import visible
-from lifsea_tui.tui.sources import add_inventory_options, add_store_options, sources
+from lifsea_tui.tui.sources import sources
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 
@@ -180,61 +180,8 @@ async def run(args: argparse.Namespace) -> int:
         await store.aclose()
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="lifsea-tui rollout",
-        description="Rolling upgrades and rollbacks of the fleet, run by lifsea-fleetd from etcd. "
-        "Exit codes: 0 done, 1 refused, 2 bad arguments, 3 the store did not answer.",
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    add_inventory_options(common)
-    add_store_options(common)
-    actions = top.add_subparsers(dest="action", required=True)
-    start = actions.add_parser("start", parents=[common], help="start a rollout; prints its id")
-    start.add_argument("--version", required=True, help="the target version")
-    start.add_argument("--max-unavailable", default="1", help="nodes moving at once: a count or a percentage")
-    start.add_argument("--canary", type=int, default=1, help="nodes to move first, alone (default 1)")
-    start.add_argument("--soak", type=float, default=0.0, help="seconds of health after each batch")
-    start.add_argument("--node-deadline", type=float, default=900.0, help="seconds a node may take (default 900)")
-    start.add_argument("--error-budget", type=int, default=0, help="failed nodes tolerated (default 0)")
-    start.add_argument("--on-failure", choices=["pause", "rollback"], default="pause")
-    start.add_argument("--nodes", help="comma-separated node names (default: every node)")
-    start.add_argument("--selector", help="only nodes with these labels: zone=a,pool!=edge,gpu")
-    start.add_argument(
-        "--max-unavailable-per",
-        metavar="LABEL=N|P%",
-        help="also at most N (or P%%) of each value of LABEL at once, e.g. zone=1; batches take the values in turn",
-    )
-    start.add_argument(
-        "--window",
-        action="append",
-        metavar="'DAYS HH:MM LENGTH [ZONE]'",
-        help="when nodes may start, e.g. 'mon-fri 02:00 4h Europe/Berlin'; repeat for more (default: any time)",
-    )
-    start.add_argument("--pre-hook", help="command before a node is touched, {node} is its name")
-    start.add_argument("--post-hook", help="command after a node passed its gates")
-    start.add_argument("--hook-timeout", type=float, default=300.0, help="seconds a hook may run (default 300)")
-    start.add_argument("--probe", help="URL template ({node}) that must answer 2xx after a reboot")
-    start.add_argument(
-        "--runbook-gate",
-        metavar="all|ID,...",
-        help="runbooks whose first checks must stay clean after each reboot (unless they fired before)",
-    )
-    start.add_argument("--id", help="the rollout's id (default r-DATE-TIME-XXXX)")
-    start.add_argument("--reason", required=True, help="why (goes into the log and each node's audit log)")
-    actions.add_parser("list", parents=[common], help="every rollout")
-    status = actions.add_parser("status", parents=[common], help="one rollout, node by node")
-    status.add_argument("id")
-    for action in ("pause", "resume", "abort", "rollback"):
-        steer = actions.add_parser(action, parents=[common], help=f"ask the controller to {action}")
-        steer.add_argument("id")
-        steer.add_argument("--reason", required=True)
-    return top
-
-
-def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
+    """`lifsea-tui rollout ACTION ...` (the arguments: lifsea_tui.tui.cli)."""
     try:
         return asyncio.run(run(args))
     except (Usage, inventory.InventoryError, KeyError, ValueError) as error:

@@ -1,10 +1,9 @@
 """Where the console's nodes and its fleet store come from: flags, the user's config file, or the running
-lab. Shared by the console, `lifsea-tui shell` and `lifsea-tui rollout`."""
+lab. Shared by the console and its commands (their flags: lifsea_tui.tui.cli)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from lifsea_tui.client import inventory
 from lifsea_tui.client.etcd import EtcdTarget
@@ -45,31 +44,3 @@ def context_label(args: argparse.Namespace) -> str:
         return str(inventory.context_name(inventory.read(path), context) or path.name)
     except inventory.InventoryError:
         return path.name
-
-
-def add_store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--etcd", help="the fleet store's etcd members, host:port[,...] (default: the lab's)")
-    parser.add_argument("--etcd-ca", type=Path, help="CA of the members' certificates")
-    parser.add_argument("--etcd-cert", type=Path, help="your client certificate for etcd")
-    parser.add_argument("--etcd-key", type=Path, help="its key")
-    parser.add_argument("--etcd-server-name", help="the name in the members' certificates, if not the address")
-
-
-def add_inventory_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--inventory",
-        type=Path,
-        help="TOML file of nodes ([[nodes]] name, url, ca_file, token_file "
-        f"or token_env); default: {locations.config_file()}, else the running lab",
-    )
-    parser.add_argument(
-        "--context",
-        help=f"which of the inventory's [contexts.NAME] (default: ${inventory.CONTEXT_ENV}, else its current_context)",
-    )
-    parser.add_argument("--lab-dir", type=Path, help="the lab to use when no inventory is given")
-    parser.add_argument(
-        "--lab-role",
-        default="admin",
-        choices=["reader", "operator", "admin", "auditor"],
-        help="which of the lab's tokens to use (default admin, so the lab shows every feature)",
-    )
