@@ -8,6 +8,7 @@ APT_PACKAGES=(
   ostree gir1.2-ostree-1.0 python3-gi python3-venv   # ostree CLI and libostree for the agent
   systemd-container debootstrap runc umoci            # lab nodes (nspawn), their image, ops containers, the agent image
   etcd-server                                         # the fleet controller's store (the lab runs one)
+  prometheus                                          # scrapes lab agents in the metrics test (promtool: the rules)
   e2fsprogs procps iproute2 tmux                      # chattr for lab clean-up, pgrep, tmux for trying the console
 )
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 
-from lifsea_tui import __version__
 from lifsea_tui.agent import audited
 from lifsea_tui.agent.audit import AuditLog
 from lifsea_tui.agent.auth import Authenticator
@@ -18,6 +16,7 @@ from lifsea_tui.agent.errors import ApiError
 from lifsea_tui.agent.events import EventHub
 from lifsea_tui.agent.limits import RefusalTally, StreamLimits
 from lifsea_tui.agent.logs import Journal
+from lifsea_tui.agent.metrics import Metrics
 from lifsea_tui.agent.node import HISTORY_EVENTS
 from lifsea_tui.agent.ops import OpsManager
 from lifsea_tui.agent.ostree import OstreeBackend
@@ -49,8 +48,8 @@ class Agent:
         self.event_streams = StreamLimits(
             "event streams", config.limits.event_streams_per_caller, config.limits.event_streams
         )
-        self.requests: Counter[tuple[str, str, int]] = Counter()
         self.started = time.monotonic()
+        self.metrics = Metrics(self)
         self._last_deployments: list[Deployment] | None = None
         self._last_booted: str | None = None
 
@@ -141,26 +140,3 @@ class Agent:
             "ok",
             params={"checksum": booted.checksum, "version": booted.version},
         )
-
-    def metrics(self) -> str:
-        lines = [
-            "# HELP lifsea_agent_requests_total HTTP requests by method, route and status.",
-            "# TYPE lifsea_agent_requests_total counter",
-        ]
-        for (method, route, status), count in sorted(self.requests.items()):
-            lines.append(f'lifsea_agent_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}')
-        lines += [
-            "# HELP lifsea_agent_audit_head_seq Sequence number of the newest audit record.",
-            "# TYPE lifsea_agent_audit_head_seq gauge",
-            f"lifsea_agent_audit_head_seq {self.audit.head.seq}",
-            "# HELP lifsea_agent_event_subscribers Open /v1/events connections.",
-            "# TYPE lifsea_agent_event_subscribers gauge",
-            f"lifsea_agent_event_subscribers {self.events.subscribers}",
-            "# HELP lifsea_agent_uptime_seconds Seconds since the agent started.",
-            "# TYPE lifsea_agent_uptime_seconds gauge",
-            f"lifsea_agent_uptime_seconds {time.monotonic() - self.started:.3f}",
-            "# HELP lifsea_agent_info Agent version.",
-            "# TYPE lifsea_agent_info gauge",
-            f'lifsea_agent_info{{version="{__version__}",node="{self.config.node_name}"}} 1',
-        ]
-        return "\n".join(lines) + "\n"

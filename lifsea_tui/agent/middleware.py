@@ -1,6 +1,8 @@
-"""What every HTTP request passes through first: the body limit, and the count for /metrics."""
+"""What every HTTP request passes through first: the body limit, and its count and latency for /metrics."""
 
 from __future__ import annotations
+
+import time
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -11,7 +13,7 @@ from lifsea_tui.agent.errors import ApiError
 
 
 class LimitsMiddleware:
-    """Refuses oversize bodies before they are read, and counts requests by route template."""
+    """Refuses oversize bodies before they are read, and counts and times requests by route template."""
 
     def __init__(self, app: ASGIApp, agent: Agent) -> None:
         self.app = app
@@ -23,6 +25,7 @@ class LimitsMiddleware:
             return
         limit = self.agent.config.max_body_bytes
         status = 500
+        began = time.perf_counter()
 
         async def counting_send(message: Message) -> None:
             nonlocal status
@@ -52,4 +55,4 @@ class LimitsMiddleware:
         # The router put the matched route in the scope: count by its template (bounded), never the path.
         template = getattr(scope.get("route"), "path", None)
         route = template if (scope["method"], template) in RULES else "other"
-        self.agent.requests[(scope["method"], route, status)] += 1
+        self.agent.metrics.observe(scope["method"], route, status, time.perf_counter() - began)

@@ -23,6 +23,7 @@ UNIT_NAME = re.compile(
     r"^[A-Za-z0-9:_.@\\-]{1,240}\.(service|socket|timer|target|mount|automount|path|slice|scope|swap|device)$"
 )
 ACTIONS = ("start", "stop", "restart")
+MAX_TRACKED = 500  # units whose restarts are counted
 
 # Units no caller may start, stop or restart through the API: they power the node off or reboot it
 # outside the audited reboot, drop it into a rescue shell on its console, open a root shell nobody
@@ -78,6 +79,9 @@ class Services:
         self.audit = audit
         self.events = events
         self.failed: set[str] | None = None  # None until the watch has the node's units
+        # Automatic restarts seen since the watch began, by unit (/metrics): a crash loop climbs here
+        # even though its unit is never "failed". At most MAX_TRACKED units.
+        self.restarts: dict[str, int] | None = None
 
     def failed_units(self, limit: int = 50) -> list[str] | None:
         if self.failed is None or self.systemd.unavailable_reason() is not None:
@@ -108,6 +112,8 @@ class Services:
 
         def subscribed(units: list[Any]) -> None:
             self.failed = {u.name for u in units if u.active_state == "failed"}
+            if self.restarts is None:
+                self.restarts = {}
 
         def changed(unit: str, values: dict[str, Any]) -> None:
             if self.failed is not None and "ActiveState" in values:
@@ -115,6 +121,9 @@ class Services:
                     self.failed.add(unit)
                 else:
                     self.failed.discard(unit)
+            if self.restarts is not None and values.get("SubState") == "auto-restart":
+                if unit in self.restarts or len(self.restarts) < MAX_TRACKED:
+                    self.restarts[unit] = self.restarts.get(unit, 0) + 1
             self.events.publish(
                 UnitChanged(
                     unit=unit,

@@ -149,6 +149,32 @@ class UpdateStatus(BaseModel):
     changed_at: datetime
 
 
+class NodeResources(BaseModel):
+    """What the node has left, cheap to read (a few /proc files, one statfs, one bus property). Load and
+    memory are the kernel's figures, host-wide: on a lab node, the lab machine's."""
+
+    load: list[float] | None = Field(default=None, description="1, 5 and 15 minute load averages")
+    cpus: int | None = Field(default=None, description="online CPUs, to read the load against")
+    memory_total_bytes: int | None = None
+    memory_available_bytes: int | None = Field(default=None, description="MemAvailable: what can be had without swap")
+    var_total_bytes: int | None = None
+    var_used_bytes: int | None = None
+    var_free_bytes: int | None = Field(default=None, description="what an unprivileged writer may still use")
+    uptime_seconds: float | None = Field(default=None, description="since the node's systemd started")
+
+    @property
+    def var_used_ratio(self) -> float | None:
+        if not self.var_total_bytes or self.var_used_bytes is None:
+            return None
+        return self.var_used_bytes / self.var_total_bytes
+
+    @property
+    def memory_used_ratio(self) -> float | None:
+        if not self.memory_total_bytes or self.memory_available_bytes is None:
+            return None
+        return 1 - self.memory_available_bytes / self.memory_total_bytes
+
+
 class NodeSummary(BaseModel):
     """What a fleet view polls: deployments, update state and audit head in one cheap answer."""
 
@@ -161,6 +187,7 @@ class NodeSummary(BaseModel):
         default=None, description="units in the failed state (at most 50); null while the bus is unreachable"
     )
     labels: Labels = Field(default_factory=dict, description="the agent's [labels], as in /v1/node")
+    resources: NodeResources | None = Field(default=None, description="load, memory, /var and uptime")
 
 
 class ActionRequest(Strict):

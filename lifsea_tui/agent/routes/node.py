@@ -6,8 +6,10 @@ import asyncio
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from lifsea_tui.agent import resources
 from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.node import history, node_info
 from lifsea_tui.agent.routes.deps import ERRORS, AgentDep
@@ -32,9 +34,9 @@ async def healthz() -> str:
     return "ok\n"
 
 
-@router.get(r.METRICS, response_class=PlainTextResponse)
-async def metrics(agent: AgentDep) -> str:
-    return agent.metrics()
+@router.get(r.METRICS, responses={200: {"content": {"text/plain": {}}}}, response_class=Response)
+async def metrics(agent: AgentDep) -> Response:
+    return Response(await agent.metrics.render(), media_type=CONTENT_TYPE_PLAIN_0_0_4)  # what Prometheus 2 reads
 
 
 @router.get(r.NODE)
@@ -72,6 +74,7 @@ async def get_summary(agent: AgentDep) -> NodeSummary:
         ops_sessions=len(agent.ops.sessions),
         failed_units=agent.services.failed_units(),
         labels=agent.config.labels,
+        resources=await resources.read(agent.config.host_root, agent.systemd),
     )
 
 
