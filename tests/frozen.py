@@ -33,6 +33,7 @@ from lifsea_tui.api import (
     LogEntry,
     LogPage,
     NodeInfo,
+    NodeResources,
     OpsSessionList,
     PathSize,
     RecordingInfo,
@@ -287,6 +288,18 @@ class FrozenFleet(Fleet):
                 )
             )
             snapshot.latency_ms = 12.0 + index
+            snapshot.latency_history = tuple(10.0 + (step * (index + 3)) % 9 for step in range(12)) + (12.0 + index,)
+            snapshot.load_history = tuple(0.2 * ((step + index) % 6) for step in range(13))
+            snapshot.resources = NodeResources(
+                load=[snapshot.load_history[-1], 0.5, 0.4],
+                cpus=2,
+                memory_total_bytes=8 << 30,
+                memory_available_bytes=(5 - index) << 30,
+                var_total_bytes=20 << 30,
+                var_used_bytes=(19 if name == "edge-3" else 6 + index) << 30,
+                var_free_bytes=(1 if name == "edge-3" else 14 - index) << 30,
+                uptime_seconds=86_400.0 * (index + 1),
+            )
             snapshot.ops_sessions = 1 if name == "edge-2" else 0
             snapshot.failed_units = ["kubelet.service"] if name == "edge-1" else []
             snapshot.last_seen = future

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from lifsea_tui.api import Deployment, EventKind, UpdateStatus
+from lifsea_tui.api import Deployment, EventKind, NodeResources, UpdateStatus
 from lifsea_tui.client.heads import AuditHeads
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 
@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
+HISTORY = 60  # answers kept per node for the sparklines: 5 minutes at the default refresh
 
 
 def backoff(failures: int) -> float:
@@ -57,6 +58,10 @@ class NodeSnapshot:
     latency_ms: float | None = None
     last_seen: float | None = None  # wall-clock time of the last good answer
     failures: int = 0
+    resources: NodeResources | None = None  # None until it answers, or from an agent that does not say
+    # The last HISTORY answers, oldest first: what the sparklines draw.
+    latency_history: tuple[float, ...] = ()
+    load_history: tuple[float, ...] = ()
 
     @property
     def reachable(self) -> bool:
@@ -111,7 +116,10 @@ class Fleet:
                 new = dataclasses.replace(old, problem=str(error), failures=failures)
             else:
                 self._next_try.pop(name, None)
+                latency = (time.perf_counter() - started) * 1000
                 warning = await self.heads.check(self.clients[name], summary.audit_head_seq, summary.audit_head_hash)
+                resources = summary.resources
+                load = resources.load[0] if resources is not None and resources.load else None
                 new = dataclasses.replace(
                     old,
                     problem=None,
@@ -123,8 +131,11 @@ class Fleet:
                     ops_sessions=summary.ops_sessions,
                     failed_units=summary.failed_units,
                     labels=summary.labels | self.targets[name].labels,
-                    latency_ms=(time.perf_counter() - started) * 1000,
+                    latency_ms=latency,
                     last_seen=time.time(),
+                    resources=resources,
+                    latency_history=(*old.latency_history[-HISTORY + 1 :], latency),
+                    load_history=(*old.load_history[-HISTORY + 1 :], load) if load is not None else old.load_history,
                 )
         self.snapshots[name] = new
         return new

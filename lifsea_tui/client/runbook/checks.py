@@ -22,7 +22,7 @@ def _int(params: Mapping[str, Any], key: str, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -171,10 +171,9 @@ async def check_journal(client: NodeClient, params: Mapping[str, Any]) -> Findin
 async def check_disk(client: NodeClient, params: Mapping[str, Any]) -> Finding:
     usage = await client.disk(str(params.get("path", "var")))
     above = _int(params, "above_percent", 90)
-    evidence = [
-        f"{usage.path}: {usage.used_percent:.1f}% used, {_size(usage.free_bytes)} free of {_size(usage.total_bytes)}"
-    ]
-    evidence += [f"{_size(entry.bytes):>10}  {entry.path}" for entry in usage.largest[:6]]
+    free, total = human_size(usage.free_bytes), human_size(usage.total_bytes)
+    evidence = [f"{usage.path}: {usage.used_percent:.1f}% used, {free} free of {total}"]
+    evidence += [f"{human_size(entry.bytes):>10}  {entry.path}" for entry in usage.largest[:6]]
     if not usage.complete:
         evidence.append("(sizes from a partial walk: the node has many files)")
     facts = {"used_percent": f"{usage.used_percent:.1f}"}
@@ -183,7 +182,7 @@ async def check_disk(client: NodeClient, params: Mapping[str, Any]) -> Finding:
         top = usage.largest[0].bytes
         culprit = max((e for e in usage.largest if e.bytes >= 0.9 * top), key=lambda e: e.path.count("/"))
         facts["largest"] = culprit.path
-        facts["largest_size"] = _size(culprit.bytes)
+        facts["largest_size"] = human_size(culprit.bytes)
     if usage.used_percent >= above or usage.free_bytes == 0:
         return Finding(Status.problem, f"{usage.path} is {usage.used_percent:.1f}% full", evidence, facts)
     return Finding(Status.ok, f"{usage.path} is {usage.used_percent:.1f}% full: room left", evidence, facts)

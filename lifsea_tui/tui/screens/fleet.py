@@ -22,6 +22,7 @@ from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.fleet import NodeSnapshot, version_drift
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.trail import read_states
+from lifsea_tui.tui.pictures import meter, spark
 from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import ReasonModal, RebootModal
@@ -32,13 +33,15 @@ from lifsea_tui.tui.tables import PlainTable
 COLUMNS = (
     ("sel", " ", 1),
     ("name", "Node", 14),
-    ("state", "Reachability", 32),
+    ("state", "Reachability", 24),
     ("booted", "Booted", 10),
     ("next", "Next boot", 10),
-    ("update", "Update", 18),
+    ("update", "Update", 16),
     ("failed", "Failed", 6),
     ("ops", "Ops", 4),
-    ("latency", "Latency", 8),
+    ("load", "Load", 10),
+    ("var", "/var", 8),
+    ("latency", "Latency", 11),
     ("seen", "Last seen", 9),
 )
 SORTS = ("name", "state", "booted", "latency")
@@ -47,6 +50,8 @@ BUSY_STATES = ("checking", "staging")
 REBOOT_SLOTS = 1  # nodes a multi-node reboot from the fleet takes down at once
 REBOOT_BACK = 600.0  # seconds a node may take to answer again after its reboot
 SHARE_WIDTH = 24  # cells of the version-share bar
+SPARK = 6  # cells of a row's sparklines
+VAR_HIGH, VAR_FULL = 0.8, 0.9  # /var shares drawn as a warning, and as trouble
 ROLLOUT_POLL = 3.0
 
 
@@ -253,7 +258,10 @@ class FleetScreen(ConsoleScreen[None]):
                 update += f" → {snapshot.update.targets[0].version}"
             if snapshot.update.state.value == "failed" and snapshot.update.last_error:
                 update += f": {snapshot.update.last_error}"
-        latency = f"{snapshot.latency_ms:.0f} ms" if snapshot.latency_ms is not None else ""
+        latency = Text()
+        if snapshot.latency_ms is not None:
+            latency.append(spark(snapshot.latency_history, SPARK), style=self._style("text-muted"))
+            latency.append(f" {snapshot.latency_ms:.0f}ms")
         failed, sessions = len(snapshot.failed_units or []), snapshot.ops_sessions
         return [
             Text("●" if snapshot.name in self.selected else " "),
@@ -264,9 +272,30 @@ class FleetScreen(ConsoleScreen[None]):
             plain(update, limit=CELL),
             Text(str(failed), style=self._style("node-down")) if failed else Text(),
             Text(f"● {sessions}", style=self._style("recorded")) if sessions else Text(),
-            Text(latency),
+            self._load(snapshot),
+            self._var(snapshot),
+            latency,
             Text(ago(snapshot.last_seen)),
         ]
+
+    def _load(self, snapshot: NodeSnapshot) -> Text:
+        """The 1-minute load over the last minutes, scaled to the node's CPUs, and its value now."""
+        resources = snapshot.resources
+        if resources is None or not resources.load:
+            return Text()
+        cpus = resources.cpus or 1
+        busy = resources.load[0] >= cpus
+        text = Text(spark(snapshot.load_history, SPARK, top=cpus), style=self._style("text-muted"))
+        text.append(f" {resources.load[0]:.1f}", style=self._style("node-down") if busy else "")
+        return text
+
+    def _var(self, snapshot: NodeSnapshot) -> Text:
+        """How full /var is: a full /var stops the audit log, and with it every action."""
+        ratio = snapshot.resources.var_used_ratio if snapshot.resources is not None else None
+        if ratio is None:
+            return Text()
+        style = self._style("node-down") if ratio >= VAR_FULL else self._style("pending") if ratio >= VAR_HIGH else ""
+        return Text(f"{meter(ratio, 4)}{100 * ratio:3.0f}%", style=style)
 
     def _flush(self) -> None:
         """Repaint what changed since the last flush: a burst of node results costs one repaint."""
