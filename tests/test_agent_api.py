@@ -353,3 +353,35 @@ def test_a_recording_changed_since_sealed_is_refused_and_named(agent: RunningAge
     assert not result["ok"] and [b["id"] for b in result["bad_recordings"]] == [recording]
     views = [r for r in audit_records(agent) if r["action"] == "recording.view"]
     assert [v["outcome"].split(":")[0] for v in views] == ["ok", "refused"]
+
+
+def test_checking_and_staging_report_their_progress(agent: RunningAgent, tiny_node: TinyNode) -> None:
+    """A release of 1,500 new files takes a while to pull: the agent says how far it is (libostree's own
+    object and byte counts) in update events while the check fetches it (whole: its diff needs the tree),
+    then that staging deploys it, then that it is staged."""
+    image.publish(tiny_node.repo, "1.1", extra={f"/usr/share/bulk/{n}": f"{n} " * 200 for n in range(1500)})
+
+    async def scenario() -> list[dict]:
+        url = agent.url.replace("https://", "wss://") + routes.EVENTS
+        async with websockets.connect(url, ssl=agent.ssl_context(), additional_headers=agent.headers("reader")) as ws:
+            await ws.recv()  # hello
+            async with httpx.AsyncClient(
+                base_url=agent.url, verify=agent.ssl_context(), headers=agent.headers("operator"), timeout=60
+            ) as http:
+                assert (await http.post(routes.UPGRADES_CHECK, json={"reason": "bulk"})).status_code == 200
+                assert (await http.post(routes.UPGRADES_STAGE, json={"reason": "bulk"})).status_code == 202
+            seen: list[dict] = []
+            while not any(e["kind"] == "update" and e["data"]["state"] == "staged" for e in seen):
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+            return [e["data"] for e in seen if e["kind"] == "update"]
+
+    updates = asyncio.run(scenario())
+    pulling = [u["progress"] for u in updates if u["operation"] == "check" and u["progress"]]
+    assert pulling and all(p["phase"] == "pulling" for p in pulling), updates
+    fetched = [p["fetched"] for p in pulling]
+    assert fetched == sorted(fetched) and all(p["fetched"] <= p["requested"] for p in pulling)
+    assert pulling[-1]["fetched"] == pulling[-1]["requested"] >= 1500  # every new file is an object
+    assert pulling[-1]["bytes_transferred"] > 1500 * 20  # compressed on the wire, but each object costs some
+    staging = [u["progress"] for u in updates if u["operation"] == "stage" and u["progress"]]
+    assert [p["phase"] for p in staging] == ["deploying"]  # the check fetched it all: nothing left to pull
+    assert updates[-1]["state"] == "staged" and updates[-1]["progress"] is None

@@ -13,6 +13,8 @@ import asyncio
 import os
 import tempfile
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,16 +30,26 @@ KEEP_DEPLOYMENTS = 3
 DIFF_SAMPLE = 12
 # How many commits back a check looks for versions newer than the booted one.
 HISTORY_DEPTH = 20
+PROGRESS_EVERY = 0.5  # seconds between looks at a pull's progress
 
 try:
     import gi
 
     gi.require_version("OSTree", "1.0")
-    from gi.repository import Gio, OSTree  # type: ignore[attr-defined]
+    from gi.repository import Gio, GLib, OSTree  # type: ignore[attr-defined]
 
     LIBOSTREE_ERROR: str | None = None
 except (ImportError, ValueError) as _error:
     LIBOSTREE_ERROR = f"libostree bindings unavailable ({_error}); install python3-gi and gir1.2-ostree-1.0"
+
+
+@dataclass(frozen=True)
+class PullFigures:
+    fetched: int
+    requested: int
+    scanned_metadata: int
+    bytes_transferred: int
+    done: bool = False  # the pull finished: these are its last figures
 
 
 @dataclass(frozen=True)
@@ -271,6 +283,58 @@ class OstreeBackend:
             raise BackendError("failed", f"origin {refspec!r} names no remote; nothing to pull from")
         depth = ["--commit-metadata-only", f"--depth={metadata_depth}"] if metadata_depth else []
         await run(["ostree", f"--repo={self.repo_path}", "pull", *depth, remote, ref], timeout, f"pull {refspec}")
+
+    async def pull_watched(
+        self, refspec: str, timeout: float, report: Callable[[PullFigures], Awaitable[None]]
+    ) -> None:
+        """Pull as `pull` does, through libostree itself, handing `report` its progress every
+        PROGRESS_EVERY seconds (objects fetched and requested, bytes). A pull past `timeout` is cancelled
+        (libostree checks its cancellable between fetches) and is an error, as the CLI's timeout is."""
+        self._require()
+        remote, _, ref = refspec.rpartition(":")
+        if not remote:
+            raise BackendError("failed", f"origin {refspec!r} names no remote; nothing to pull from")
+        watch = OSTree.AsyncProgress.new()
+        cancel = Gio.Cancellable.new()
+        options = GLib.Variant("a{sv}", {"refs": GLib.Variant("as", [ref])})
+
+        def work() -> None:
+            _, repo = self._load().get_repo(None)
+            try:
+                repo.pull_with_options(remote, options, watch, cancel)
+            except GLib.Error as error:
+                raise BackendError("failed", f"pull {refspec}: {error.message}") from None
+            finally:
+                watch.finish()
+
+        def figures(done: bool = False) -> PullFigures:
+            return PullFigures(
+                fetched=watch.get_uint("fetched"),
+                requested=watch.get_uint("requested"),
+                scanned_metadata=watch.get_uint("scanned-metadata"),
+                bytes_transferred=watch.get_uint64("bytes-transferred"),
+                done=done,
+            )
+
+        pulling = asyncio.ensure_future(asyncio.to_thread(work))
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                done, _ = await asyncio.wait({pulling}, timeout=PROGRESS_EVERY)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    cancel.cancel()
+                    raise BackendError("timeout", f"pull {refspec} took longer than {timeout:.0f} s")
+                await report(figures())
+            pulling.result()
+            await report(figures(done=True))
+        finally:
+            if not pulling.done():
+                cancel.cancel()
+                await asyncio.wait({pulling}, timeout=30)
+            if pulling.done() and not pulling.cancelled():
+                pulling.exception()  # retrieved: its error, if any, is the one raised above
 
     async def deploy(self, checksum: str, refspec: str, timeout: float) -> None:
         """Deploy `checksum` as the new default, its origin `refspec`; keep the booted deployment."""

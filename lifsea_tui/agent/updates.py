@@ -7,6 +7,7 @@ means `staged` whatever the agent remembers, so a restarted agent recomputes its
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +18,12 @@ from lifsea_tui.agent.audited import Started
 from lifsea_tui.agent.auth import Identity
 from lifsea_tui.agent.errors import ApiError, BackendError
 from lifsea_tui.agent.events import EventHub
-from lifsea_tui.agent.ostree import HISTORY_DEPTH, OstreeBackend
+from lifsea_tui.agent.ostree import HISTORY_DEPTH, OstreeBackend, PullFigures
 from lifsea_tui.agent.systemd import SystemdBackend
-from lifsea_tui.api import Deployment, UpdateState, UpdateStatus, UpdateTarget
+from lifsea_tui.api import Deployment, UpdateProgress, UpdateState, UpdateStatus, UpdateTarget
 
 INTERRUPTED = "interrupted: the agent stopped before the operation finished"
+PROGRESS_EVENT_EVERY = 1.0  # seconds between update events while a staging pull runs
 
 # Words in ostree's pull errors that mean the update server could not be reached at all.
 UNREACHABLE_HINTS = (
@@ -57,6 +59,8 @@ class UpdateManager:
         self._changed_at = _now()
         self._operation: str | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._progress: UpdateProgress | None = None  # while checking or staging
+        self._progress_published = 0.0  # monotonic time of the last progress event
 
     # -- state ----------------------------------------------------------------------------------------
 
@@ -86,6 +90,7 @@ class UpdateManager:
             last_error=self._last_error,
             last_checked=self._last_checked,
             changed_at=self._changed_at,
+            progress=self._progress if self._operation in ("check", "stage") else None,
         )
 
     def _set(self, state: UpdateState, error: str | None = None) -> None:
@@ -97,6 +102,24 @@ class UpdateManager:
         status = await self.status()
         self.events.publish(status)
         return status
+
+    async def _pulled(self, figures: PullFigures) -> None:
+        """A pull's progress: kept for /v1/upgrades, and an update event at most every
+        PROGRESS_EVENT_EVERY seconds (a fleet of watchers refreshes on each)."""
+        started = self._progress.started_at if self._progress is not None else _now()
+        elapsed = (_now() - started).total_seconds()
+        self._progress = UpdateProgress(
+            phase="pulling",
+            fetched=figures.fetched,
+            requested=figures.requested,
+            scanned_metadata=figures.scanned_metadata,
+            bytes_transferred=figures.bytes_transferred,
+            started_at=started,
+            bytes_per_second=figures.bytes_transferred / elapsed if elapsed > 0.5 else None,
+        )
+        if figures.done or time.monotonic() - self._progress_published >= PROGRESS_EVENT_EVERY:
+            self._progress_published = time.monotonic()
+            await self.publish()
 
     # -- operations -------------------------------------------------------------------------------------
 
@@ -120,6 +143,7 @@ class UpdateManager:
             raise
         finally:
             self._operation = None
+            self._progress = None
         await self.publish()
 
     @staticmethod
@@ -147,7 +171,7 @@ class UpdateManager:
             booted = next((d for d in deployments if d.booted), None)
             stop_at = booted.checksum if booted else None
             try:
-                await self.ostree.pull(refspec, self.pull_timeout)
+                await self.ostree.pull_watched(refspec, self.pull_timeout, self._pulled)
                 newest = await self.ostree.resolve(refspec)
                 chain = await self.ostree.chain(newest, stop_at)
                 if chain and chain[-1].parent not in (None, stop_at):
@@ -207,9 +231,14 @@ class UpdateManager:
 
         async def work() -> dict[str, Any]:
             try:
-                if not await self.ostree.has_tree(target.checksum):  # an older target: only its metadata is here
+                if not await self.ostree.has_tree(target.checksum):  # a check fetched only its metadata
                     remote = refspec.rpartition(":")[0]
-                    await self.ostree.pull(f"{remote}:{target.checksum}", self.pull_timeout)
+                    await self.ostree.pull_watched(f"{remote}:{target.checksum}", self.pull_timeout, self._pulled)
+                pulled = self._progress or UpdateProgress(
+                    phase="pulling", fetched=0, requested=0, bytes_transferred=0, started_at=_now()
+                )
+                self._progress = pulled.model_copy(update={"phase": "deploying"})  # checking out the tree
+                await self.publish()
                 await self.ostree.deploy(target.checksum, refspec, self.pull_timeout)
             except BackendError as error:
                 self._set(UpdateState.failed, error.detail)

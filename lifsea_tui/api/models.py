@@ -138,6 +138,25 @@ class UpdateTarget(BaseModel):
     diff: DiffSummary | None = Field(description="against the booted deployment; newest target only")
 
 
+class UpdateProgress(BaseModel):
+    """How far a check (which fetches the newest release whole, for its diff) or a staging is: libostree's
+    own pull progress, objects and bytes; then, staging, the deploy."""
+
+    phase: Literal["pulling", "deploying"]
+    fetched: int = Field(description="objects fetched so far")
+    requested: int = Field(description="objects the pull knows it needs so far (grows while it scans)")
+    scanned_metadata: int = Field(default=0, description="metadata objects scanned")
+    bytes_transferred: int
+    started_at: datetime
+    bytes_per_second: float | None = Field(default=None, description="since the pull started")
+
+    @property
+    def fraction(self) -> float | None:
+        if self.phase == "deploying":
+            return 1.0
+        return self.fetched / self.requested if self.requested else None
+
+
 class UpdateStatus(BaseModel):
     state: UpdateState
     refspec: str | None
@@ -147,6 +166,7 @@ class UpdateStatus(BaseModel):
     last_error: str | None
     last_checked: datetime | None
     changed_at: datetime
+    progress: UpdateProgress | None = Field(default=None, description="while checking or staging: how far it is")
 
 
 class NodeResources(BaseModel):

@@ -258,6 +258,9 @@ class FleetScreen(ConsoleScreen[None]):
                 update += f" → {snapshot.update.targets[0].version}"
             if snapshot.update.state.value == "failed" and snapshot.update.last_error:
                 update += f": {snapshot.update.last_error}"
+            progress = snapshot.update.progress
+            if progress is not None and progress.fraction is not None:
+                update += f" {meter(progress.fraction, 4)}{100 * progress.fraction:3.0f}%"
         latency = Text()
         if snapshot.latency_ms is not None:
             latency.append(spark(snapshot.latency_history, SPARK), style=self._style("text-muted"))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Label, ProgressBar, Static
 
-from lifsea_tui.api import EventKind
+from lifsea_tui.api import EventKind, UpdateProgress
 from lifsea_tui.client.node import NodeError
+from lifsea_tui.client.runbook.checks import human_size
 from lifsea_tui.tui.keys import hints, key_of
 from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.widgets.node.base import NodeTab, label_grid, short, when
@@ -19,11 +20,39 @@ STATE_COLOUR = {"available": "pending", "staged": "pending", "checking": "pendin
 
 
 class UpgradesTab(NodeTab):
-    REACTS_TO = frozenset({EventKind.update})
+    REACTS_TO = frozenset({EventKind.update})  # while a pull runs, the node sends one a second
+    DEFAULT_CSS = """
+    UpgradesTab #pull { height: 1; display: none; }
+    UpgradesTab #pull.running { display: block; }
+    UpgradesTab #pull ProgressBar { width: 60; }
+    UpgradesTab #pull Label { margin-left: 2; }
+    """
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
+            with Horizontal(id="pull"):
+                yield ProgressBar(id="pull-bar")
+                yield Label("", id="pull-figures")
             yield Static("loading…", id="upgrades")
+
+    def show_progress(self, progress: UpdateProgress | None) -> None:
+        """The pull as a bar with its ETA (from how fast the objects arrive), the objects and bytes beside."""
+        row = self.query_one("#pull", Horizontal)
+        row.set_class(progress is not None, "running")
+        if progress is None:
+            return
+        bar = self.query_one("#pull-bar", ProgressBar)
+        if progress.phase == "deploying":
+            bar.update(total=None)  # no count to show: libostree checks the tree out
+            figures = "deploying: checking the new tree out beside the booted one"
+        else:
+            bar.update(total=max(progress.requested, 1), progress=progress.fetched)
+            rate = f" at {human_size(int(progress.bytes_per_second))}/s" if progress.bytes_per_second else ""
+            figures = (
+                f"{progress.fetched:,} of {progress.requested:,} objects · "
+                f"{human_size(progress.bytes_transferred)}{rate}"
+            )
+        self.query_one("#pull-figures", Label).update(figures)
 
     @work(exclusive=True, group="node-upgrades", exit_on_error=False)
     async def load(self) -> None:
@@ -32,6 +61,7 @@ class UpgradesTab(NodeTab):
         except NodeError as error:
             self.problem("#upgrades", error)
             return
+        self.show_progress(update.progress)
         table = label_grid()
         state = Text(update.state.value, style=self.lifsea.colour(STATE_COLOUR.get(update.state.value, "node-ok")))
         if update.operation:
