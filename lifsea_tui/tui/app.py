@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from textual.app import App, SystemCommand
@@ -29,12 +30,12 @@ from lifsea_tui.tui.screens.logs import LogsScreen
 from lifsea_tui.tui.screens.node import NodeScreen
 from lifsea_tui.tui.screens.rollouts import RolloutsScreen
 from lifsea_tui.tui.screens.shell import ShellScreen
+from lifsea_tui.tui.settings import DEFAULT_EVENTS_LIMIT
 from lifsea_tui.tui.themes import CONSOLE_VARIABLES, load_themes
 
 DEFAULT_THEME = "lifsea-dark"
 # Up to this many nodes the fleet follows every node's event stream; a larger fleet is polled only
 # (a stream is a TLS websocket a node, held open).
-EVENTS_LIMIT = 200
 
 
 class LifseaApp(App[None]):
@@ -52,11 +53,16 @@ class LifseaApp(App[None]):
         *,
         read_only: bool = False,
         refresh_interval: float = 5.0,
-        events_limit: int = EVENTS_LIMIT,
+        events_limit: int = DEFAULT_EVENTS_LIMIT,
         rollout_store: EtcdTarget | None = None,
         context: str | None = None,
+        theme: str | None = None,
+        keymap: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        if keymap:
+            self.set_keymap(keymap)
+        self.theme_wanted = theme  # config.toml's; else the one last chosen
         if context:  # which fleet this is, as k9s shows its context: prod is not staging
             self.title = f"lifsea-tui · {context}"
         self.fleet = fleet
@@ -102,7 +108,10 @@ class LifseaApp(App[None]):
             self.register_theme(theme)
         if problems:
             self.notify("Some themes were not loaded:\n" + "\n".join(problems), severity="warning", timeout=10)
-        wanted = self.settings.get("theme")
+        wanted = self.theme_wanted or self.settings.get("theme")
+        if self.theme_wanted and self.theme_wanted not in self.available_themes:
+            known = ", ".join(sorted(self.available_themes))
+            self.notify(f"config.toml: no theme {self.theme_wanted!r} (known: {known})", severity="warning", timeout=10)
         self.theme = wanted if isinstance(wanted, str) and wanted in self.available_themes else DEFAULT_THEME
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.push_screen(FleetScreen())
@@ -151,8 +160,26 @@ class LifseaApp(App[None]):
         self.push_screen(RolloutsScreen(nodes))
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The palette (`:`): the screen's own actions, the console's screens, and every node by name
+        (found by typing, not listed: a fleet can be a thousand)."""
         yield from super().get_system_commands(screen)
+        for active in screen.active_bindings.values():
+            binding = active.binding
+            if active.enabled and binding.description and active.node is not self and binding.id != "node-back":
+                key = self.get_key_display(binding)
+                yield SystemCommand(
+                    binding.description, f"{key}: on this screen", partial(self.run_action, binding.action, active.node)
+                )
         yield SystemCommand("Rollouts", "Fleet rollouts: start one, watch it, pause, roll back", self.open_rollouts)
+        yield SystemCommand("Failed units", "Every failed unit of the fleet, by node", self.open_failed_units)
+        if not isinstance(screen, FleetScreen):
+            yield SystemCommand("Fleet", "Back to the fleet", self._to_fleet)
+        for name in self.fleet.snapshots:
+            yield SystemCommand(f"node {name}", f"open {name}", partial(self.open_node, name), discover=False)
+
+    def _to_fleet(self) -> None:
+        while len(self.screen_stack) > 2 and not isinstance(self.screen, FleetScreen):
+            self.pop_screen()
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):
@@ -184,12 +211,14 @@ def console_main(args: argparse.Namespace) -> int:
 
     from lifsea_tui.client import inventory
     from lifsea_tui.client.heads import AuditHeads
+    from lifsea_tui.tui import settings
     from lifsea_tui.tui.sources import context_label, sources
 
     try:
+        chosen = settings.load(locations.config_file())  # the user's own file first: its mistakes are theirs
         targets, store = sources(args)
-    except inventory.InventoryError as error:
-        print(f"lifsea-tui: {error}", file=sys.stderr)
+    except (inventory.InventoryError, settings.SettingsError) as error:
+        print(visible(f"lifsea-tui: {error}"), file=sys.stderr)
         return 2
     locations.start_console_log()  # what fails behind the screen goes there, never onto it
     raise_open_file_limit()
@@ -199,10 +228,12 @@ def console_main(args: argparse.Namespace) -> int:
     gc.set_threshold(50_000, 50, 100)
     LifseaApp(
         Fleet(targets, heads=AuditHeads(locations.audit_heads_file())),
-        read_only=args.read_only,
-        refresh_interval=args.refresh,
-        events_limit=args.events_limit,
+        read_only=chosen.read_only if args.read_only is None else args.read_only,
+        refresh_interval=chosen.refresh if args.refresh is None else args.refresh,
+        events_limit=chosen.events_limit if args.events_limit is None else args.events_limit,
         rollout_store=store,
         context=context_label(args),
+        theme=chosen.theme,
+        keymap=chosen.keymap,
     ).run()
     return 0

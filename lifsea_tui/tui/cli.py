@@ -108,13 +108,18 @@ def lazy(module: str, function: str = "main") -> Handler:
 
 
 def _console_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--read-only", action="store_true", help="hide every action that changes a node")
-    parser.add_argument("--refresh", type=float, default=5.0, help="seconds between fleet refreshes (default 5)")
+    # No defaults here: a flag left out takes config.toml's [console] setting, else the built-in default.
+    parser.add_argument(
+        "--read-only",
+        action=argparse.BooleanOptionalAction,
+        help="hide every action that changes a node ([console] read_only; default off)",
+    )
+    parser.add_argument("--refresh", type=float, help="seconds between fleet refreshes ([console] refresh; default 5)")
     parser.add_argument(
         "--events-limit",
         type=int,
-        default=200,
-        help="follow every node's event stream up to this many nodes; larger fleets are polled only (default 200)",
+        help="follow every node's event stream up to this many nodes; larger fleets are polled only "
+        "([console] events_limit; default 200)",
     )
     add_inventory_options(parser)
     add_store_options(parser)

@@ -25,7 +25,9 @@ def sources(args: argparse.Namespace) -> tuple[list[NodeTarget], EtcdTarget | No
         return inventory.from_file(args.inventory, context), store
     config = locations.config_file()
     if config.exists():
-        return inventory.from_file(config, context), store
+        data = inventory.read(config)
+        if "nodes" in data or "contexts" in data:  # else it holds only the console's settings
+            return inventory.parse(data, str(config), config.parent, context), store
     if context:
         raise inventory.InventoryError(f"--context {context}: no inventory to take it from (--inventory, or {config})")
     status = inventory.lab_status(args.lab_dir)
@@ -41,6 +43,9 @@ def context_label(args: argparse.Namespace) -> str:
     if args.inventory is None and not path.exists():
         return "lab"
     try:
-        return str(inventory.context_name(inventory.read(path), context) or path.name)
+        data = inventory.read(path)
     except inventory.InventoryError:
         return path.name
+    if args.inventory is None and "nodes" not in data and "contexts" not in data:
+        return "lab"
+    return str(inventory.context_name(data, context) or path.name)
