@@ -9,6 +9,7 @@ APT_PACKAGES=(
   systemd-container debootstrap runc umoci            # lab nodes (nspawn), their image, ops containers, the agent image
   etcd-server                                         # the fleet controller's store (the lab runs one)
   prometheus                                          # scrapes lab agents in the metrics test (promtool: the rules)
+  chromium                                            # drives `lifsea-tui serve` in the browser test (headless)
   e2fsprogs procps iproute2 tmux                      # chattr for lab clean-up, pgrep, tmux for trying the console
 )
 

@@ -288,7 +288,7 @@ class FrozenFleet(Fleet):
                 )
             )
             snapshot.latency_ms = 12.0 + index
-            snapshot.latency_history = tuple(10.0 + (step * (index + 3)) % 9 for step in range(12)) + (12.0 + index,)
+            snapshot.latency_history = (*(10.0 + (step * (index + 3)) % 9 for step in range(12)), 12.0 + index)
             snapshot.load_history = tuple(0.2 * ((step + index) % 6) for step in range(13))
             snapshot.resources = NodeResources(
                 load=[snapshot.load_history[-1], 0.5, 0.4],

@@ -29,8 +29,8 @@ def audit_something(agent: RunningAgent, reason: str) -> None:
     assert answer.status_code == 409, answer.text
 
 
-async def refreshed(agent: RunningAgent, heads_file: Path) -> str | None:
-    fleet = Fleet([target(agent)], heads=AuditHeads(heads_file))
+async def refreshed(agent: RunningAgent, heads_file: Path, scope: str = "") -> str | None:
+    fleet = Fleet([target(agent)], heads=AuditHeads(heads_file, scope))
     try:
         await fleet.refresh()
         return fleet.snapshots["tiny"].audit_warning
@@ -91,3 +91,14 @@ def test_unreadable_memory_is_a_fresh_start(tmp_path: Path) -> None:
     path = tmp_path / "audit-heads.json"
     path.write_text("{not json")
     assert AuditHeads(path).remembered(NodeTarget(name="x", url="https://x", token="t")) is None
+
+
+async def test_a_fleet_made_again_is_not_taken_for_a_rewritten_one(tmp_path: Path, agent: RunningAgent) -> None:
+    """Heads are remembered per fleet (an inventory and its context, or a lab by its CA): node1 of a lab
+    made again, or of another context, starts fresh, while the same fleet's node is still checked."""
+    heads_file = tmp_path / "heads.json"
+    heads_file.write_text(json.dumps({"lab:aaaa/tiny": [999, "f" * 64]}))
+    warning = await refreshed(agent, heads_file, scope="lab:aaaa")
+    assert warning is not None and "shrank" in warning
+    assert await refreshed(agent, heads_file, scope="lab:bbbb") is None
+    assert "lab:bbbb/tiny" in json.loads(heads_file.read_text())

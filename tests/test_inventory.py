@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lifsea_tui.client.inventory import CONTEXT_ENV, InventoryError, from_file
+from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.tui import sources
 from lifsea_tui.tui.cli import build_parser
 
@@ -102,3 +103,21 @@ def test_the_console_title_names_the_context(inventory: Path, tmp_path: Path, mo
     assert sources.context_label(parser.parse_args(["--inventory", str(inventory)])) == "staging"
     monkeypatch.setenv("LIFSEA_TUI_CONFIG_DIR", str(tmp_path / "none"))
     assert sources.context_label(parser.parse_args([])) == "lab"  # no inventory, no config: the lab
+
+
+def test_each_context_and_each_lab_is_a_fleet_of_its_own(
+    inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIFSEA_TUI_CONFIG_DIR", str(tmp_path / "none"))
+    parser = build_parser()
+    prod = parser.parse_args(["--inventory", str(inventory), "--context", "prod"])
+    staging = parser.parse_args(["--inventory", str(inventory), "--context", "staging"])
+    assert sources.fleet_scope(prod, []) == f"{inventory.resolve()}#prod"
+    assert sources.fleet_scope(prod, []) != sources.fleet_scope(staging, [])
+    lab = parser.parse_args(["--lab-dir", str(tmp_path)])
+    scopes = set()
+    for number in (1, 2):
+        ca = tmp_path / f"ca{number}.pem"
+        ca.write_text(f"a CA made the {number}. time")
+        scopes.add(sources.fleet_scope(lab, [NodeTarget(name="node1", url="https://x", token="t", ca_file=ca)]))
+    assert len(scopes) == 2 and all(scope.startswith("lab:") for scope in scopes)

@@ -27,7 +27,7 @@ def test_settings_are_read_and_every_mistake_is_named(tmp_path: Path) -> None:
     for text, said in (
         ('[keys]\nfleet-filtr = "f"\n', "no binding has the id 'fleet-filtr'"),
         ('[keys]\nnode-check = "ctrl+ k;"\n', "is not a key or keys"),
-        ('[keys]\nnode-check = 3\n', "is not a key or keys"),
+        ("[keys]\nnode-check = 3\n", "is not a key or keys"),
         ("[console]\nrefresh = 0\n", "refresh must be a number of seconds above 0"),
         ('[console]\nread_only = "yes"\n', "read_only must be true or false"),
         ("[console]\nrefesh = 3\n", "unknown keys refesh"),

@@ -15,13 +15,13 @@ from pathlib import Path
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 
 
-def _key(target: NodeTarget) -> str:
-    return target.name  # names are unique in an inventory; a node's address may change, its log may not
-
-
 class AuditHeads:
-    def __init__(self, path: Path | None) -> None:
+    """`scope` says which fleet the names belong to (an inventory and its context, or one lab): node1 of
+    a lab made again, or of the staging context, is not node1 of the one seen before."""
+
+    def __init__(self, path: Path | None, scope: str = "") -> None:
         self.path = path
+        self.scope = scope
         self._heads: dict[str, tuple[int, str]] = {}
         self._dirty = False
         if path is not None:
@@ -34,8 +34,12 @@ class AuditHeads:
                     if isinstance(value, list) and len(value) == 2 and isinstance(value[0], int):
                         self._heads[str(key)] = (value[0], str(value[1]))
 
+    def _key(self, target: NodeTarget) -> str:
+        # Names are unique in an inventory; a node's address may change, its log may not.
+        return f"{self.scope}/{target.name}" if self.scope else target.name
+
     def remembered(self, target: NodeTarget) -> tuple[int, str] | None:
-        return self._heads.get(_key(target))
+        return self._heads.get(self._key(target))
 
     async def check(self, client: NodeClient, seq: int, digest: str | None) -> str | None:
         """None when the node's chain still holds the remembered head (which then moves to the new one);
@@ -58,7 +62,7 @@ class AuditHeads:
             if record is None or record.seq != old_seq or record.hash != old_hash:
                 return f"audit record {old_seq} is not the one seen before (rewritten)"
         if known != (seq, digest):
-            self._heads[_key(client.target)] = (seq, digest)
+            self._heads[self._key(client.target)] = (seq, digest)
             self._dirty = True
         return None
 

@@ -212,7 +212,7 @@ def console_main(args: argparse.Namespace) -> int:
     from lifsea_tui.client import inventory
     from lifsea_tui.client.heads import AuditHeads
     from lifsea_tui.tui import settings
-    from lifsea_tui.tui.sources import context_label, sources
+    from lifsea_tui.tui.sources import context_label, fleet_scope, sources
 
     try:
         chosen = settings.load(locations.config_file())  # the user's own file first: its mistakes are theirs
@@ -227,7 +227,7 @@ def console_main(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     LifseaApp(
-        Fleet(targets, heads=AuditHeads(locations.audit_heads_file())),
+        Fleet(targets, heads=AuditHeads(locations.audit_heads_file(), fleet_scope(args, targets))),
         read_only=chosen.read_only if args.read_only is None else args.read_only,
         refresh_interval=chosen.refresh if args.refresh is None else args.refresh,
         events_limit=chosen.events_limit if args.events_limit is None else args.events_limit,

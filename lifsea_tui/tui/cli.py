@@ -286,6 +286,21 @@ def _audit(commands: Any) -> None:
     top.set_defaults(run=lazy("lifsea_tui.tui.audit_cli"))
 
 
+def _serve(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="the console in a browser (textual-serve), on loopback unless told",
+        description="Serve the console to a browser: each tab runs a console of its own with these options. "
+        "It prints the address to open, with a key every page and websocket needs. On loopback unless --host "
+        "says otherwise, and then it says who can reach it; plain HTTP, so off loopback put a TLS proxy in front.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--public-url", help="the address browsers use, when not http://HOST:PORT (a TLS proxy's)")
+    _console_options(serve)
+    serve.set_defaults(run=lazy("lifsea_tui.tui.serve"))
+
+
 def _completion(commands: Any) -> None:
     completion = commands.add_parser(
         "completion",
@@ -315,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lifsea-tui {__version__}")
     _console_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_shell, _get, _play, _rollout, _audit, _completion):
+    for add in (_shell, _get, _play, _rollout, _audit, _serve, _completion):
         add(commands)
     parser.set_defaults(run=lazy("lifsea_tui.tui.app", "console_main"))
     return parser

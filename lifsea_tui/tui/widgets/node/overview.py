@@ -1,32 +1,38 @@
 """The node's identity: name, OS, booted commit, kernel, uptime, agent, and what it can do (and why not);
 then what it has left: /var and memory as gauges, load and latency over the last minutes as sparklines
-(from the fleet's answers, redrawn as they come: no request of its own)."""
+(from the fleet's answers, redrawn as they come: no request of its own).
+
+The sparklines are drawn against a fixed top, not between their own extremes (as Textual's Sparkline
+does): load against the node's CPUs, latency against its worst recent answer, so a steady load of 0.1
+looks low and a steady 1.9 on two CPUs looks high."""
 
 from __future__ import annotations
 
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Label, ProgressBar, Sparkline, Static
+from textual.widgets import Label, ProgressBar, Static
 
 from lifsea_tui.api import EventKind, NodeResources
 from lifsea_tui.client.node import NodeError
 from lifsea_tui.client.runbook.checks import human_size
+from lifsea_tui.tui.pictures import spark
 from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.widgets.node.base import NodeTab, duration, label_grid
 
 RESOURCES_EVERY = 1.0  # seconds between redraws of the resources from the fleet's last answer
+SPARK_WIDTH = 44  # cells: the last 44 answers
 
 
 class OverviewTab(NodeTab):
     REACTS_TO = frozenset({EventKind.deployments})  # a boot changes the booted commit and the uptime
     DEFAULT_CSS = """
     OverviewTab .gauge { height: 1; }
-    OverviewTab .spark { height: 2; margin-top: 1; }
+    OverviewTab .spark { height: 1; }
     OverviewTab Horizontal > Label { width: 16; text-style: bold; }
     OverviewTab Horizontal > Label.now { width: auto; text-style: none; margin-left: 2; }
     OverviewTab ProgressBar { width: 46; }
-    OverviewTab Sparkline { width: 40; height: 2; }
+    OverviewTab .spark .line { width: 46; }
     OverviewTab #resources-title { margin-top: 1; text-style: bold; }
     """
 
@@ -43,7 +49,7 @@ class OverviewTab(NodeTab):
             for key, label in (("load", "Load (1 min)"), ("latency", "Latency (ms)")):
                 with Horizontal(classes="spark"):
                     yield Label(label)
-                    yield Sparkline([], summary_function=max, id=f"{key}-spark")
+                    yield Label("", classes="line", id=f"{key}-spark")
                     yield Label("", classes="now", id=f"{key}-now")
 
     def on_mount(self) -> None:
@@ -69,13 +75,16 @@ class OverviewTab(NodeTab):
             self.query_one(f"#{key}-now", Label).update(detail)
         if snapshot is not None:
             load = resources.load if resources else None
-            self.query_one("#load-spark", Sparkline).data = list(snapshot.load_history)
             cpus = resources.cpus if resources else None
+            self.query_one("#load-spark", Label).update(spark(snapshot.load_history, SPARK_WIDTH, top=cpus or 1))
             self.query_one("#load-now", Label).update(
                 f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {cpus or '?'} CPUs" if load else "?"
             )
-            self.query_one("#latency-spark", Sparkline).data = list(snapshot.latency_history)
-            latest = f"{snapshot.latency_ms:.0f} ms now" if snapshot.latency_ms is not None else "?"
+            history = snapshot.latency_history
+            self.query_one("#latency-spark", Label).update(spark(history, SPARK_WIDTH))
+            latest = "?"
+            if snapshot.latency_ms is not None:
+                latest = f"{snapshot.latency_ms:.0f} ms now, {min(history):.0f}–{max(history):.0f} ms of late"
             self.query_one("#latency-now", Label).update(latest)
 
     @work(exclusive=True, group="node-overview", exit_on_error=False)
