@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 BARS = "▁▂▃▄▅▆▇█"
+# Latency sparklines reach their top at this many milliseconds (or the worst recent answer, if worse):
+# a node answering steadily in 9 ms draws low bars, not full ones.
+LATENCY_TOP_MS = 100.0
 EIGHTHS = " ▏▎▍▌▋▊▉█"
 
 

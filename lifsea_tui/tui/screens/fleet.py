@@ -22,7 +22,7 @@ from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.fleet import NodeSnapshot, version_drift
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.trail import read_states
-from lifsea_tui.tui.pictures import meter, spark
+from lifsea_tui.tui.pictures import LATENCY_TOP_MS, meter, spark
 from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import ReasonModal, RebootModal
@@ -263,7 +263,7 @@ class FleetScreen(ConsoleScreen[None]):
                 update += f" {meter(progress.fraction, 4)}{100 * progress.fraction:3.0f}%"
         latency = Text()
         if snapshot.latency_ms is not None:
-            latency.append(spark(snapshot.latency_history, SPARK), style=self._style("text-muted"))
+            latency.append(spark(snapshot.latency_history, SPARK, top=LATENCY_TOP_MS), style=self._style("text-muted"))
             latency.append(f" {snapshot.latency_ms:.0f}ms")
         failed, sessions = len(snapshot.failed_units or []), snapshot.ops_sessions
         return [

@@ -3,7 +3,7 @@ then what it has left: /var and memory as gauges, load and latency over the last
 (from the fleet's answers, redrawn as they come: no request of its own).
 
 The sparklines are drawn against a fixed top, not between their own extremes (as Textual's Sparkline
-does): load against the node's CPUs, latency against its worst recent answer, so a steady load of 0.1
+does): load against the node's CPUs, latency against 100 ms (or its worst recent answer), so a steady load of 0.1
 looks low and a steady 1.9 on two CPUs looks high."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from textual.widgets import Label, ProgressBar, Static
 from lifsea_tui.api import EventKind, NodeResources
 from lifsea_tui.client.node import NodeError
 from lifsea_tui.client.runbook.checks import human_size
-from lifsea_tui.tui.pictures import spark
+from lifsea_tui.tui.pictures import LATENCY_TOP_MS, spark
 from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.widgets.node.base import NodeTab, duration, label_grid
 
@@ -65,7 +65,9 @@ class OverviewTab(NodeTab):
             note = "waiting for the node's first answer"
         elif resources is None:
             note = "this agent does not report resources"
-        self.query_one("#resources-note", Static).update(note)
+        shown = self.query_one("#resources-note", Static)
+        shown.update(note)
+        shown.display = bool(note)
         for key, ratio, detail in (
             ("var", resources.var_used_ratio if resources else None, _free(resources, "var")),
             ("memory", resources.memory_used_ratio if resources else None, _free(resources, "memory")),
@@ -81,7 +83,7 @@ class OverviewTab(NodeTab):
                 f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {cpus or '?'} CPUs" if load else "?"
             )
             history = snapshot.latency_history
-            self.query_one("#latency-spark", Label).update(spark(history, SPARK_WIDTH))
+            self.query_one("#latency-spark", Label).update(spark(history, SPARK_WIDTH, top=LATENCY_TOP_MS))
             latest = "?"
             if snapshot.latency_ms is not None:
                 latest = f"{snapshot.latency_ms:.0f} ms now, {min(history):.0f}–{max(history):.0f} ms of late"

@@ -1,10 +1,11 @@
-"""`lifsea-tui serve`: the console in Debian's Chromium (headless), on the lab's nodes; and the key and
-the Origin check that keep anyone else from driving it."""
+"""The console on the lab as its users reach it: `lifsea-tui serve` in Debian's Chromium (headless), with
+the key and the Origin check that keep anyone else from driving it; and `lifsea-tui get` from a script."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import subprocess
@@ -102,3 +103,17 @@ def test_serve_off_loopback_says_who_can_reach_it(fleet: tuple[dict, dict[str, s
         assert process.stderr is not None
         said = process.stderr.read()
     assert "every network this machine is on" in said and "can open this console" in said and "TLS proxy" in said
+
+
+def test_get_lists_the_lab_by_label(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    """`lifsea-tui get` on the lab, as a script would: the agents' own labels select, json carries them."""
+    _, env, layout = fleet
+    command = [sys.executable, "-m", "lifsea_tui.tui.cli", "get", "nodes", "--lab-dir", str(layout.root)]
+    zone_a = subprocess.run([*command, "-l", "zone=a", "-o", "json"], capture_output=True, text=True, env=env)
+    assert zone_a.returncode == 0, zone_a.stderr
+    listed = json.loads(zone_a.stdout)
+    assert [item["node"] for item in listed] == ["node1"] and listed[0]["labels"]["zone"] == "a"
+    assert listed[0]["summary"]["resources"]["var_total_bytes"] > 0
+    table = subprocess.run([*command, "-o", "wide"], capture_output=True, text=True, env=env)
+    assert table.returncode == 0 and [line.split()[0] for line in table.stdout.splitlines()[1:]] == ["node1", "node2"]
+    assert "pool=lab,zone=b" in table.stdout
