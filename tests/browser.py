@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import websockets
 
+from lifsea_tui.lab.procs import stop
+
 KEYS = {"Enter": (13, "\r"), "Escape": (27, ""), "Tab": (9, "\t")}
 
 
@@ -125,9 +127,4 @@ async def chromium(url: str, size: tuple[int, int] = (1400, 900)) -> AsyncIterat
                 finally:
                     page.reader.cancel()
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)

@@ -7,7 +7,6 @@ answers nothing (a loopback port nobody listens on).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +17,11 @@ import yaml
 
 from lifsea_tui.api import routes
 from lifsea_tui.client.inventory import CONTEXT_ENV
+from lifsea_tui.lab.procs import free_port
 from lifsea_tui.tui.cli import build_parser
 from tests.helpers import RunningAgent
 
 HOSTILE = "INC-1 \x1b]52;c;cHduZWQ=\x07 \x1b]0;owned\x07 [red]x[/]\ttab"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ import pytest
 import websockets
 
 from lifsea_tui.lab.layout import Layout
+from lifsea_tui.lab.procs import free_port, stop
 from lifsea_tui.tui.serve import COOKIE
 from tests.browser import Page, chromium
 
 pytestmark = pytest.mark.lab
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -49,12 +43,7 @@ def serving(env: dict[str, str], state: Path, *extra: str) -> Iterator[tuple[sub
         assert found, f"serve printed {line!r}; stderr: {process.stderr.read() if process.poll() is not None else ''}"
         yield process, found.group(1)
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 20)
 
 
 async def shown(page: Page, *words: str, timeout: float = 60) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,17 +16,12 @@ import pytest
 import yaml
 
 from lifsea_tui.lab.layout import Layout
+from lifsea_tui.lab.procs import free_port, stop
 from lifsea_tui.lab.scenarios import CRASHLOOP_UNIT
 from tests.conftest import lab
 
 pytestmark = pytest.mark.lab
 RULES = Path(__file__).parent.parent / "deploy" / "prometheus" / "lifsea-alerts.yml"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -82,12 +76,7 @@ def prometheus(status: dict, base: Path) -> Iterator[httpx.Client]:
             until("Prometheus is ready", lambda: _ready(http, process), 60)
             yield http
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 20)
 
 
 def _ready(http: httpx.Client, process: subprocess.Popen[bytes]) -> bool:

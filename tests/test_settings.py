@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import Input
 
 from lifsea_tui.tui import settings
@@ -71,24 +72,19 @@ async def test_a_keymap_rebinds_and_the_palette_jumps_to_a_node() -> None:
         await pilot.pause(0.2)
         assert app.screen.query_one("#filter", Input).has_focus  # the new key opens the filter
         await pilot.press("escape")
-        await pilot.press("colon")
-        await pilot.pause(0.3)
-        await pilot.press(*"node edge-3")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
-        await pilot.pause(0.5)
+        await palette(pilot, "node edge-3")
         assert isinstance(app.screen, NodeScreen) and app.screen.node_name == "edge-3"
-        await pilot.press("colon")
-        await pilot.pause(0.3)
-        await pilot.press(*"Fleet")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
-        await pilot.pause(0.5)
+        await palette(pilot, "Fleet")
         assert isinstance(app.screen, FleetScreen)
-        await pilot.press("colon")  # the screen's own actions are commands too
-        await pilot.pause(0.3)
-        await pilot.press(*"Sort")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
-        await pilot.pause(0.3)
+        await palette(pilot, "Sort")  # the screen's own actions are commands too
         assert app.screen.sort_index == 1
+
+
+async def palette(pilot: Pilot[None], command: str) -> None:
+    """Open the palette with `:`, type `command`, take the first hit."""
+    await pilot.press("colon")
+    await pilot.pause(0.3)
+    await pilot.press(*command)
+    await pilot.pause(0.5)
+    await pilot.press("enter")
+    await pilot.pause(0.5)

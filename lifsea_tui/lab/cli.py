@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from lifsea_tui.agent.ostree import LIBOSTREE_ERROR
 from lifsea_tui.api import Role
 from lifsea_tui.lab import certs, image, scenarios, sysroot, varfs
 from lifsea_tui.lab.layout import LabSpec, Layout, NodeSpec, cache_dir, lab_etcd
+from lifsea_tui.lab.procs import free_port
 
 NEEDED_COMMANDS = {
     "ostree": "ostree",
@@ -55,12 +55,6 @@ def preflight() -> list[str]:
     if not Path("/dev/loop-control").exists():
         problems.append("no loop devices (/dev/loop-control): each node's /var is a loop-mounted filesystem")
     return problems
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ensure_image(layout: Layout) -> None:
@@ -272,17 +266,17 @@ def up(layout: Layout, count: int, agent: str = "process") -> int:
     certs.ensure_ca(layout.pki / "ca")
     old = {node.name: node for node in spec.nodes} if spec else {}
     spec = LabSpec(
-        update_port=spec.update_port if spec else _free_port(),
-        etcd_port=(spec and spec.etcd_port) or _free_port(),
-        etcd_peer_port=(spec and spec.etcd_peer_port) or _free_port(),
-        fleetlock_port=(spec and spec.fleetlock_port) or _free_port(),
+        update_port=spec.update_port if spec else free_port(),
+        etcd_port=(spec and spec.etcd_port) or free_port(),
+        etcd_peer_port=(spec and spec.etcd_peer_port) or free_port(),
+        fleetlock_port=(spec and spec.fleetlock_port) or free_port(),
         agent=agent,
         agent_image=ensure_agent_image(layout) if agent == "image" else "",
     )
     for index in range(1, count + 1):
         name = f"node{index}"
         node_spec = old.get(name) or NodeSpec(
-            name=name, port=_free_port(), tokens={role.value: secrets.token_urlsafe(24) for role in Role}
+            name=name, port=free_port(), tokens={role.value: secrets.token_urlsafe(24) for role in Role}
         )
         node_spec.controller_token = node_spec.controller_token or secrets.token_urlsafe(24)
         spec.nodes.append(node_spec)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from aetcd import rpc
 
 from lifsea_tui.client.etcd import EtcdTarget, Store
 from lifsea_tui.lab import certs
+from lifsea_tui.lab.procs import free_port, stop
 
 ETCD = "etcd"
 ROOT = "root"
@@ -41,12 +41,6 @@ MISSING = "etcd is missing (apt-get install etcd-server)"
 
 def missing() -> str | None:
     return MISSING if shutil.which(ETCD) is None else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -172,13 +166,7 @@ class EtcdCluster:
 
     def stop(self, name: str | None = None) -> None:
         for member_name in [n for n in self.procs if name in (None, n)]:
-            proc = self.procs.pop(member_name)
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(self.procs.pop(member_name))
 
     async def wait_ready(self, user: str = "root", timeout: float = 30.0) -> None:
         store = Store(self.target(user))

@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lifsea_tui.client import inventory
-from lifsea_tui.client.etcd import EtcdTarget
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.tui import locations
 
+if TYPE_CHECKING:
+    from lifsea_tui.client.etcd import EtcdTarget
+
 
 def targets_from(args: argparse.Namespace) -> list[NodeTarget]:
-    return sources(args)[0]
+    """The nodes alone: no fleet store, so the etcd client (gRPC, a fifth of a shell's start) is not loaded."""
+    return sources(args, store=False)[0]
 
 
 def inventory_file(args: argparse.Namespace) -> tuple[Path, dict[str, Any]] | None:
@@ -31,23 +34,25 @@ def inventory_file(args: argparse.Namespace) -> tuple[Path, dict[str, Any]] | No
     return None
 
 
-def sources(args: argparse.Namespace) -> tuple[list[NodeTarget], EtcdTarget | None]:
+def sources(args: argparse.Namespace, *, store: bool = True) -> tuple[list[NodeTarget], EtcdTarget | None]:
     """The nodes, and the fleet store (etcd) when there is one: --etcd, else the lab's when the nodes are."""
-    store = None
-    if getattr(args, "etcd", None):
-        store = EtcdTarget.from_flags(args.etcd, args.etcd_ca, args.etcd_cert, args.etcd_key, args.etcd_server_name)
+    if store:
+        from lifsea_tui.client.etcd import EtcdTarget
+    target = None
+    if store and getattr(args, "etcd", None):
+        target = EtcdTarget.from_flags(args.etcd, args.etcd_ca, args.etcd_cert, args.etcd_key, args.etcd_server_name)
     context = getattr(args, "context", None)
     found = inventory_file(args)
     if found is not None:
         path, data = found
-        return inventory.parse(data, str(path), path.parent, context), store
+        return inventory.parse(data, str(path), path.parent, context), target
     if context:
         where = locations.config_file()
         raise inventory.InventoryError(f"--context {context}: no inventory to take it from (--inventory, or {where})")
     status = inventory.lab_status(args.lab_dir)
-    if store is None and "etcd" in status:
-        store = EtcdTarget.from_json(status["etcd"], "console")
-    return inventory.from_lab(role=args.lab_role, status=status), store
+    if store and target is None and "etcd" in status:
+        target = EtcdTarget.from_json(status["etcd"], "console")
+    return inventory.from_lab(role=args.lab_role, status=status), target
 
 
 def context_label(args: argparse.Namespace) -> str:

@@ -33,15 +33,15 @@ from lifsea_tui.tui.tables import PlainTable
 COLUMNS = (
     ("sel", " ", 1),
     ("name", "Node", 14),
-    ("state", "Reachability", 24),
+    ("state", "Reachability", 30),
     ("booted", "Booted", 10),
     ("next", "Next boot", 10),
     ("update", "Update", 16),
     ("failed", "Failed", 6),
     ("ops", "Ops", 4),
-    ("load", "Load", 10),
+    ("load", "Load", 8),
     ("var", "/var", 8),
-    ("latency", "Latency", 11),
+    ("latency", "Latency", 10),
     ("seen", "Last seen", 9),
 )
 SORTS = ("name", "state", "booted", "latency")
@@ -50,7 +50,7 @@ BUSY_STATES = ("checking", "staging")
 REBOOT_SLOTS = 1  # nodes a multi-node reboot from the fleet takes down at once
 REBOOT_BACK = 600.0  # seconds a node may take to answer again after its reboot
 SHARE_WIDTH = 24  # cells of the version-share bar
-SPARK = 6  # cells of a row's sparklines
+SPARK = 4  # cells of a row's sparklines: its last answers (the node's overview draws the last 44)
 VAR_HIGH, VAR_FULL = 0.8, 0.9  # /var shares drawn as a warning, and as trouble
 ROLLOUT_POLL = 3.0
 
