@@ -20,7 +20,7 @@ from tests.helpers import RunningAgent, TinyNode
 
 
 async def test_a_check_shows_its_pull_as_a_bar_with_objects_and_bytes(agent: RunningAgent, tiny_node: TinyNode) -> None:
-    image.publish(tiny_node.repo, "1.1", extra={f"/usr/share/bulk/{n}": f"{n} " * 300 for n in range(4000)})
+    image.publish(tiny_node.repo, "1.1", extra={f"/usr/share/bulk/{n}": f"{n} " * 300 for n in range(6000)})
     target = NodeTarget(name="tiny", url=agent.url, token=agent.tokens["operator"], ca_file=agent.ca_file)
     app = LifseaApp(Fleet([target]), refresh_interval=1.0)
     async with app.run_test(size=(150, 40)) as pilot:

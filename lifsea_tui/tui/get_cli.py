@@ -232,12 +232,11 @@ def render_table(kind: str, rows: list[Row], wide: bool) -> str:
 def render(kind: str, rows: list[Row], output: str) -> str:
     if output in ("table", "wide"):
         return render_table(kind, rows, output == "wide")
-    items = [{key: value for key, value in row.items() if key != "url" or kind == "nodes"} for row in rows]
     if output == "json":
-        return json.dumps(items, indent=2)
+        return json.dumps(rows, indent=2)
     import yaml
 
-    return str(yaml.safe_dump(items, sort_keys=False, allow_unicode=False)).rstrip()
+    return str(yaml.safe_dump(rows, sort_keys=False, allow_unicode=False)).rstrip()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -260,6 +259,7 @@ def main(args: argparse.Namespace) -> int:
     answers = asyncio.run(gather(args.kind, targets, args))
     if answers.rows or args.output in ("json", "yaml"):
         print(render(args.kind, answers.rows, args.output))
-    for name, problem in answers.problems.items():
-        print(visible(f"lifsea-tui get: {name}: {problem}", keep_newlines=False), file=sys.stderr)
+    for target in targets:  # in the inventory's order, as the rows are
+        if (problem := answers.problems.get(target.name)) is not None:
+            print(visible(f"lifsea-tui get: {target.name}: {problem}", keep_newlines=False), file=sys.stderr)
     return EXIT_FAILED if answers.problems else EXIT_OK

@@ -26,6 +26,7 @@ class UpgradesTab(NodeTab):
     UpgradesTab #pull.running { display: block; }
     UpgradesTab #pull ProgressBar { width: 60; }
     UpgradesTab #pull Label { margin-left: 2; }
+    UpgradesTab #pull.deploying PercentageStatus, UpgradesTab #pull.deploying ETAStatus { display: none; }
     """
 
     def compose(self) -> ComposeResult:
@@ -39,6 +40,7 @@ class UpgradesTab(NodeTab):
         """The pull as a bar with its ETA (from how fast the objects arrive), the objects and bytes beside."""
         row = self.query_one("#pull", Horizontal)
         row.set_class(progress is not None, "running")
+        row.set_class(progress is not None and progress.phase == "deploying", "deploying")  # no count, no ETA
         if progress is None:
             return
         bar = self.query_one("#pull-bar", ProgressBar)
