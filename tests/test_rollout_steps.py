@@ -9,12 +9,21 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from lifsea_tui.api import routes
 from lifsea_tui.api.rollouts import NodeRollout, NodeState, RolloutSpec
 from lifsea_tui.client.node import NodeClient, NodeTarget
 from lifsea_tui.fleetd import steps
 from lifsea_tui.lab import image
-from tests.helpers import RunningAgent, TinyNode
+from tests.frozen import FrozenClient
+from tests.helpers import RunningAgent, TinyNode, issue_pki, serve
 
 
 def spec(version: str) -> RolloutSpec:
@@ -84,20 +93,34 @@ async def test_a_node_with_another_update_staged_has_it_replaced_by_the_target(
         await client.aclose()
 
 
-async def test_a_reboot_never_asked_is_asked_again_once_the_node_still_answers(agent: RunningAgent) -> None:
-    """A node recorded as rebooting that still answers, and has not booted since, gets its reboot asked
-    again after REBOOT_ASK_AGAIN; within that time the controller waits (a real reboot takes a while to
-    take the agent down)."""
-    client = operator(agent)
+async def test_a_reboot_is_asked_again_only_when_the_nodes_systemd_says_it_did_not_happen(
+    agent: RunningAgent, tmp_path: Path
+) -> None:
+    """Recorded as rebooting, not booted since, REBOOT_ASK_AGAIN later: asked again when the node's systemd
+    answers (a node that has been up for 1.5 h; a fixed answer over real TLS, as a node that never got the
+    ask would give); never while its systemd cannot say (the tiny agent has no bus, as a lab machine
+    mid-boot has none while its agent, beside it, still answers)."""
+    ca, cert, key = issue_pki(tmp_path / "pki", "up")
+    up = FrozenClient("up")
+
+    async def node(request: Request) -> JSONResponse:
+        return JSONResponse((await up.node()).model_dump(mode="json"))
+
+    served = serve(uvicorn.Config(Starlette(routes=[Route(routes.NODE, node)]), ssl_certfile=str(cert),
+                                  ssl_keyfile=str(key), log_level="critical", lifespan="off"))  # fmt: skip
+    answering = NodeClient(NodeTarget(name="up", url=served.url, token="t", ca_file=ca))
+    no_bus = operator(agent)
     try:
         now = time.time()
         base = steps.started(NodeRollout(name="tiny", batch=0), spec("1.2"), now)
         recent = base.model_copy(update={"state": NodeState.rebooting, "reboot_at": now - 5})
-        assert await steps.step(spec("1.2"), "x", recent, client, now) is None
+        assert await steps.step(spec("1.2"), "x", recent, answering, now) is None
         lost = base.model_copy(update={"state": NodeState.rebooting, "reboot_at": now - steps.REBOOT_ASK_AGAIN - 1})
-        again = await steps.step(spec("1.2"), "x", lost, client, now)
-        assert again is not None and again.action is not None
-        assert again.action[0] == "reboot"
+        again = await steps.step(spec("1.2"), "x", lost, answering, now)
+        assert again is not None and again.action is not None and again.action[0] == "reboot"
         assert again.node.reboot_at == now and "asking again" in again.node.reason
+        assert await steps.step(spec("1.2"), "x", lost, no_bus, now) is None  # cannot tell: wait
     finally:
-        await client.aclose()
+        await answering.aclose()
+        await no_bus.aclose()
+        served.stop()

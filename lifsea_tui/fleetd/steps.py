@@ -34,9 +34,10 @@ SETTLE_SECONDS = 5.0  # a node judged this soon after boot may not have started 
 # that takes a minute to start would be judged before its units had a chance to loop).
 RUNBOOK_SETTLE = 20.0
 REBOOT_SLACK = 2.0
-# A node that still answers this long after its reboot was asked, and has not booted since, never got the
-# ask (the controller died, or its store write outlived a lost answer, between writing "rebooting" and
-# asking): ask again. A node that is shutting down does not answer, so this never doubles a real reboot.
+# A node whose systemd still answers this long after its reboot was asked, and says it has not booted
+# since, never got the ask (the controller died, or its store write outlived a lost answer, between
+# writing "rebooting" and asking): ask again. While it shuts down or boots, its systemd does not answer
+# (the agent may: in the lab it runs beside the machine), and then the controller only waits.
 REBOOT_ASK_AGAIN = 60.0
 
 
@@ -271,7 +272,7 @@ async def _rebooting(spec: RolloutSpec, node: NodeRollout, client: NodeClient, n
     info = await client.node()
     if info.uptime_seconds is not None and now - info.uptime_seconds > node.reboot_at - REBOOT_SLACK:
         return Step(_update(node, state=NodeState.verifying, reason="booted again; checking its health"))
-    if now - node.reboot_at > REBOOT_ASK_AGAIN:
+    if info.uptime_seconds is not None and now - node.reboot_at > REBOOT_ASK_AGAIN:
         return _reboot(spec, node, now, what, f"no reboot {REBOOT_ASK_AGAIN:.0f} s after it was asked; asking again")
     return None
 
