@@ -12,7 +12,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from lifsea_tui.tui import settings
-from lifsea_tui.tui.app import LifseaApp
+from lifsea_tui.tui.app import LifseaApp, binding_ids
 from lifsea_tui.tui.screens.fleet import FleetScreen
 from lifsea_tui.tui.screens.node import NodeScreen
 from tests.frozen import FrozenFleet
@@ -20,9 +20,9 @@ from tests.frozen import FrozenFleet
 
 def test_settings_are_read_and_every_mistake_is_named(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    assert settings.load(path) == settings.Settings()  # no file: the defaults
+    assert settings.load(path, binding_ids) == settings.Settings()  # no file: the defaults
     path.write_text('[console]\nrefresh = 2\nread_only = true\ntheme = "terminal"\n[keys]\nfleet-filter = "f, slash"\n')
-    loaded = settings.load(path)
+    loaded = settings.load(path, binding_ids)
     assert (loaded.refresh, loaded.read_only, loaded.theme) == (2.0, True, "terminal")
     assert loaded.keymap == {"fleet-filter": "f,slash"}
     for text, said in (
@@ -37,9 +37,9 @@ def test_settings_are_read_and_every_mistake_is_named(tmp_path: Path) -> None:
     ):
         path.write_text(text)
         with pytest.raises(settings.SettingsError, match=None) as raised:
-            settings.load(path)
+            settings.load(path, binding_ids)
         assert said in str(raised.value), (text, str(raised.value))
-    assert {"node-check", "fleet-filter", "fleet-group", "palette"} <= settings.binding_ids()
+    assert {"node-check", "fleet-filter", "fleet-group", "palette"} <= binding_ids()
 
 
 def run_console(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

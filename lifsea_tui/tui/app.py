@@ -10,6 +10,7 @@ from typing import Any
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.content import Content
+from textual.dom import DOMNode
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
@@ -195,6 +196,22 @@ class LifseaApp(App[None]):
         self.net.stop()
 
 
+def binding_ids() -> set[str]:
+    """Every binding id of the console's app, screens and widgets (what a keymap may name): this module
+    imports them all."""
+    found: set[str] = set()
+    pending: list[type] = [DOMNode]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if not cls.__module__.startswith("lifsea_tui.tui"):
+            continue
+        for binding in cls.__dict__.get("BINDINGS", []):
+            if isinstance(binding, Binding) and binding.id:
+                found.add(binding.id)
+    return found
+
+
 def raise_open_file_limit() -> None:
     """A keep-alive connection per node: a large fleet needs more descriptors than the usual 1,024."""
     import resource
@@ -215,7 +232,9 @@ def console_main(args: argparse.Namespace) -> int:
     from lifsea_tui.tui.sources import context_label, fleet_scope, sources
 
     try:
-        chosen = settings.load(locations.config_file())  # the user's own file first: its mistakes are theirs
+        chosen = settings.load(
+            locations.config_file(), binding_ids
+        )  # the user's own file first: its mistakes are theirs
         targets, store = sources(args)
     except (inventory.InventoryError, settings.SettingsError) as error:
         print(visible(f"lifsea-tui: {error}"), file=sys.stderr)

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from textual.binding import Binding
-from textual.dom import DOMNode
 
 DEFAULT_REFRESH = 5.0
 DEFAULT_EVENTS_LIMIT = 200
@@ -45,23 +43,6 @@ class Settings:
     keymap: dict[str, str] = field(default_factory=dict)
 
 
-def binding_ids() -> set[str]:
-    """Every binding id of the console's app, screens and widgets (what a keymap may name)."""
-    import lifsea_tui.tui.app  # noqa: F401 - imports every screen and widget, so their classes are known
-
-    found: set[str] = set()
-    pending: list[type] = [DOMNode]
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if not cls.__module__.startswith("lifsea_tui.tui"):
-            continue
-        for binding in cls.__dict__.get("BINDINGS", []):
-            if isinstance(binding, Binding) and binding.id:
-                found.add(binding.id)
-    return found
-
-
 def _number(table: dict[str, Any], key: str, where: str, default: float, *, whole: bool = False) -> float:
     value = table.get(key, default)
     wrong = isinstance(value, bool) or not isinstance(value, int | float)
@@ -71,7 +52,8 @@ def _number(table: dict[str, Any], key: str, where: str, default: float, *, whol
     return float(value)
 
 
-def parse(data: dict[str, Any], where: str) -> Settings:
+def parse(data: dict[str, Any], where: str, binding_ids: Callable[[], set[str]]) -> Settings:
+    """`binding_ids` gives the ids a keymap may name (asked only when the file has a [keys] table)."""
     console = data.get("console", {})
     if not isinstance(console, dict):
         raise SettingsError(f"{where}: [console] must be a table")
@@ -108,7 +90,7 @@ def parse(data: dict[str, Any], where: str) -> Settings:
     )
 
 
-def load(path: Path) -> Settings:
+def load(path: Path, binding_ids: Callable[[], set[str]]) -> Settings:
     """The settings of `path`; the defaults when it does not exist."""
     try:
         data = tomllib.loads(path.read_text())
@@ -116,4 +98,4 @@ def load(path: Path) -> Settings:
         return Settings()
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise SettingsError(f"{path}: {error}") from None
-    return parse(data, str(path))
+    return parse(data, str(path), binding_ids)
