@@ -383,5 +383,7 @@ def test_checking_and_staging_report_their_progress(agent: RunningAgent, tiny_no
     assert pulling[-1]["fetched"] == pulling[-1]["requested"] >= 1500  # every new file is an object
     assert pulling[-1]["bytes_transferred"] > 1500 * 20  # compressed on the wire, but each object costs some
     staging = [u["progress"] for u in updates if u["operation"] == "stage" and u["progress"]]
-    assert [p["phase"] for p in staging] == ["deploying"]  # the check fetched it all: nothing left to pull
+    # The check fetched it all: nothing left to pull. (The stage's own answer may already see "deploying"
+    # when the background work got there first, so the phase can be published twice.)
+    assert staging and {p["phase"] for p in staging} == {"deploying"}, staging
     assert updates[-1]["state"] == "staged" and updates[-1]["progress"] is None
