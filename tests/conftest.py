@@ -70,6 +70,7 @@ def running_lab(
         assert started.returncode == 0, started.stderr
         status = lab(["status", "--json"], env)
         assert status.returncode == 0, status.stderr
+        assert Layout(root).running_status() == json.loads(status.stdout)  # what the console reads in place
         yield json.loads(status.stdout), env, Layout(root)
     finally:
         stopped = lab(["down", "--purge"], env)

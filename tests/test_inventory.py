@@ -3,12 +3,15 @@ environment or the file itself, and clear errors for a context or default that d
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from lifsea_tui.client.inventory import CONTEXT_ENV, InventoryError, from_file
+from lifsea_tui.client.inventory import CONTEXT_ENV, InventoryError, from_file, from_lab, lab_status
 from lifsea_tui.client.node import NodeTarget
+from lifsea_tui.lab.layout import Layout
 from lifsea_tui.tui import sources
 from lifsea_tui.tui.cli import build_parser
 
@@ -121,3 +124,24 @@ def test_each_context_and_each_lab_is_a_fleet_of_its_own(
         ca.write_text(f"a CA made the {number}. time")
         scopes.add(sources.fleet_scope(lab, [NodeTarget(name="node1", url="https://x", token="t", ca_file=ca)]))
     assert len(scopes) == 2 and all(scope.startswith("lab:") for scope in scopes)
+
+
+def test_the_lab_is_read_from_its_status_file_only_while_its_supervisor_runs(tmp_path: Path) -> None:
+    """The console reads a lab's nodes from the file `up` wrote, in place; a lab that is down (its
+    supervisor gone, the pid file stale) is no lab, however current its file looks."""
+    layout = Layout(tmp_path)
+    status = {
+        "nodes": [{"name": "node1", "url": "https://127.0.0.1:1", "ca_file": "/ca.pem", "tokens": {"admin": "t"}}]
+    }
+    layout.write_status(status)
+    assert layout.status_file.stat().st_mode & 0o777 == 0o600  # it holds tokens
+    supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lifsea_tui.lab.supervisor"])
+    try:
+        layout.pid_file.write_text(f"{supervisor.pid}\n")
+        assert lab_status(tmp_path) == status
+        assert [t.name for t in from_lab("admin", tmp_path)] == ["node1"]
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    with pytest.raises(InventoryError, match="no running lab"):
+        lab_status(tmp_path)

@@ -26,11 +26,8 @@ Shared defaults and named contexts, as kubeconfig has them:
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -225,14 +222,12 @@ def from_file(path: Path, context: str | None = None) -> list[NodeTarget]:
 
 
 def lab_status(lab_dir: Path | None = None) -> dict[str, Any]:
-    """`lifsea-lab status --json` of the running lab: its nodes, etcd and controller."""
-    command = [sys.executable, "-m", "lifsea_tui.lab.cli"]
-    if lab_dir is not None:
-        command += ["--dir", str(lab_dir)]
-    result = subprocess.run([*command, "status", "--json"], capture_output=True, text=True, timeout=30)
-    if result.returncode != 0 or not result.stdout.strip():
+    """The running lab's status (`lifsea-lab status --json`): its nodes, etcd and controller."""
+    from lifsea_tui.lab.layout import Layout  # the lab's files, read in place: no process to start
+
+    status = Layout(lab_dir).running_status()
+    if status is None:
         raise InventoryError("no running lab (start one with `lifsea-lab up`, or give --inventory FILE)")
-    status: dict[str, Any] = json.loads(result.stdout)
     return status
 
 

@@ -257,6 +257,7 @@ def up(layout: Layout, count: int, agent: str = "process") -> int:
     if layout.supervisor_pid() is not None:
         if spec is not None and len(spec.nodes) == count:
             not_ready = wait_ready(layout, spec, lambda: layout.supervisor_pid() is not None)
+            layout.write_status(status_json(layout, spec))  # a lab made before the file existed
             progress("the lab is already up" + (f"; not ready: {'; '.join(not_ready)}" if not_ready else ""))
             return 1 if not_ready else 0
         progress(f"the lab runs with another node count; restarting it with {count} nodes")
@@ -319,6 +320,7 @@ def up(layout: Layout, count: int, agent: str = "process") -> int:
         return 1
     # etcd's own users: the controller and the console each write as themselves, and prove it.
     asyncio.run(lab_etcd(layout, spec).enable_auth(ETCD_USERS))
+    layout.write_status(status_json(layout, spec))
     progress(f"{count} nodes up in {time.monotonic() - started:.1f} s; `lifsea-lab status` shows them")
     return 0
 

@@ -10,10 +10,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from platformdirs import user_cache_dir, user_state_dir
 
-from lifsea_tui.lab.etcd import EtcdCluster, Member
+if TYPE_CHECKING:
+    from lifsea_tui.lab.etcd import EtcdCluster
 
 
 def lab_dir() -> Path:
@@ -89,12 +91,35 @@ class Layout:
         known = {"update_port", "etcd_port", "etcd_peer_port", "fleetlock_port", "agent", "agent_image"}
         return LabSpec(nodes=nodes, **{key: value for key, value in data.items() if key in known})
 
+    @property
+    def status_file(self) -> Path:
+        """What `lifsea-lab status --json` prints, written by `up`: the console and its commands read it
+        instead of starting a process (a third of a shell's start)."""
+        return self.root / "status.json"
+
     def write_spec(self, spec: LabSpec) -> None:
+        self._write(self.spec_file, asdict(spec))
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        self._write(self.status_file, status)
+
+    def _write(self, path: Path, data: dict[str, Any]) -> None:
+        """Whole or not at all, readable by root alone (both hold tokens)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.spec_file.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(spec), handle, indent=2)
-        os.replace(self.spec_file.with_suffix(".tmp"), self.spec_file)
+            json.dump(data, handle, indent=2)
+        os.replace(path.with_suffix(".tmp"), path)
+
+    def running_status(self) -> dict[str, Any] | None:
+        """The running lab's status (nodes, tokens, etcd, controller); None when no lab runs here."""
+        if self.supervisor_pid() is None:
+            return None
+        try:
+            status: dict[str, Any] = json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return status
 
     def supervisor_pid(self) -> int | None:
         """The running supervisor's pid, or None when there is none (a stale pid file is ignored)."""
@@ -111,6 +136,8 @@ class Layout:
 
 def lab_etcd(layout: Layout, spec: LabSpec) -> EtcdCluster:
     """The lab's one etcd member, with the lab's CA."""
+    from lifsea_tui.lab.etcd import EtcdCluster, Member  # gRPC: not for the readers of the layout
+
     return EtcdCluster(layout.etcd_dir, layout.pki / "ca", [Member("etcd1", spec.etcd_port, spec.etcd_peer_port)])
 
 

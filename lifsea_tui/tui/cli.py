@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # httpx imports its own command line (click, rich, pygments: a sixth of `shell`'s start) whenever
+    # those are installed; nothing here runs it, so it is marked as absent and httpx goes without.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     run: Handler = args.run
     return run(args)
