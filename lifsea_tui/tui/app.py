@@ -18,7 +18,7 @@ from textual.theme import Theme
 from lifsea_tui.api import OpsSession, OpsSessionRequest
 from lifsea_tui.client.etcd import EtcdTarget, Store
 from lifsea_tui.client.fleet import Fleet
-from lifsea_tui.client.netloop import NetworkLoop
+from lifsea_tui.client.netloop import NetworkLoop, new_event_loop
 from lifsea_tui.tui import locations
 from lifsea_tui.tui.cast import Cast
 from lifsea_tui.tui.plain import visible
@@ -254,5 +254,5 @@ def console_main(args: argparse.Namespace) -> int:
         context=context_label(args),
         theme=chosen.theme,
         keymap=chosen.keymap,
-    ).run()
+    ).run(loop=new_event_loop())
     return 0

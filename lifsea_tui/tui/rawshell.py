@@ -19,6 +19,7 @@ import tty
 from dataclasses import dataclass
 
 from lifsea_tui.api import ACCESS_TEXT, EndRequest, OpsAccess, OpsSessionRequest
+from lifsea_tui.client.netloop import new_event_loop
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget
 from lifsea_tui.client.ops import Closed, Exit, Expiring, Hello, OpsShell, Output, Reconnecting
 from lifsea_tui.tui.plain import visible
@@ -231,8 +232,5 @@ def main(args: argparse.Namespace) -> int:
         session=args.session,
         access=OpsAccess(args.access),
     )
-    try:
-        import uvloop  # every keystroke crosses this loop twice: the faster loop halves its share
-    except ImportError:
-        return asyncio.run(run(targets[args.node], options))
-    return uvloop.run(run(targets[args.node], options))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:  # each keystroke crosses it twice
+        return runner.run(run(targets[args.node], options))
