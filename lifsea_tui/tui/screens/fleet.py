@@ -8,6 +8,7 @@ one screen because every part of it paints the same table and header.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 from rich.text import Text
@@ -136,6 +137,10 @@ class FleetScreen(ConsoleScreen[None]):
         self.sort_index = 0
         self.group_by: str | None = None  # a label key: rows in runs of its values
         self._dirty: set[str] = set()
+        # Names answered on the network loop, taken into _dirty by the next flush. A deque's append and
+        # popleft are safe across threads; waking the UI loop for each of a thousand answers was not
+        # free (a thousand wake-ups per refresh, each taking the interpreter from the network thread).
+        self._answered: collections.deque[str] = collections.deque()
         self._warned: set[str] = set()  # nodes whose audit-chain warning was shown (network loop only)
         self._rebuild = True
         self._rebuilt_at = 0.0
@@ -191,7 +196,7 @@ class FleetScreen(ConsoleScreen[None]):
 
     def _changed(self, snapshot: NodeSnapshot) -> None:
         """Called on the network loop for each answer; the UI loop repaints on its next flush."""
-        self._ui_loop.call_soon_threadsafe(self._dirty.add, snapshot.name)
+        self._answered.append(snapshot.name)
         if snapshot.audit_warning and snapshot.name not in self._warned:
             self._warned.add(snapshot.name)
             message = f"{snapshot.name}: {snapshot.audit_warning}"
@@ -303,6 +308,8 @@ class FleetScreen(ConsoleScreen[None]):
     def _flush(self) -> None:
         """Repaint what changed since the last flush: a burst of node results costs one repaint."""
         table = self.query_one("#nodes", DataTable)
+        while self._answered:
+            self._dirty.add(self._answered.popleft())
         if self._rebuild:
             self._rebuild = False
             self._rebuilt_at = time.monotonic()
