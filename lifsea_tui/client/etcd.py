@@ -1,29 +1,32 @@
 """The fleet's store: etcd v3 over TLS, through aetcd (asyncio, gRPC underneath).
 
-aetcd opens plain channels only; `_TlsClient` opens the same stubs on a TLS channel (mutual TLS when a
-client certificate is given) and spreads requests over every member it is given, so losing one member
-of a three-member cluster costs nothing. Every failure of the store reaches callers as one exception,
-`StoreUnavailable`, whose text says what a person needs: unreachable, no quorum, refused.
+Every failure of the store reaches callers as one exception, `StoreUnavailable`, whose text says what a
+person needs: unreachable, no quorum, refused. gRPC and aetcd (etcd_wire.py, some 15 MiB and 60 ms of
+imports) are loaded when a store is first used, not by everything that names one: a console with no
+store never loads them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aetcd
-import grpc
-from aetcd import rpc, watcher
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from lifsea_tui.client.etcd_wire import TlsClient
 
 T = TypeVar("T")
+
+
+def _wire() -> ModuleType:
+    from lifsea_tui.client import etcd_wire
+
+    return etcd_wire
 
 
 class StoreUnavailable(Exception):
@@ -77,6 +80,9 @@ class EtcdTarget:
 
 @lru_cache(maxsize=16)
 def cert_user(cert_file: Path) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except (OSError, ValueError):
@@ -96,74 +102,17 @@ class KV:
         return json.loads(self.value)
 
 
-def _grpc_target(endpoints: Sequence[str]) -> str:
-    """One gRPC target for all members: the ipv4: scheme takes a list of literal addresses."""
-    try:
-        for endpoint in endpoints:
-            ipaddress.IPv4Address(endpoint.rsplit(":", 1)[0])
-    except ValueError:
-        return endpoints[0]  # a name: gRPC's resolver finds every address behind it
-    return "ipv4:" + ",".join(endpoints)
-
-
-class _TlsClient(aetcd.Client):  # type: ignore[misc]
-    def __init__(self, target: EtcdTarget) -> None:
-        options: dict[str, Any] = {"grpc.lb_policy_name": "round_robin", "grpc.enable_retries": 0}
-        if target.server_name:
-            options["grpc.ssl_target_name_override"] = target.server_name
-            options["grpc.default_authority"] = target.server_name
-        super().__init__(timeout=target.timeout, options=options, connect_wait_timeout=int(target.timeout))
-        self._grpc_target = _grpc_target(target.endpoints)
-        self._credentials = None
-        if target.ca_file is not None:
-            self._credentials = grpc.ssl_channel_credentials(
-                root_certificates=target.ca_file.read_bytes(),
-                private_key=target.key_file.read_bytes() if target.key_file else None,
-                certificate_chain=target.cert_file.read_bytes() if target.cert_file else None,
-            )
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        options = list(self._options.items())
-        if self._credentials is not None:
-            self.channel = grpc.aio.secure_channel(self._grpc_target, self._credentials, options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(self._grpc_target, options=options)
-        self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=None)
-        self._connected.set()
-
-
-def _explain(error: BaseException, where: str) -> StoreUnavailable:
-    text = str(error) or type(error).__name__
-    if isinstance(error, aetcd.exceptions.ConnectionTimeoutError | TimeoutError):
-        return StoreUnavailable(f"store at {where} did not answer in time (no quorum, or unreachable)")
-    if isinstance(error, aetcd.exceptions.ConnectionFailedError):
-        if "no leader" in text or "leader changed" in text:
-            return StoreUnavailable(f"store at {where} has no leader (no quorum): {text}")
-        return StoreUnavailable(f"store at {where} unreachable: {text}")
-    if "permission denied" in text:
-        return StoreUnavailable(f"store at {where} does not allow this user that (etcd: permission denied)")
-    if isinstance(error, aetcd.exceptions.UnauthenticatedError):
-        return StoreUnavailable(f"store at {where} refused us: {text}")
-    return StoreUnavailable(f"store at {where}: {text}")
-
-
 @dataclass
 class Store:
     """Keys under the target's prefix; JSON values; transactions; leases."""
 
     target: EtcdTarget
-    _client: _TlsClient | None = field(default=None, init=False)
+    _client: TlsClient | None = field(default=None, init=False)
 
     @property
-    def client(self) -> _TlsClient:
+    def client(self) -> TlsClient:
         if self._client is None:
-            self._client = _TlsClient(self.target)
+            self._client = _wire().TlsClient(self.target)
         return self._client
 
     @property
@@ -175,10 +124,11 @@ class Store:
         return (self.target.prefix + key).encode()
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        wire = _wire()
         try:
             return await asyncio.wait_for(call(), self.target.timeout + 1)
-        except (aetcd.exceptions.ClientError, grpc.RpcError, TimeoutError, OSError) as error:
-            raise _explain(error, self.target.describe()) from error
+        except wire.FAILURES as error:
+            raise wire.explain(error, self.target.describe()) from error
 
     async def get(self, key: str) -> KV | None:
         got = await self._call(lambda: self.client.get(self.key(key)))
@@ -241,5 +191,5 @@ class Store:
             client, self._client = self._client, None
             try:
                 await asyncio.wait_for(client.close(), 5)
-            except (aetcd.exceptions.ClientError, grpc.RpcError, TimeoutError, OSError):
+            except _wire().FAILURES:
                 pass
