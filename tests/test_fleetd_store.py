@@ -205,6 +205,10 @@ async def test_three_members_lose_one_then_quorum(tmp_path: Path) -> None:
         members.stop("etcd2")
         with pytest.raises(StoreUnavailable, match="no quorum"):
             await rollouts.read(store, "r-q")
+        # A write the last member takes and cannot commit: etcd says "request timed out" (or "no leader",
+        # by timing); either way the store answered, so it is no quorum, never "unreachable".
+        with pytest.raises(StoreUnavailable, match="no quorum"):
+            await rollouts.ask(store, "r-q", Intent(action="resume", reason="alone"), "alice")
         members.start("etcd1")
         deadline = time.monotonic() + 30
         while True:

@@ -70,6 +70,10 @@ def explain(error: BaseException, where: str) -> StoreUnavailable:
     text = str(error) or type(error).__name__
     if isinstance(error, aetcd.exceptions.ConnectionTimeoutError | TimeoutError):
         return StoreUnavailable(f"store at {where} did not answer in time (no quorum, or unreachable)")
+    if "request timed out" in text or "deadline exceeded" in text:
+        # A member took the request and could not commit it in time (etcd's own words vary with timing):
+        # the store answered, so it is not unreachable.
+        return StoreUnavailable(f"store at {where} could not commit in time (no quorum, or overloaded): {text}")
     if isinstance(error, aetcd.exceptions.ConnectionFailedError):
         if "no leader" in text or "leader changed" in text:
             return StoreUnavailable(f"store at {where} has no leader (no quorum): {text}")
