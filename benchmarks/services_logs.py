@@ -138,6 +138,8 @@ def main() -> int:
             p99_ms=round(pct(api, 99), 1),
             systemctl_list_units_p50_ms=round(pct(peer, 50), 1),
             systemctl_list_units_p99_ms=round(pct(peer, 99), 1),
+            ratio_p50=round(pct(api, 50) / pct(peer, 50), 2),
+            aim_ratio=1.5,
             note="systemctl is a process start plus one ListUnits; the API also reads each unit's details",
         )
         for n in range(extra):

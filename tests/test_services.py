@@ -56,6 +56,25 @@ def test_units_are_listed_with_details_and_failed_first(fleet: tuple[dict, dict[
         assert answer.status_code == 403
 
 
+def test_a_listing_after_a_restart_shows_the_new_process_not_a_kept_one(
+    fleet: tuple[dict, dict[str, str], Layout],
+) -> None:
+    """The agent keeps each unit's details between listings and drops them when systemd signals a change:
+    after a restart the list must show the new main PID and the new since, never what it kept."""
+    status, _, _ = fleet
+    with lab_client(status["nodes"][1], "operator") as http:
+        listed = lambda: next(u for u in http.get(routes.SERVICES).json()["units"] if u["name"] == "cron.service")  # noqa: E731
+        before = listed()
+        assert listed()["main_pid"] == before["main_pid"]  # kept, and still true
+        answer = http.post("/v1/services/cron.service/restart", json={"reason": "INC-7 does the list follow?"})
+        assert answer.status_code == 200, answer.text
+        deadline = time.monotonic() + 10
+        while (after := listed())["main_pid"] in (before["main_pid"], None) or after["active_state"] != "active":
+            assert time.monotonic() < deadline, f"still {after} after the restart"
+            time.sleep(0.2)
+        assert after["since"] > before["since"]
+
+
 async def test_a_stopped_unit_reaches_an_event_subscriber_within_a_second(
     fleet: tuple[dict, dict[str, str], Layout],
 ) -> None:

@@ -32,6 +32,13 @@ CALL_TIMEOUT = 10.0
 class SystemdBackend:
     def __init__(self, bus_path: Path) -> None:
         self.bus_path = bus_path
+        # What a listing asks of each unit besides ListUnits (since when; a service's PID, restarts,
+        # result), by object path, kept while watch_units holds its subscription: every one of these
+        # is signalled in PropertiesChanged, which drops the unit's entry. MemoryCurrent is not
+        # signalled, so it is asked for on every listing (running services only).
+        self._details: dict[str, dict[str, Any]] = {}
+        self._changes: dict[str, int] = {}  # PropertiesChanged seen per path, so a read racing one is not kept
+        self._subscribed = False
 
     def unavailable_reason(self) -> str | None:
         if not self.bus_path.exists():
@@ -93,9 +100,41 @@ class SystemdBackend:
 
             async def one(row: list[Any]) -> UnitInfo:
                 async with limit:
-                    return await _unit_info(bus, row)
+                    return await self._unit_info(bus, row)
 
-            return list(await asyncio.gather(*(one(row) for row in rows)))
+            units = list(await asyncio.gather(*(one(row) for row in rows)))
+        listed = {str(row[6]) for row in rows}
+        for kept in (self._details, self._changes):
+            for path in [path for path in kept if path not in listed]:  # unloaded since
+                del kept[path]
+        return units
+
+    async def _unit_info(self, bus: MessageBus, row: list[Any]) -> UnitInfo:
+        """A ListUnits row with what the Services tab shows besides: since when, and for services their
+        main PID, restarts, memory and result. Each asked for by name (one Get each, all at once): a
+        GetAll of the Service interface answers some 150 properties, and reading them was most of a
+        listing's time. Kept between listings while the watch says nothing changed (see __init__)."""
+        name, _description, _load, active_state, _sub, _followed, path = row[:7]
+        service = str(name).endswith(".service")
+        cached = self._details.get(path) if self._subscribed else None
+        wanted = [] if cached is not None else [(UNIT, "StateChangeTimestamp")]
+        if service and cached is None:
+            wanted += [(SERVICE, prop) for prop in SERVICE_DETAILS]
+        if service and active_state not in ("inactive", "failed"):
+            wanted.append((SERVICE, "MemoryCurrent"))  # not signalled: asked every time there are processes
+        changes = self._changes.get(path, 0)
+        values: dict[str, Any] = dict(cached or {})
+        try:
+            answers = await asyncio.gather(
+                *(_call(bus, "Get", "ss", [iface, prop], interface=PROPERTIES, path=path) for iface, prop in wanted)
+            )
+        except BackendError:
+            pass  # the unit went away between the listing and this read: its row says what the listing said
+        else:
+            values.update({prop: answer[0].value for (_, prop), answer in zip(wanted, answers, strict=True)})
+            if cached is None and self._subscribed and self._changes.get(path, 0) == changes:
+                self._details[path] = {key: value for key, value in values.items() if key != "MemoryCurrent"}
+        return _unit(row, values)
 
     async def unit(self, name: str) -> UnitInfo:
         async with self._connection() as bus:
@@ -109,7 +148,7 @@ class SystemdBackend:
             values = {key: variant.value for key, variant in props[0].items()}
             row = [name, values.get("Description", ""), values.get("LoadState", ""), values.get("ActiveState", ""),
                    values.get("SubState", ""), "", path]  # fmt: skip
-            return await _unit_info(bus, row)
+            return await self._unit_info(bus, row)
 
     async def unit_names(self, name: str) -> list[str]:
         """Every name the unit `name` goes by (its id and aliases: runlevel0.target is poweroff.target)."""
@@ -139,7 +178,12 @@ class SystemdBackend:
                 async with self._connection() as bus:
 
                     def on_message(message: Message) -> None:
-                        if message.member != "PropertiesChanged" or not message.body or message.body[0] != UNIT:
+                        if message.member != "PropertiesChanged" or not message.body:
+                            return
+                        path = message.path or ""
+                        self._details.pop(path, None)
+                        self._changes[path] = self._changes.get(path, 0) + 1
+                        if message.body[0] != UNIT:
                             return
                         values = {key: variant.value for key, variant in message.body[1].items()}
                         if "ActiveState" in values or "SubState" in values:
@@ -153,12 +197,17 @@ class SystemdBackend:
                     await _call(bus, "AddMatch", "s", [rule], interface="org.freedesktop.DBus",
                                 path="/org/freedesktop/DBus", destination="org.freedesktop.DBus")  # fmt: skip
                     await _call(bus, "Subscribe")
+                    self._subscribed = True
                     subscribed(await self.units())
                     await bus.wait_for_disconnect()
             except BackendError:
                 pass
             except Exception:  # noqa: BLE001 - a broken bus must not end the watch; it reconnects
                 pass
+            finally:  # changes are no longer heard: nothing kept can be trusted
+                self._subscribed = False
+                self._details.clear()
+                self._changes.clear()
             await asyncio.sleep(1.0)
 
     async def reboot(self) -> None:
@@ -218,22 +267,8 @@ def unit_name_of(path: str) -> str:
 SERVICE_DETAILS = ("MainPID", "NRestarts", "MemoryCurrent", "Result")
 
 
-async def _unit_info(bus: MessageBus, row: list[Any]) -> UnitInfo:
-    """A ListUnits row with what the Services tab shows besides: since when, and for services their main
-    PID, restarts, memory and result. Each asked for by name (one Get each, all at once): a GetAll of the
-    Service interface answers some 150 properties, and reading them was most of a listing's time."""
-    name, description, load_state, active_state, sub_state, _followed, path = row[:7]
-    wanted = [(UNIT, "StateChangeTimestamp")]
-    if str(name).endswith(".service"):
-        wanted += [(SERVICE, prop) for prop in SERVICE_DETAILS]
-    values: dict[str, Any] = {}
-    try:
-        answers = await asyncio.gather(
-            *(_call(bus, "Get", "ss", [iface, prop], interface=PROPERTIES, path=path) for iface, prop in wanted)
-        )
-        values = {prop: answer[0].value for (_, prop), answer in zip(wanted, answers, strict=True)}
-    except BackendError:
-        pass  # the unit went away between the listing and this read: its row says what the listing said
+def _unit(row: list[Any], values: dict[str, Any]) -> UnitInfo:
+    name, description, load_state, active_state, sub_state = row[:5]
     changed = values.get("StateChangeTimestamp")
     memory = values.get("MemoryCurrent")
     return UnitInfo(
