@@ -1,9 +1,11 @@
 """The node's journal, read with journalctl from the node's journal directory.
 
 journalctl is journald's own reader: it understands every journal file version, follows with
-inotify, resumes from a cursor and filters by unit, priority, time and pattern. The agent runs it with
-`--file` on the node's journal files, /var/log/journal's and /run/log/journal's merged (never the
-host it runs on), reads its JSON lines one
+inotify, resumes from a cursor and filters by unit, priority, time and pattern. The agent runs it on
+the node's journal (never the host it runs on): `--directory` when its journal is in one directory,
+as it is once journald has flushed to /var, else `--file` on every directory's files, /var/log/journal's
+and /run/log/journal's merged. A follow with `--file` takes new lines far more slowly (a unit writing
+5,000 lines a second was followed at 500-1,000 a second; with `--directory` at 5,000). It reads JSON lines one
 at a time, and hands back bounded entries: a message over MAX_MESSAGE is cut (and says so), binary
 fields are shown as text with the undecodable bytes escaped. Following reads the next line only when
 the last one was sent, so a slow client slows journalctl (its pipe fills), not the agent's memory.
@@ -72,9 +74,9 @@ class Journal:
     def __init__(self, directories: list[Path]) -> None:
         self.directories = directories
 
-    def sources(self) -> list[str]:
-        """The node's journal files, as journalctl --file globs: every machine directory under every
-        journal path that has one, persistent and volatile together. A node whose journald has not
+    def sources(self) -> list[Path]:
+        """The node's journal directories: every machine directory under every journal path that has
+        journal files, persistent and volatile together. A node whose journald has not
         flushed to /var (early in its boot, a failed flush, Storage=volatile) keeps its newest lines
         in /run/log/journal; reading only /var would show a journal that stopped."""
         found = []
@@ -82,7 +84,7 @@ class Journal:
             if base.is_dir():
                 machines = sorted(path for path in base.iterdir() if path.is_dir()) or [base]
                 # Only where there are files: a glob that matches nothing fails journalctl altogether.
-                found += [str(m / "*.journal") for m in machines if next(m.glob("*.journal"), None) is not None]
+                found += [m for m in machines if next(m.glob("*.journal"), None) is not None]
         if not found:
             raise BackendError("unavailable", f"no journal at {', '.join(str(d) for d in self.directories)}")
         return found
@@ -98,8 +100,9 @@ class Journal:
         lines: int | None,
         follow: bool,
     ) -> list[str]:
-        files = [f"--file={pattern}" for pattern in self.sources()]
-        argv = ["journalctl", *files, "--output=json", "--all", "--no-pager", "--quiet"]
+        found = self.sources()
+        where = [f"--directory={found[0]}"] if len(found) == 1 else [f"--file={d / '*.journal'}" for d in found]
+        argv = ["journalctl", *where, "--output=json", "--all", "--no-pager", "--quiet"]
         if unit:
             argv.append(f"--unit={unit}")
         if priority is not None:
