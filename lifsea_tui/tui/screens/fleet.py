@@ -145,6 +145,7 @@ class FleetScreen(ConsoleScreen[None]):
         self._rebuild = True
         self._rebuilt_at = 0.0
         self.rollout_line: Text | None = None
+        self._drift_shown: Text | None = None
         self.trail_flags: dict[str, str] = {}  # node -> why the collected audit trail flags it
 
     def compose(self) -> ComposeResult:
@@ -381,7 +382,11 @@ class FleetScreen(ConsoleScreen[None]):
             text.append(f"    {down} not answering", style=self._style("node-down"))
         if self.selected:
             text.append(f"    {len(self.selected)} selected", style="bold")
-        self.query_one("#drift", Static).update(text)
+        # An update lays the screen out again (the line may wrap); the line rarely changes while the
+        # fleet refreshes, so only a change is shown.
+        if text != self._drift_shown:
+            self._drift_shown = text
+            self.query_one("#drift", Static).update(text)
 
     def _share_bar(self, drift: dict[str, int], total: int) -> Text:
         """The versions as one bar, each its share of the fleet, then each named with its count."""
