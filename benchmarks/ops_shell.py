@@ -40,6 +40,7 @@ from pathlib import Path
 from benchmarks.results import pct, recorder
 from lifsea_tui.api import EndRequest, OpsSessionRequest
 from lifsea_tui.client import inventory
+from lifsea_tui.client.netloop import new_event_loop
 from lifsea_tui.client.node import NodeClient, NodeTarget
 from lifsea_tui.client.ops import OpsShell, Output
 
@@ -189,6 +190,41 @@ async def api_first_prompt(target: NodeTarget) -> tuple[float, float]:
     return prompt - started, created - started
 
 
+async def api_echo(target: NodeTarget, keys: int) -> list[float]:
+    """Key echo through the API alone (no `lifsea-tui shell` process, no terminal on this side): what the
+    agent, its TLS websocket, the session's terminal and the recording cost, for the per-hop figures."""
+    client = NodeClient(target)
+    session = await client.ops_start(OpsSessionRequest(reason="benchmark: echo through the API", ttl_seconds=120))
+    shell = OpsShell(target, session.id)
+    arrived: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def read() -> None:
+        async for event in shell.events():
+            if isinstance(event, Output):
+                arrived.put_nowait(event.data)
+
+    async def until(needle: bytes) -> None:
+        seen = b""
+        while needle not in seen:
+            seen += await asyncio.wait_for(arrived.get(), 10)
+
+    reader = asyncio.create_task(read())
+    await until(b" OPS ")
+    out = []
+    for _ in range(keys):
+        started = time.perf_counter()
+        await shell.send(b"x")
+        await until(b"x")
+        out.append((time.perf_counter() - started) * 1000)
+        await shell.send(b"\x7f")
+        await until(b"\x08")
+    reader.cancel()
+    await client.ops_end(session.id, EndRequest(reason="benchmark done"))
+    await shell.close()
+    await client.aclose()
+    return out
+
+
 def raise_limits(lab_dir: Path, node: str, count: int) -> int:
     """Let one user open `count` sessions on the benchmark's own lab node; returns the new agent's pid."""
     config = lab_dir / "nodes" / node / "agent.toml"
@@ -296,6 +332,8 @@ def main() -> int:
         for side in ("ops", "ssh"):
             values = echo[side]
             print(f"  {side}: echo p50 {pct(values, 50):.2f} ms, p99 {pct(values, 99):.2f} ms, n={len(values)}")
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:  # the shell's loop
+            api = runner.run(api_echo(target, args.keys))
         record(
             "keystroke echo",
             ops_p50_ms=round(pct(echo["ops"], 50), 2),
@@ -304,6 +342,8 @@ def main() -> int:
             ssh_p99_ms=round(pct(echo["ssh"], 99), 2),
             ratio_p50=round(pct(echo["ops"], 50) / pct(echo["ssh"], 50), 2),
             ratio_p99=round(pct(echo["ops"], 99) / pct(echo["ssh"], 99), 2),
+            api_p50_ms=round(pct(api, 50), 3),  # the same echo without the client process and its terminal
+            api_p99_ms=round(pct(api, 99), 3),
         )
         ops_rate, ssh_rate = statistics.median(rates["ops"]), statistics.median(rates["ssh"])
         record(
