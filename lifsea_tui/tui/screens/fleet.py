@@ -308,7 +308,7 @@ class FleetScreen(ConsoleScreen[None]):
 
     def _flush(self) -> None:
         """Repaint what changed since the last flush: a burst of node results costs one repaint."""
-        table = self.query_one("#nodes", DataTable)
+        table = self.query_one("#nodes", NodeTable)
         while self._answered:
             self._dirty.add(self._answered.popleft())
         if self._rebuild:
@@ -346,6 +346,7 @@ class FleetScreen(ConsoleScreen[None]):
             visible = {str(row.key.value) for row in table.ordered_rows[first : first + table.size.height]}
             dirty = self._dirty & visible
             self._dirty -= dirty
+            changes = []
             for name in dirty:
                 if name not in table.rows:
                     continue
@@ -353,19 +354,25 @@ class FleetScreen(ConsoleScreen[None]):
                 for (key, _, _), old, cell in zip(
                     COLUMNS, current, self._cells(self.lifsea.fleet.snapshots[name]), strict=True
                 ):
-                    if cell != old:  # each update repaints the table: skip the ones that did not change
-                        table.update_cell(name, key, cell)
+                    if cell != old:  # only what changed is drawn again
+                        changes.append((name, key, cell))
+            table.update_cells(changes)
         else:
             return
         self._update_drift()
 
     def _tick_ages(self) -> None:
         """Ages change every second: update only the rows on screen."""
-        table = self.query_one("#nodes", DataTable)
+        table = self.query_one("#nodes", NodeTable)
         first = int(table.scroll_y)
-        for row in table.ordered_rows[first : first + table.size.height]:
+        rows = table.ordered_rows[first : first + table.size.height]
+        changes = []
+        for row in rows:
             name = str(row.key.value)
-            table.update_cell(name, "seen", ago(self.lifsea.fleet.snapshots[name].last_seen))
+            seen = ago(self.lifsea.fleet.snapshots[name].last_seen)
+            if getattr(table.get_cell(name, "seen"), "plain", None) != seen:
+                changes.append((name, "seen", seen))
+        table.update_cells(changes)
 
     def _update_drift(self) -> None:
         snapshots = list(self.lifsea.fleet.snapshots.values())
