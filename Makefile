@@ -21,6 +21,7 @@ bench:
 	@./scripts/setup.sh --bench
 	.venv/bin/python -m benchmarks.agent
 	.venv/bin/python -m benchmarks.ops_shell
+	.venv/bin/python -m benchmarks.echo_hops
 	.venv/bin/python -m benchmarks.services_logs
 	.venv/bin/python -m benchmarks.rollout
 
