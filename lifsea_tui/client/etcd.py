@@ -128,7 +128,7 @@ class Store:
         try:
             return await asyncio.wait_for(call(), self.target.timeout + 1)
         except wire.FAILURES as error:
-            raise wire.explain(error, self.target.describe()) from error
+            raise StoreUnavailable(wire.explain(error, self.target.describe())) from error
 
     async def get(self, key: str) -> KV | None:
         got = await self._call(lambda: self.client.get(self.key(key)))

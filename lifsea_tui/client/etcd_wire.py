@@ -9,19 +9,33 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aetcd
 import grpc
 from aetcd import rpc, watcher
 
-from lifsea_tui.client.etcd import StoreUnavailable
-
-if TYPE_CHECKING:
-    from lifsea_tui.client.etcd import EtcdTarget
-
 # What a call to the store may raise that means the store did not do it.
 FAILURES = (aetcd.exceptions.ClientError, grpc.RpcError, TimeoutError, OSError)
+
+
+class Target(Protocol):
+    """What the client needs of an etcd.EtcdTarget (named here, so that this module does not import the
+    one that imports it)."""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]: ...
+    @property
+    def ca_file(self) -> Path | None: ...
+    @property
+    def cert_file(self) -> Path | None: ...
+    @property
+    def key_file(self) -> Path | None: ...
+    @property
+    def server_name(self) -> str | None: ...
+    @property
+    def timeout(self) -> float: ...
 
 
 def _grpc_target(endpoints: Sequence[str]) -> str:
@@ -35,7 +49,7 @@ def _grpc_target(endpoints: Sequence[str]) -> str:
 
 
 class TlsClient(aetcd.Client):  # type: ignore[misc]
-    def __init__(self, target: EtcdTarget) -> None:
+    def __init__(self, target: Target) -> None:
         options: dict[str, Any] = {"grpc.lb_policy_name": "round_robin", "grpc.enable_retries": 0}
         if target.server_name:
             options["grpc.ssl_target_name_override"] = target.server_name
@@ -66,20 +80,21 @@ class TlsClient(aetcd.Client):  # type: ignore[misc]
         self._connected.set()
 
 
-def explain(error: BaseException, where: str) -> StoreUnavailable:
+def explain(error: BaseException, where: str) -> str:
+    """What a failure of the store means, for a person."""
     text = str(error) or type(error).__name__
     if isinstance(error, aetcd.exceptions.ConnectionTimeoutError | TimeoutError):
-        return StoreUnavailable(f"store at {where} did not answer in time (no quorum, or unreachable)")
+        return f"store at {where} did not answer in time (no quorum, or unreachable)"
     if "request timed out" in text or "deadline exceeded" in text:
         # A member took the request and could not commit it in time (etcd's own words vary with timing):
         # the store answered, so it is not unreachable.
-        return StoreUnavailable(f"store at {where} could not commit in time (no quorum, or overloaded): {text}")
+        return f"store at {where} could not commit in time (no quorum, or overloaded): {text}"
     if isinstance(error, aetcd.exceptions.ConnectionFailedError):
         if "no leader" in text or "leader changed" in text:
-            return StoreUnavailable(f"store at {where} has no leader (no quorum): {text}")
-        return StoreUnavailable(f"store at {where} unreachable: {text}")
+            return f"store at {where} has no leader (no quorum): {text}"
+        return f"store at {where} unreachable: {text}"
     if "permission denied" in text:
-        return StoreUnavailable(f"store at {where} does not allow this user that (etcd: permission denied)")
+        return f"store at {where} does not allow this user that (etcd: permission denied)"
     if isinstance(error, aetcd.exceptions.UnauthenticatedError):
-        return StoreUnavailable(f"store at {where} refused us: {text}")
-    return StoreUnavailable(f"store at {where}: {text}")
+        return f"store at {where} refused us: {text}"
+    return f"store at {where}: {text}"
