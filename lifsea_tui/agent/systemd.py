@@ -264,7 +264,7 @@ def unit_name_of(path: str) -> str:
     return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), tail)
 
 
-SERVICE_DETAILS = ("MainPID", "NRestarts", "MemoryCurrent", "Result")
+SERVICE_DETAILS = ("MainPID", "NRestarts", "Result")  # kept between listings; MemoryCurrent is asked each time
 
 
 def _unit(row: list[Any], values: dict[str, Any]) -> UnitInfo:
