@@ -248,6 +248,7 @@ async def main() -> None:
     stage_delay, reboot_delay = (float(sys.argv[5]), float(sys.argv[6])) if upgrades else (0.0, 0.0)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    context.num_tickets = 0  # as the agent's (agent/tls.py)
     servers, ports = [], []
     for index in range(count):
         name = f"fake-{index:04}"

@@ -297,3 +297,20 @@ def test_an_open_connection_costs_the_agent_kilobytes_not_a_quarter_megabyte(
             connection.close()
     finally:
         kill_agent(proc)
+
+
+def test_the_agent_sends_no_session_tickets(tmp_path: Path, tiny_node: TinyNode) -> None:
+    """TLS 1.3 tickets cost every client memory (kept with the agent's certificate chain) for resumptions
+    no client of the agent makes: a console on 1,000 nodes held 15 MB of them. The agent sends none."""
+    path, info = write_agent_config(tmp_path, host_root=tiny_node.host_root, sysroot_path=tiny_node.sysroot)
+    proc = serve_agent(path, info)
+    try:
+        context = ssl.create_default_context(cafile=str(info["ca"]))
+        port = int(info["url"].rsplit(":", 1)[1])
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200")  # tickets, if any, came before the answer
+            assert tls.version() == "TLSv1.3"
+            assert tls.session is None or not tls.session.has_ticket
+    finally:
+        kill_agent(proc)

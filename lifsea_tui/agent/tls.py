@@ -47,6 +47,10 @@ def server_context(config: AgentConfig) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(config.tls_cert, config.tls_key)
+    # No TLS 1.3 session tickets: OpenSSL sends two per connection and each client keeps them with the
+    # agent's certificate chain, for resumptions our clients never make (they keep connections alive).
+    # A console watching 1,000 nodes held 15 MB of them.
+    context.num_tickets = 0
     if config.tls_client_ca is not None:
         context.load_verify_locations(cafile=str(config.tls_client_ca))
         context.verify_mode = ssl.CERT_REQUIRED if config.tls_client_certs_required else ssl.CERT_OPTIONAL
