@@ -34,9 +34,11 @@ class SystemdBackend:
         self.bus_path = bus_path
         # What a listing asks of each unit besides ListUnits (since when; a service's PID, restarts,
         # result), by object path, kept while watch_units holds its subscription: every one of these
-        # is signalled in PropertiesChanged, which drops the unit's entry. MemoryCurrent is not
-        # signalled, so it is asked for on every listing (running services only).
-        self._details: dict[str, dict[str, Any]] = {}
+        # is signalled in PropertiesChanged, which drops the unit's entry. Kept only for units at rest
+        # (a unit starting, stopping or waiting to restart changes by the second, and a signal the bus
+        # dropped for a slow reader would leave it wrong), and for KEPT_SECONDS at most. MemoryCurrent
+        # is not signalled, so it is asked for on every listing (units with processes only).
+        self._details: dict[str, tuple[float, dict[str, Any]]] = {}
         self._changes: dict[str, int] = {}  # PropertiesChanged seen per path, so a read racing one is not kept
         self._subscribed = False
 
@@ -114,9 +116,11 @@ class SystemdBackend:
         main PID, restarts, memory and result. Each asked for by name (one Get each, all at once): a
         GetAll of the Service interface answers some 150 properties, and reading them was most of a
         listing's time. Kept between listings while the watch says nothing changed (see __init__)."""
-        name, _description, _load, active_state, _sub, _followed, path = row[:7]
+        name, _description, _load, active_state, sub_state, _followed, path = row[:7]
         service = str(name).endswith(".service")
-        cached = self._details.get(path) if self._subscribed else None
+        keep = self._subscribed and active_state in AT_REST and sub_state != "auto-restart"
+        kept = self._details.get(path) if keep else None
+        cached = kept[1] if kept is not None and time.monotonic() - kept[0] < KEPT_SECONDS else None
         wanted = [] if cached is not None else [(UNIT, "StateChangeTimestamp")]
         if service and cached is None:
             wanted += [(SERVICE, prop) for prop in SERVICE_DETAILS]
@@ -132,8 +136,9 @@ class SystemdBackend:
             pass  # the unit went away between the listing and this read: its row says what the listing said
         else:
             values.update({prop: answer[0].value for (_, prop), answer in zip(wanted, answers, strict=True)})
-            if cached is None and self._subscribed and self._changes.get(path, 0) == changes:
-                self._details[path] = {key: value for key, value in values.items() if key != "MemoryCurrent"}
+            if cached is None and keep and self._changes.get(path, 0) == changes:
+                kept_values = {key: value for key, value in values.items() if key != "MemoryCurrent"}
+                self._details[path] = (time.monotonic(), kept_values)
         return _unit(row, values)
 
     async def unit(self, name: str) -> UnitInfo:
@@ -264,6 +269,8 @@ def unit_name_of(path: str) -> str:
     return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), tail)
 
 
+AT_REST = ("active", "inactive", "failed")  # a unit's details are kept only in these states
+KEPT_SECONDS = 30.0  # and for this long at most, whatever the signals say
 SERVICE_DETAILS = ("MainPID", "NRestarts", "Result")  # kept between listings; MemoryCurrent is asked each time
 
 
