@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,11 @@ def test_the_lab_is_read_from_its_status_file_only_while_its_supervisor_runs(tmp
     assert layout.status_file.stat().st_mode & 0o777 == 0o600  # it holds tokens
     supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lifsea_tui.lab.supervisor"])
     try:
+        cmdline = Path(f"/proc/{supervisor.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while b"lifsea_tui.lab.supervisor" not in cmdline.read_bytes():  # until it has exec'd
+            assert time.monotonic() < deadline, "the stand-in supervisor did not start"
+            time.sleep(0.01)
         layout.pid_file.write_text(f"{supervisor.pid}\n")
         assert lab_status(tmp_path) == status
         assert [t.name for t in from_lab("admin", tmp_path)] == ["node1"]
