@@ -121,15 +121,29 @@ class OstreeBackend:
         self._commits[checksum] = info
         return info
 
+    def _boot_entries(self) -> tuple[Any, ...] | None:
+        """What changes whenever the deployments do: ostree writes a fresh set of boot entries for every
+        new deployment list. Not boot/loader's target alone: that flips between loader.0 and loader.1, so
+        a deploy followed by a trim (two writes) brings it back where it was. None: no entries to go by."""
+        loader = self.sysroot / "boot" / "loader"
+        try:
+            with os.scandir(loader / "entries") as entries:
+                files = sorted((e.name, e.inode(), e.stat().st_mtime_ns) for e in entries)
+            return (os.readlink(loader), *files)
+        except OSError:
+            return None
+
+    def _forget(self) -> None:
+        """This process changed the deployments: the next read reads them again."""
+        with self._lock:
+            self._cache_key = self._cache = None
+
     def _read(self) -> tuple[list[Deployment], bool]:
         self._require()
-        try:
-            loader = os.readlink(self.sysroot / "boot" / "loader")
-        except OSError:
-            loader = None
-        key = (loader, self._host_root_id())
+        entries = self._boot_entries()
+        key = (entries, self._host_root_id()) if entries is not None else None
         with self._lock:
-            if self._cache is not None and key == self._cache_key:
+            if self._cache is not None and key is not None and key == self._cache_key:
                 return self._cache
         sysroot = self._load()
         _, repo = sysroot.get_repo(None)
@@ -358,6 +372,7 @@ class OstreeBackend:
             )
         finally:
             os.unlink(origin.name)
+            self._forget()
         await asyncio.to_thread(self._trim)
 
     async def cleanup(self) -> None:
@@ -382,6 +397,7 @@ class OstreeBackend:
             if booted_index is not None and raw[booted_index] not in chosen:
                 raise BackendError("failed", "refusing to remove the booted deployment")
             sysroot.write_deployments(chosen, None)
+            self._forget()
         finally:
             sysroot.unlock()
 
