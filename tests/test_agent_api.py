@@ -387,3 +387,40 @@ def test_checking_and_staging_report_their_progress(agent: RunningAgent, tiny_no
     # when the background work got there first, so the phase can be published twice.)
     assert staging and {p["phase"] for p in staging} == {"deploying"}, staging
     assert updates[-1]["state"] == "staged" and updates[-1]["progress"] is None
+
+
+def test_shutdown_with_a_websocket_half_closed_still_runs_the_agents_own_shutdown(
+    agent: RunningAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sent its close frame and went quiet (no TLS close_notify): the agent answered and is waiting
+    for the connection to go. Stopping the agent then must not try to close it a second time, which raised
+    in uvicorn's shutdown and skipped the rest of it: the other connections, and the agent's own shutdown
+    (ending and auditing its ops sessions)."""
+    from websockets.client import ClientProtocol
+    from websockets.http11 import Response
+    from websockets.uri import parse_uri
+
+    port = int(agent.url.rsplit(":", 1)[1])
+    raw = agent.ssl_context().wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+    protocol = ClientProtocol(parse_uri(f"wss://127.0.0.1:{port}{routes.EVENTS}"))
+    request = protocol.connect()
+    request.headers["Authorization"] = agent.headers("reader")["Authorization"]
+    protocol.send_request(request)
+    raw.sendall(b"".join(protocol.data_to_send()))
+    raw.settimeout(10)
+    while not any(isinstance(event, Response) for event in protocol.events_received()):
+        protocol.receive_data(raw.recv(65536))
+    assert protocol.handshake_exc is None
+    protocol.send_close(1000)
+    raw.sendall(b"".join(protocol.data_to_send()))
+    time.sleep(0.5)  # the agent answers the close and waits for the connection to go
+
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+    agent.server.should_exit = True
+    time.sleep(1.0)
+    raw.close()
+    agent.thread.join(15)
+    assert not agent.thread.is_alive()
+    assert failures == []
+    assert agent.server.lifespan.shutdown_event.is_set()  # the app's own shutdown ran

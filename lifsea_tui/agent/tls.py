@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from lifsea_tui.agent.config import AgentConfig
 
@@ -128,3 +129,13 @@ class TlsWebSocket(WebSocketsSansIOProtocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self.app = with_tls(self.app, extension(transport.get_extra_info("ssl_object")))
+
+    def shutdown(self) -> None:
+        # The peer closed first: its close was answered and the transport is already closing. uvicorn
+        # (0.54) would send a second close, which raises and ends its shutdown there, before the other
+        # connections and the app's own shutdown (ending and auditing the ops sessions).
+        if self.handshake_complete and not self.close_sent and self.conn.state is not State.OPEN:
+            self.stop_keepalive()
+            self.transport.close()
+            return
+        super().shutdown()
