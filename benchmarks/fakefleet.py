@@ -8,6 +8,9 @@ so the fleet controller can be measured against a thousand of them.
 
 Run: python -m benchmarks.fakefleet COUNT CERT KEY [--upgrades STAGE REBOOT]; prints {"ports": [...]} on
 one line, then serves until stdin closes.
+
+Each node also serves /v1/events as the agent does: a websocket that opens with a hello (the node's
+state), answers pings and stays open, so a console follows a thousand nodes as it would real ones.
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from websockets.server import ServerProtocol
+
 from lifsea_tui.api import (
+    AuditHead,
     Capability,
     Deployment,
     DeploymentList,
+    EventsHello,
+    HelloEvent,
     NodeInfo,
     NodeSummary,
     UpdateState,
@@ -199,13 +207,52 @@ class UpgradingNode:
         return 404, b'{"error":"not_found","detail":"no such route"}'
 
 
+def hello(name: str, summary: bytes) -> str:
+    """The first message of a node's event stream, from what its summary says."""
+    node = NodeSummary.model_validate_json(summary)
+    head = AuditHead(seq=node.audit_head_seq, hash=node.audit_head_hash) if node.audit_head_hash else None
+    data = EventsHello(
+        node=name,
+        audit_head=head,
+        deployments=node.deployments.deployments,
+        booted_known=node.deployments.booted_known,
+        update=node.update,
+    )
+    return HelloEvent(time=datetime.now(UTC), data=data).model_dump_json()
+
+
+async def serve_events(head: bytes, first: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The websocket handshake in `head`, the hello, then pongs for pings until the client closes."""
+    protocol = ServerProtocol()
+    protocol.receive_data(head)
+    request = next(event for event in protocol.events_received())
+    protocol.send_response(protocol.accept(request))
+    if protocol.handshake_exc is None:
+        protocol.send_text(first.encode())
+    writer.write(b"".join(protocol.data_to_send()))
+    while protocol.handshake_exc is None and not protocol.close_expected():
+        data = await reader.read(65536)
+        if not data:
+            return
+        protocol.receive_data(data)
+        protocol.events_received()  # pings are answered by the protocol itself
+        writer.write(b"".join(protocol.data_to_send()))
+        await writer.drain()
+
+
 async def serve_node(
-    answers: dict[str, bytes] | UpgradingNode, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    name: str, answers: dict[str, bytes] | UpgradingNode, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             method, path = (part.decode() for part in head.split(b" ", 2)[:2])
+            if path == r.EVENTS and b"upgrade: websocket" in head.lower():
+                if isinstance(answers, UpgradingNode) and answers.down():
+                    return
+                summary = answers.summary() if isinstance(answers, UpgradingNode) else answers[r.SUMMARY]
+                await serve_events(head, hello(name, summary), reader, writer)
+                return
             length = next(
                 (
                     int(line.split(b":", 1)[1])
@@ -256,7 +303,7 @@ async def main() -> None:
             UpgradingNode(name, index, stage_delay, reboot_delay) if upgrades else bodies(name, index)
         )
         server = await asyncio.start_server(
-            lambda rd, wr, a=answers: serve_node(a, rd, wr), "127.0.0.1", 0, ssl=context, backlog=64
+            lambda rd, wr, n=name, a=answers: serve_node(n, a, rd, wr), "127.0.0.1", 0, ssl=context, backlog=64
         )
         servers.append(server)
         ports.append(server.sockets[0].getsockname()[1])
