@@ -8,6 +8,7 @@ nodes elsewhere; this stands in for the network so that the pictures are stable.
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -288,8 +289,9 @@ class FrozenFleet(Fleet):
                 )
             )
             snapshot.latency_ms = 12.0 + index
-            snapshot.latency_history = (*(10.0 + (step * (index + 3)) % 9 for step in range(12)), 12.0 + index)
-            snapshot.load_history = tuple(0.2 * ((step + index) % 6) for step in range(13))
+            latencies = [10.0 + (step * (index + 3)) % 9 for step in range(12)]
+            snapshot.latency_history = array("f", [*latencies, 12.0 + index])
+            snapshot.load_history = array("f", [0.2 * ((step + index) % 6) for step in range(13)])
             snapshot.resources = NodeResources(
                 load=[snapshot.load_history[-1], 0.5, 0.4],
                 cpus=2,

@@ -15,7 +15,7 @@ import pytest
 from textual.widgets import DataTable
 
 from lifsea_tui.api.rollouts import NodeRollout, NodeState, RolloutSpec
-from lifsea_tui.client.fleet import BACKOFF_MAX, BACKOFF_START, Fleet, backoff
+from lifsea_tui.client.fleet import BACKOFF_MAX, BACKOFF_START, HISTORY, Fleet, backoff
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget, Problem
 from lifsea_tui.fleetd import steps
 from lifsea_tui.lab import certs
@@ -308,3 +308,20 @@ async def test_an_answer_leaves_nothing_for_the_collector(bad_nodes: dict[str, N
     finally:
         await client.aclose()
         await failing.aclose()
+
+
+async def test_the_sparkline_history_keeps_the_last_answers_and_is_replaced_whole(
+    bad_nodes: dict[str, NodeTarget],
+) -> None:
+    fleet = Fleet([bad_nodes["good"]])
+    try:
+        first = await fleet.refresh_node("good")
+        kept = list(first.latency_history)
+        for _ in range(HISTORY + 4):
+            last = await fleet.refresh_node("good")
+        assert len(kept) == 1 and list(first.latency_history) == kept  # an earlier snapshot never changes
+        assert len(last.latency_history) == HISTORY
+        assert last.latency_ms is not None and abs(last.latency_history[-1] - last.latency_ms) < 1e-3
+        assert len(last.load_history) == HISTORY  # the agent reports its load with every answer
+    finally:
+        await fleet.aclose()

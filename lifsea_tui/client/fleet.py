@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import random
 import time
+from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -59,9 +60,10 @@ class NodeSnapshot:
     last_seen: float | None = None  # wall-clock time of the last good answer
     failures: int = 0
     resources: NodeResources | None = None  # None until it answers, or from an agent that does not say
-    # The last HISTORY answers, oldest first: what the sparklines draw.
-    latency_history: tuple[float, ...] = ()
-    load_history: tuple[float, ...] = ()
+    # The last HISTORY answers, oldest first: what the sparklines draw. Arrays of 4-byte floats, each
+    # replaced whole: at 1,000 nodes ~1 MB, against ~4 MB as tuples of float objects.
+    latency_history: array[float] = field(default_factory=lambda: array("f"))
+    load_history: array[float] = field(default_factory=lambda: array("f"))
 
     @property
     def reachable(self) -> bool:
@@ -79,6 +81,13 @@ class NodeSnapshot:
     def booted_version(self) -> str | None:
         booted = self.booted
         return (booted.version or booted.checksum[:10]) if booted else None
+
+
+def _appended(history: array[float], value: float) -> array[float]:
+    """A new history: the last HISTORY - 1 values of `history`, then `value` (the old one is left as it was)."""
+    new = history[-HISTORY + 1 :]
+    new.append(value)
+    return new
 
 
 def version_drift(snapshots: Iterable[NodeSnapshot]) -> dict[str, int]:
@@ -137,8 +146,8 @@ class Fleet:
                     latency_ms=latency,
                     last_seen=time.time(),
                     resources=resources,
-                    latency_history=(*old.latency_history[-HISTORY + 1 :], latency),
-                    load_history=(*old.load_history[-HISTORY + 1 :], load) if load is not None else old.load_history,
+                    latency_history=_appended(old.latency_history, latency),
+                    load_history=_appended(old.load_history, load) if load is not None else old.load_history,
                 )
         self.snapshots[name] = new
         return new
