@@ -325,3 +325,20 @@ async def test_the_sparkline_history_keeps_the_last_answers_and_is_replaced_whol
         assert len(last.load_history) == HISTORY  # the agent reports its load with every answer
     finally:
         await fleet.aclose()
+
+
+async def test_a_connection_idle_between_two_default_refreshes_is_used_again(
+    bad_nodes: dict[str, NodeTarget],
+) -> None:
+    """The console refreshes every 5 s by default: the connection it used last time must still be open
+    (no new TLS handshake), on both sides, after 6 s of quiet."""
+    target = bad_nodes["good"]
+    client = NodeClient(target)
+    try:
+        await client.summary()
+        handshakes = target.tls().session_stats()["connect"]
+        await asyncio.sleep(6)
+        await client.summary()
+        assert target.tls().session_stats()["connect"] == handshakes
+    finally:
+        await client.aclose()

@@ -14,6 +14,8 @@ from lifsea_tui.agent.config import AgentConfig
 from lifsea_tui.agent.limits import guarded_http
 from lifsea_tui.api import ops as ops_protocol
 
+KEEP_ALIVE_SECONDS = 75
+
 
 def uvicorn_config(app: Any, config: AgentConfig, *, log_level: str = "warning") -> uvicorn.Config:
     """uvicorn for `app`: plain sockets, with TLS started by the agent's own protocol (tls.py), so that
@@ -28,6 +30,9 @@ def uvicorn_config(app: Any, config: AgentConfig, *, log_level: str = "warning")
             tls.server_context(config),
             on_refused=(lambda what, peer: agent.refusals.count(what, peer, actor="tls")) if agent else lambda *_: None,
         ),
+        # Idle connections are kept past the clients' own keep-alive (client/node.py, 60 s), so that they
+        # close them; the connection limits bound how many anyone may hold.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         ws_ping_interval=ops_protocol.PING_INTERVAL,
         ws_ping_timeout=ops_protocol.PING_TIMEOUT,
         # The sans-I/O implementation: less work a frame than the legacy one (keystroke echo).

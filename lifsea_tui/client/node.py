@@ -51,6 +51,12 @@ from lifsea_tui.api import routes as r
 
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 
+# How long an idle connection to a node is kept for the next request: longer than a refresh interval (the
+# console's is 5 s), shorter than the agent keeps it (agent/serving.py), so that the client, not the
+# agent, closes it and a request never races the agent's close. httpx's default, 5 s, cost a TLS
+# handshake with every node at every refresh.
+KEEPALIVE_SECONDS = 60.0
+
 
 class Problem(enum.StrEnum):
     """Why a node did not give an answer, in the words the console shows."""
@@ -145,7 +151,11 @@ class NodeClient:
         self.target = target
         self._http = httpx.AsyncClient(
             verify=target.tls(),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=KEEPALIVE_SECONDS,
+            ),
         )
         self._headers = target.auth_headers()
         self._loop: asyncio.AbstractEventLoop | None = None
