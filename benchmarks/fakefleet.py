@@ -10,7 +10,8 @@ Run: python -m benchmarks.fakefleet COUNT CERT KEY [--upgrades STAGE REBOOT]; pr
 one line, then serves until stdin closes.
 
 Each node also serves /v1/events as the agent does: a websocket that opens with a hello (the node's
-state), answers pings and stays open, so a console follows a thousand nodes as it would real ones.
+state), answers pings and stays open (it pushes nothing after the hello), so a console that follows its
+nodes' streams (up to its events_limit) holds them as it would real ones.
 """
 
 from __future__ import annotations
