@@ -128,13 +128,19 @@ class SystemdBackend:
             wanted.append((SERVICE, "MemoryCurrent"))  # not signalled: asked every time there are processes
         changes = self._changes.get(path, 0)
         values: dict[str, Any] = dict(cached or {})
-        try:
-            answers = await asyncio.gather(
-                *(_call(bus, "Get", "ss", [iface, prop], interface=PROPERTIES, path=path) for iface, prop in wanted)
-            )
-        except BackendError:
-            pass  # the unit went away between the listing and this read: its row says what the listing said
-        else:
+        answers = None
+        for _ in range(2):  # an error answer (a busy bus refusing, a unit gone) is asked again, once
+            try:
+                answers = await asyncio.gather(
+                    *(_call(bus, "Get", "ss", [iface, prop], interface=PROPERTIES, path=path) for iface, prop in wanted)
+                )
+                break
+            except BackendError as error:
+                if error.code == "unavailable":  # no answer in CALL_TIMEOUT: asking again would double the wait
+                    break
+        # None: the unit went away between the listing and this read (or the bus would not say): its row
+        # says what the listing said
+        if answers is not None:
             values.update({prop: answer[0].value for (_, prop), answer in zip(wanted, answers, strict=True)})
             if cached is None and keep and self._changes.get(path, 0) == changes:
                 kept_values = {key: value for key, value in values.items() if key != "MemoryCurrent"}
