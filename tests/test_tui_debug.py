@@ -13,6 +13,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, RichLog
 
 from lifsea_tui.client.fleet import Fleet
+from lifsea_tui.client.node import NodeClient
 from lifsea_tui.client.runbook import Status
 from lifsea_tui.lab.layout import Layout
 from lifsea_tui.tui.app import LifseaApp
@@ -40,7 +41,17 @@ async def debug(pilot: Pilot, app: LifseaApp, runbook: str) -> DebugScreen:
     assert isinstance(screen, DebugScreen) and node_screen is not screen
     await until(pilot, "the first checks", lambda: bool(screen.proposals), timeout=30)
     proposed = {p.runbook.id: p for p in screen.proposals}
-    assert proposed[runbook].status == Status.problem, proposed[runbook].summary
+    if proposed[runbook].status != Status.problem:  # say what the node lists now, to tell why next time
+        listing = NodeClient(app.fleet.targets[NODE])
+        try:
+            rows = [
+                f"{u.name} {u.active_state}/{u.sub_state} restarts={u.restarts} since={u.since}"
+                for u in (await listing.services(kind="service")).units
+                if u.restarts or u.name.startswith("lifsea-")
+            ]
+        finally:
+            await listing.aclose()
+        raise AssertionError(f"{runbook}: {proposed[runbook].summary}; the node lists now: {rows}")
     table = screen.query_one("#debug-runbooks", DataTable)
     table.move_cursor(row=table.get_row_index(runbook))
     await pilot.press("enter")
