@@ -7,6 +7,7 @@ verifies at the end and names every step's actor and reason.
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 import time
@@ -80,6 +81,20 @@ def test_node_is_real(fleet: tuple[dict, dict[str, str], Layout]) -> None:
     assert (root / "usr").stat().st_dev  # the machine's root, seen through /proc/LEADER/root
     with pytest.raises(OSError):
         (root / "usr" / "lifsea-write-test").write_text("x")  # /usr is read-only on a node
+
+
+def test_each_machine_has_a_cgroup_tree_of_its_own(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    """Two machines never share a unit's cgroup: when they did (both in nspawn's `payload/`), one node's
+    unit starting or stopping beside its namesake on another failed with status=219/CGROUP."""
+    _, _, layout = fleet
+    trees = {}
+    for name in ("node1", "node2"):
+        leader = os.readlink(layout.node(name).host_root).split("/")[2]  # /proc/LEADER/root
+        with open(f"/proc/{leader}/cgroup") as handle:
+            lines = [line.strip() for line in handle if ":name=systemd:" in line or line.startswith("0::")]
+        assert lines and all(line.endswith(f"-{name}/payload/init.scope") for line in lines), lines
+        trees[name] = lines
+    assert not set(trees["node1"]) & set(trees["node2"]), trees
 
 
 def test_full_cycle(fleet: tuple[dict, dict[str, str], Layout]) -> None:

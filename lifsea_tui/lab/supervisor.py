@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from lifsea_tui import agentimage
-from lifsea_tui.lab import sysroot
+from lifsea_tui.lab import cgroups, sysroot
 from lifsea_tui.lab.image import ImageError
 from lifsea_tui.lab.layout import LabSpec, Layout, NodeLayout, lab_etcd
 from lifsea_tui.lab.updateserver import UpdateServer
@@ -110,9 +110,10 @@ class Machine:
             shutil.rmtree(self.node.dbus_dir, ignore_errors=True)  # no socket of the last boot
             self.node.dbus_dir.mkdir(parents=True)
             binds.append(f"--bind={self.node.dbus_dir}:/run/dbus")
+        own_cgroup = cgroups.prepare(cgroups.name(self.node.lab.root, self.node.name))
         log_file = open(self.node.root / "nspawn.log", "ab")
         try:
-            self.proc = await asyncio.create_subprocess_exec(
+            argv = [
                 "systemd-nspawn",
                 "--register=no",
                 "--keep-unit",
@@ -126,6 +127,9 @@ class Machine:
                 f"--machine={self.node.name}",
                 f"--hostname={self.node.name}",
                 "-b",
+            ]
+            self.proc = await asyncio.create_subprocess_exec(
+                *cgroups.join_argv(own_cgroup, argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
@@ -136,6 +140,7 @@ class Machine:
         waiter = asyncio.create_task(self._wait_leader(self.proc.pid, deployment))
         status = await self.proc.wait()
         waiter.cancel()
+        cgroups.remove(own_cgroup)
         for link in (self.node.host_root, self.node.namespaces):
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
