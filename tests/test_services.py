@@ -8,12 +8,16 @@ import os
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-from lifsea_tui.api import routes
+from lifsea_tui.api import ActionRequest, routes
+from lifsea_tui.client.node import NodeClient, NodeTarget
+from lifsea_tui.client.runbook.checks import check_restarts
+from lifsea_tui.client.runbook.model import Status
 from lifsea_tui.lab.layout import Layout
 from tests.helpers import RunningAgent, lab_client
 
@@ -131,6 +135,57 @@ def test_a_crash_looping_unit_counts_its_restarts(fleet: tuple[dict, dict[str, s
             http.post("/v1/services/crashloop.service/stop", json={"reason": "INC-6 enough"})
     finally:
         unit_file.unlink(missing_ok=True)
+
+
+SLOW_CRASHLOOP = """[Unit]
+Description=runs a second, then crashes: running most of the time it loops
+StartLimitIntervalSec=0
+[Service]
+ExecStart=/bin/sh -c 'sleep 1; exit 1'
+Restart=always
+RestartSec=500ms
+"""
+
+
+async def test_a_loop_caught_while_running_is_still_found(fleet: tuple[dict, dict[str, str], Layout]) -> None:
+    """The crash-loop check on a unit seen running between two crashes: it looks again and finds its
+    restarts went up. Once the unit is stopped by hand it keeps its count but is not found (nor waited on)."""
+    status, _, layout = fleet
+    node = status["nodes"][1]
+    target = NodeTarget(name="node2", url=node["url"], token=node["tokens"]["operator"], ca_file=Path(node["ca_file"]))
+    units = layout.node("node2").host_root / "etc" / "systemd" / "system"
+    unit_file, wanted = units / "slowloop.service", units / "multi-user.target.wants" / "slowloop.service"
+    unit_file.write_text(SLOW_CRASHLOOP)
+    wanted.symlink_to("../slowloop.service")  # enabled: stays loaded once stopped, with its count
+    client = NodeClient(target)
+    try:
+        busctl(layout, "node2", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+               "org.freedesktop.systemd1.Manager", "Reload")  # fmt: skip
+        await client.service_action("slowloop.service", "start", ActionRequest(reason="INC-7 loop slowly"))
+        deadline = time.monotonic() + 30
+        while True:  # three restarts in, and caught running
+            unit = await client.service("slowloop.service")
+            if (unit.restarts or 0) >= 3 and unit.sub_state == "running":
+                break
+            assert time.monotonic() < deadline, unit
+            await asyncio.sleep(0.05)
+        found = await check_restarts(client, {"min": 3, "relook": 2})
+        assert found.status is Status.problem, found
+        line = next(line for line in found.evidence if line.startswith("slowloop.service:"))
+        assert f"{unit.restarts} → " in line and "in 2 s" in line, line
+
+        await client.service_action("slowloop.service", "stop", ActionRequest(reason="INC-7 enough"))
+        assert ((await client.service("slowloop.service")).restarts or 0) >= 3  # systemd keeps the count
+        began = time.monotonic()
+        found = await check_restarts(client, {"min": 3, "relook": 2})
+        assert not any("slowloop" in line for line in [found.summary, *found.evidence]), found
+        assert time.monotonic() - began < 2, "a stopped unit is not looked at again"
+    finally:
+        wanted.unlink(missing_ok=True)
+        unit_file.unlink(missing_ok=True)
+        busctl(layout, "node2", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+               "org.freedesktop.systemd1.Manager", "Reload")  # fmt: skip
+        await client.aclose()
 
 
 def test_units_that_stop_the_node_are_refused_by_any_name(fleet: tuple[dict, dict[str, str], Layout]) -> None:

@@ -32,7 +32,8 @@ Description=Example workload (lab scenario crash-loop)
 StartLimitIntervalSec=0
 
 [Service]
-ExecStart=/bin/sh -c 'echo "lifsea-app: cannot parse /etc/lifsea-app.conf: line 3: unknown key listen_port" >&2; exit 3'
+ExecStart=/bin/sh -c 'sleep 1.5; \
+    echo "lifsea-app: cannot parse /etc/lifsea-app.conf: line 3: unknown key listen_port" >&2; exit 3'
 Restart=always
 RestartSec=1
 """
@@ -243,7 +244,7 @@ SCENARIOS = {
         ),
         Scenario(
             "crash-loop",
-            f"{CRASHLOOP_UNIT} exits at once with a config error and systemd restarts it every second",
+            f"{CRASHLOOP_UNIT} runs 1.5 s, exits with a config error, and systemd restarts it a second later",
             _crashloop,
             _no_crashloop,
         ),

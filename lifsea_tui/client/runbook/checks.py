@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lifsea_tui.api import Deployment, LogEntry
+from lifsea_tui.api import Deployment, LogEntry, UnitInfo
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.runbook.model import Finding, Runbook, Status, Step, fill
 
@@ -106,18 +106,45 @@ async def check_failed_units(client: NodeClient, params: Mapping[str, Any]) -> F
     )
 
 
+LOOPING_STATES = ("activating", "failed")  # with sub-state auto-restart: between two runs of a loop
+
+
+def _between_runs(unit: UnitInfo) -> bool:
+    return unit.sub_state == "auto-restart" or unit.active_state in LOOPING_STATES
+
+
 async def check_restarts(client: NodeClient, params: Mapping[str, Any]) -> Finding:
+    """Services systemd keeps restarting. One seen between two runs (waiting to restart, starting,
+    failed) with `min` restarts or more is looping. One seen running with as many restarts may be
+    between two crashes, so it is looked at again `relook` seconds later and counts if its restarts
+    went up (a manual start resets systemd's count, so a unit that settled stays where it was)."""
     least = _int(params, "min", 3)
-    looping = [
-        u
-        for u in (await client.services(kind="service")).units
-        if (u.restarts or 0) >= least and (u.sub_state == "auto-restart" or u.active_state in ("activating", "failed"))
-    ]
+    relook = _int(params, "relook", 2)
+    counted = [u for u in (await client.services(kind="service")).units if (u.restarts or 0) >= least]
+    looping = [(u, f"now {u.active_state} ({u.sub_state})") for u in counted if _between_runs(u)]
+    # Running (or stopping) now; one stopped by hand (inactive) keeps its count but loops no more.
+    running = [u for u in counted if not _between_runs(u) and u.active_state != "inactive"]
+    running = sorted(running, key=lambda u: -(u.restarts or 0))[:10]
+    if running:
+        await asyncio.sleep(relook)
+
+        async def now(unit: UnitInfo) -> UnitInfo | None:
+            try:
+                return await client.service(unit.name)
+            except NodeError as error:
+                if error.status == 404:
+                    return None  # unloaded since: it loops no more
+                raise
+
+        for before, after in zip(running, await asyncio.gather(*(now(u) for u in running)), strict=True):
+            if after is not None and ((after.restarts or 0) > (before.restarts or 0) or _between_runs(after)):
+                how = f"{before.restarts} → {after.restarts} in {relook} s"
+                looping.append((after, f"{how}, now {after.active_state} ({after.sub_state})"))
     if not looping:
         return Finding(Status.ok, f"no service restarting ({least} restarts or more)")
-    looping.sort(key=lambda u: -(u.restarts or 0))
-    top = looping[0]
-    evidence = [f"{u.name}: {u.restarts} restarts, now {u.active_state} ({u.sub_state})" for u in looping[:10]]
+    looping.sort(key=lambda found: -(found[0].restarts or 0))
+    top = looping[0][0]
+    evidence = [f"{u.name}: {u.restarts} restarts, {how}" for u, how in looping[:10]]
     return Finding(
         Status.problem,
         f"{top.name} is crash-looping: {top.restarts} restarts",
