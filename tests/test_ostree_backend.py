@@ -75,3 +75,20 @@ def test_a_change_made_behind_the_agents_back_is_seen(tmp_path: Path) -> None:
             assert versions[0] == version, f"after deploying {version} by hand the backend says {versions}"
     finally:
         node.server.stop()
+
+
+def test_a_sysroot_without_boot_entries_is_answered_not_crashed_on(tmp_path: Path) -> None:
+    """No boot entries to key the cache on (a half-written /boot, a loader not yet made): the backend
+    reads the deployments afresh and says what ostree says, rather than failing on the missing key."""
+    node = make_tiny_node(tmp_path)
+    try:
+        backend = OstreeBackend(node.sysroot, node.host_root, image.OSNAME)
+        assert [d.version for d in asyncio.run(backend.deployments())[0]] == ["1.0"]
+        entries = (node.sysroot / "boot" / "loader").resolve() / "entries"
+        entries.rename(entries.with_name("entries.away"))
+        deployments, booted_known = asyncio.run(backend.deployments())
+        assert deployments == [] and not booted_known  # ostree lists none without entries
+        entries.with_name("entries.away").rename(entries)
+        assert [d.version for d in asyncio.run(backend.deployments())[0]] == ["1.0"]
+    finally:
+        node.server.stop()

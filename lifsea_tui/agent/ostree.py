@@ -140,14 +140,13 @@ class OstreeBackend:
 
     def _read(self) -> tuple[list[Deployment], bool]:
         self._require()
-        entries = self._boot_entries()
-        key = (entries, self._host_root_id()) if entries is not None else None
+        entries, host_id = self._boot_entries(), self._host_root_id()
+        key = (entries, host_id) if entries is not None else None
         with self._lock:
             if self._cache is not None and key is not None and key == self._cache_key:
                 return self._cache
         sysroot = self._load()
         _, repo = sysroot.get_repo(None)
-        host_id = key[1]
         raw = list(sysroot.get_deployments())
         booted_index = None
         for index, deployment in enumerate(raw):
