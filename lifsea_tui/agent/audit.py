@@ -163,7 +163,8 @@ class _Index:
         self.seqs.append(fields["seq"])
         self.last = Head(fields["seq"], str(fields.get("hash", GENESIS)))
         action = fields.get("action")
-        params = fields.get("params") if isinstance(fields.get("params"), dict) else {}
+        given = fields.get("params")
+        params: dict[str, Any] = given if isinstance(given, dict) else {}
         if action in self.tracked:
             self.by_action.setdefault(action, []).append(position)
         op = params.get("op")

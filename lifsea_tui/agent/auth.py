@@ -103,11 +103,11 @@ class Authenticator:
         if not authorization:
             if cert is None:
                 return ANONYMOUS
-            entry = next((e for e in self._clients if _matches(e, cert)), None)
-            if entry is None:
+            client = next((e for e in self._clients if _matches(e, cert)), None)
+            if client is None:
                 why = f"the client certificate {describe(cert)} is not mapped to a name and role here"
                 raise AuthError(401, "unauthorized", why)
-            return Identity(entry.name, entry.role)
+            return Identity(client.name, client.role)
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError(401, "unauthorized", "the Authorization header must be 'Bearer TOKEN'")

@@ -59,7 +59,7 @@ def _client(entry: dict[str, Any]) -> ClientEntry:
     if not isinstance(name, str) or not name:
         raise ConfigError("each [[clients]] needs a name")
     try:
-        role = Role(entry.get("role"))
+        role = Role(str(entry.get("role")))
     except ValueError:
         raise ConfigError(f"client {name!r}: role must be one of {', '.join(r.value for r in Role)}") from None
     subject, san = entry.get("subject"), entry.get("san")

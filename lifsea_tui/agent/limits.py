@@ -150,7 +150,7 @@ def guarded_http(
                 return
             super().connection_made(transport)
             peer = self.client[0] if self.client else None
-            same_peer = sum(1 for c in self.connections if getattr(c, "client", None) and c.client[0] == peer)
+            same_peer = sum(1 for c in self.connections if (seen := getattr(c, "client", None)) and seen[0] == peer)
             if len(self.connections) > limits.connections or same_peer > limits.connections_per_peer:
                 transport.abort()
                 return
@@ -170,9 +170,11 @@ def guarded_http(
                 return
             handshaking[peer] += 1
             done: asyncio.Future[None] = self.loop.create_future()
+            assert tls is not None  # called only when the server speaks TLS
             secure = SmallBufferSSLProtocol(
-                self.loop, self, tls, done, server_side=True, ssl_handshake_timeout=limits.header_timeout
-            )
+                self.loop, self, tls, done, server_side=True,
+                ssl_handshake_timeout=limits.header_timeout,  # type: ignore[arg-type]  # seconds; typeshed says int
+            )  # fmt: skip
             raw.set_protocol(secure)
             secure.connection_made(raw)
 

@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -25,17 +25,45 @@ from prometheus_client.registry import Collector
 
 from lifsea_tui import __version__
 from lifsea_tui.agent import resources
+from lifsea_tui.agent.audit import AuditLog
+from lifsea_tui.agent.config import AgentConfig
 from lifsea_tui.agent.errors import ApiError
+from lifsea_tui.agent.events import EventHub
+from lifsea_tui.agent.ops import OpsManager
+from lifsea_tui.agent.ostree import OstreeBackend
+from lifsea_tui.agent.services import Services
+from lifsea_tui.agent.systemd import SystemdBackend
+from lifsea_tui.agent.updates import UpdateManager
 from lifsea_tui.api import AuditVerify, Deployment, NodeResources, UpdateState, UpdateStatus
-
-if TYPE_CHECKING:
-    from lifsea_tui.agent.agent import Agent
 
 PREFIX = "lifsea_agent"
 AUDIT_EVERY = 300.0  # seconds between walks of the audit chain for /metrics
 MAX_UNIT_SERIES = 200  # units named in per-unit series at most (a node gone wrong can fail many)
 # Request latency: the agent answers most reads in milliseconds; a stage or a verify can take seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Observed(Protocol):
+    """What /metrics reads of the agent that holds it (the Agent is one; this module need not know it)."""
+
+    @property
+    def started(self) -> float: ...
+    @property
+    def config(self) -> AgentConfig: ...
+    @property
+    def audit(self) -> AuditLog: ...
+    @property
+    def events(self) -> EventHub: ...
+    @property
+    def ostree(self) -> OstreeBackend: ...
+    @property
+    def systemd(self) -> SystemdBackend: ...
+    @property
+    def updates(self) -> UpdateManager: ...
+    @property
+    def ops(self) -> OpsManager: ...
+    @property
+    def services(self) -> Services: ...
 
 
 @dataclass
@@ -58,7 +86,7 @@ class AuditCheck:
 
 
 class NodeCollector(Collector):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Observed) -> None:
         self.agent = agent
         self.scrape = Scrape()
         self.audit = AuditCheck()
@@ -122,8 +150,8 @@ class NodeCollector(Collector):
                 )
             if r.load is not None:
                 load = GaugeMetricFamily(f"{PREFIX}_load", "Load averages.", labels=["minutes"])
-                for minutes, value in zip(("1", "5", "15"), r.load, strict=True):
-                    load.add_metric([minutes], value)
+                for minutes, average in zip(("1", "5", "15"), r.load, strict=True):
+                    load.add_metric([minutes], average)
                 yield load
             if r.uptime_seconds is not None:
                 yield _gauge("node_uptime_seconds", "Seconds since the node's systemd started.", r.uptime_seconds)
@@ -145,7 +173,7 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
 class Metrics:
     """The agent's registry: request counts and latency by route template, the node, the process."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Observed) -> None:
         self.agent = agent
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(

@@ -54,5 +54,5 @@ class LimitsMiddleware:
             await self.app(scope, limited_receive, counting_send)
         # The router put the matched route in the scope: count by its template (bounded), never the path.
         template = getattr(scope.get("route"), "path", None)
-        route = template if (scope["method"], template) in RULES else "other"
+        route = template if isinstance(template, str) and (scope["method"], template) in RULES else "other"
         self.agent.metrics.observe(scope["method"], route, status, time.perf_counter() - began)

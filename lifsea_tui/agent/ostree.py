@@ -36,7 +36,7 @@ try:
     import gi
 
     gi.require_version("OSTree", "1.0")
-    from gi.repository import Gio, GLib, OSTree  # type: ignore[attr-defined]
+    from gi.repository import Gio, GLib, OSTree
 
     LIBOSTREE_ERROR: str | None = None
 except (ImportError, ValueError) as _error:
@@ -254,7 +254,7 @@ class OstreeBackend:
             asyncio.gather(self._packages(old), self._packages(new)),
         )
         counts = {"A": 0, "M": 0, "D": 0}
-        sample = []
+        sample: list[str] = []
         for line in out.splitlines():
             kind, _, path = line.partition(" ")
             if kind in counts:

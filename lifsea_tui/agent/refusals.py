@@ -41,7 +41,7 @@ def agent_of(conn: HTTPConnection) -> Agent:
 def route_of(conn: HTTPConnection) -> tuple[str, str]:
     """(method, template) of the matched route: "WS" for websockets; the template, never the raw path."""
     method = "WS" if conn.scope["type"] == "websocket" else conn.scope["method"]
-    return method, getattr(conn.scope.get("route"), "path", conn.scope["path"])
+    return str(method), str(getattr(conn.scope.get("route"), "path", conn.scope["path"]))
 
 
 def action_of(conn: HTTPConnection) -> str:

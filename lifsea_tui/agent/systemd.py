@@ -81,7 +81,7 @@ class SystemdBackend:
 
     async def uptime_seconds(self) -> float:
         """Seconds since the node's systemd started (its userspace start; in the lab, the machine's boot)."""
-        started_us = await self.manager_property("UserspaceTimestamp")
+        started_us = float(await self.manager_property("UserspaceTimestamp"))
         return max(0.0, time.time() - started_us / 1_000_000)
 
     async def ready_seconds(self) -> float | None:
@@ -210,7 +210,7 @@ class SystemdBackend:
                     await _call(bus, "Subscribe")
                     self._subscribed = True
                     subscribed(await self.units())
-                    await bus.wait_for_disconnect()
+                    await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # dbus-fast leaves it untyped
             except BackendError:
                 pass
             except Exception:  # noqa: BLE001 - a broken bus must not end the watch; it reconnects

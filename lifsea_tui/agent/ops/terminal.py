@@ -133,7 +133,12 @@ async def write_input(session: Session, data: bytes, record: bool) -> None:
 async def _writable(fd: int) -> None:
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
-    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+
+    def writable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, writable)
     try:
         await asyncio.wait_for(ready, 5)
     finally:

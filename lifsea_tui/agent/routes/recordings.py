@@ -4,6 +4,7 @@ read live, as the agent wrote them, from memory (for the copy kept off the node)
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -33,7 +34,7 @@ async def recordings(agent: AgentDep) -> RecordingList:
                     id=path.stem,
                     actor=str(meta.get("actor", "unknown")),
                     reason=str(meta.get("reason", "")),
-                    started=meta.get("started") or path.stat().st_mtime,
+                    started=meta.get("started") or datetime.fromtimestamp(path.stat().st_mtime, UTC),
                     ended=meta.get("ended"),
                     size=path.stat().st_size,
                     # The seal the audit log holds, not the sidecar's: both are on the node, only one is chained.
