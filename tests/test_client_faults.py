@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable
 
+from lifsea_tui.api import routes
 from lifsea_tui.api.rollouts import NodeRollout, NodeState, RolloutSpec
 from lifsea_tui.client.fleet import BACKOFF_MAX, BACKOFF_START, HISTORY, Fleet, backoff
 from lifsea_tui.client.node import NodeClient, NodeError, NodeTarget, Problem
@@ -342,3 +343,16 @@ async def test_a_connection_idle_between_two_default_refreshes_is_used_again(
         assert target.tls().session_stats()["connect"] == handshakes
     finally:
         await client.aclose()
+
+
+def test_names_from_a_node_stay_one_path_segment() -> None:
+    """A unit, session or recording name comes from a node: filled into a route it is percent-encoded
+    whole, so `x/../../reboot` cannot become another route and a control character cannot make the
+    URL invalid (it raised httpx.InvalidURL in the crash-loop check, and the Debug screen waited)."""
+    assert routes.path(routes.SERVICE_ACTION, unit="x/../../reboot", action="start") == (
+        "/v1/services/x%2F..%2F..%2Freboot/start"
+    )
+    assert routes.path(routes.SERVICE, unit="getty@tty1.service\x1b]52;c;") == (
+        "/v1/services/getty%40tty1.service%1B%5D52%3Bc%3B"
+    )
+    assert routes.path(routes.OPS_ATTACH, session_id="a?b#c") == "/v1/ops/sessions/a%3Fb%23c/attach"

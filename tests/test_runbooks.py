@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from lifsea_tui.client.runbook import CHECKS, SHIPPED, RunbookError, fill, load, parse
+from lifsea_tui.client.runbook.checks import run_check
+from lifsea_tui.client.runbook.model import Finding, Status, Step
 
 GOOD = """
 id = "mine"
@@ -86,3 +88,17 @@ def test_fill_names_facts_and_leaves_the_rest() -> None:
     assert fill("rm /host{largest}; {unknown}", facts) == "rm /host/var/log/huge; {unknown}"
     assert fill("awk '{print $1}' {unit", facts) == "awk '{print $1}' {unit"  # stray braces stay as written
     assert fill("{0} {unit.attr}", facts) == "{0} {unit.attr}"
+
+
+async def test_a_check_that_fails_on_what_it_read_gives_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only a node that cannot answer: a check that trips on an answer (a fault of ours, or text a
+    node made to trip it) still gives the screen waiting on it an `unknown` finding that names the fault,
+    instead of an exception that leaves the screen waiting for ever."""
+
+    async def trips(client: object, params: object) -> Finding:
+        raise KeyError("restarts")
+
+    monkeypatch.setitem(CHECKS, "trips", trips)
+    step = Step(name="looping", kind="check", what="trips", explain="", params={}, next={})
+    found = await run_check(None, step, {})  # type: ignore[arg-type]  # the check never uses the client
+    assert found.status is Status.unknown and found.summary == "could not check: KeyError: 'restarts'", found

@@ -1,5 +1,7 @@
 """Route paths of node API v1, named once for the agent and the client."""
 
+from urllib.parse import quote
+
 NODE = "/v1/node"
 SUMMARY = "/v1/summary"
 DEPLOYMENTS = "/v1/deployments"
@@ -35,6 +37,13 @@ DEBUG_RECORDS = "/v1/debug/records"
 HEALTHZ = "/healthz"
 METRICS = "/metrics"
 OPENAPI = "/openapi.json"
+
+
+def path(template: str, **params: str) -> str:
+    """A templated route with its parameters filled in, each percent-encoded whole: names come from
+    nodes, and a unit named `x/../../reboot` or with a control character must stay one path segment
+    (or fail on the node), never become another route or an invalid URL."""
+    return template.format(**{name: quote(value, safe="") for name, value in params.items()})
 
 # Websocket close codes used by the agent (4000-4999 is the application range).
 CLOSE_UNAUTHORIZED = 4401

@@ -272,10 +272,10 @@ class NodeClient:
         return await self._request("GET", r.SERVICES, UnitList, params=params)
 
     async def service(self, unit: str) -> UnitInfo:
-        return await self._request("GET", r.SERVICE.format(unit=unit), UnitInfo)
+        return await self._request("GET", r.path(r.SERVICE, unit=unit), UnitInfo)
 
     async def service_action(self, unit: str, action: str, request: ActionRequest) -> UnitActionResult:
-        path = r.SERVICE_ACTION.format(unit=unit, action=action)
+        path = r.path(r.SERVICE_ACTION, unit=unit, action=action)
         return await self._request("POST", path, UnitActionResult, body=request, timeout=30)
 
     # -- logs ------------------------------------------------------------------------------------------
@@ -342,10 +342,10 @@ class NodeClient:
         return await self._request("GET", r.OPS_SESSIONS, OpsSessionList)
 
     async def ops_session(self, session_id: str) -> OpsSession:
-        return await self._request("GET", r.OPS_SESSION.format(session_id=session_id), OpsSession)
+        return await self._request("GET", r.path(r.OPS_SESSION, session_id=session_id), OpsSession)
 
     async def ops_end(self, session_id: str, request: EndRequest) -> OpsSession:
-        path = r.OPS_SESSION.format(session_id=session_id)
+        path = r.path(r.OPS_SESSION, session_id=session_id)
         return await self._request("DELETE", path, OpsSession, body=request, timeout=30)
 
     # -- read-only diagnostics and debugging walks --------------------------------------------------
@@ -390,13 +390,13 @@ class NodeClient:
 
     async def recording(self, recording_id: str) -> bytes:
         """The asciicast file (the node audits that it was viewed)."""
-        path = r.RECORDING.format(recording_id=recording_id)
+        path = r.path(r.RECORDING, recording_id=recording_id)
         return (await self._raw(path, "recording download", timeout=max(self.target.timeout, 60))).content
 
     async def recording_live(self, recording_id: str, offset: int, limit: int = 1 << 20) -> LiveBytes:
         """Bytes of a recording from `offset`, as the agent wrote them (from its memory, while the session
         is open and a while after): NodeError 404 when it no longer holds them."""
-        path = r.RECORDING_LIVE.format(recording_id=recording_id)
+        path = r.path(r.RECORDING_LIVE, recording_id=recording_id)
         response = await self._raw(path, "live recording read", {"offset": offset, "limit": limit})
         try:
             size = int(response.headers[r.RECORDING_SIZE_HEADER])

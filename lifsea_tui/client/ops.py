@@ -81,7 +81,7 @@ ShellEvent = Hello | Output | Expiring | Reconnecting | Exit | Closed
 
 def attach_url(target: NodeTarget, session_id: str) -> str:
     base = target.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-    return base + r.OPS_ATTACH.format(session_id=session_id)
+    return base + r.path(r.OPS_ATTACH, session_id=session_id)
 
 
 class OpsShell:

@@ -348,11 +348,15 @@ def _filled(value: Any, facts: Mapping[str, str]) -> Any:
 
 
 async def run_check(client: NodeClient, step: Step, facts: Mapping[str, str]) -> Finding:
-    """Run a check step; a node that cannot answer gives an `unknown` finding, never an exception."""
+    """Run a check step; a node that cannot answer gives an `unknown` finding, never an exception. So
+    does a check that fails on what a node sent (it names the fault): a screen waiting on a finding
+    must get one."""
     try:
         return await CHECKS[step.what](client, params_of(step, facts))
     except NodeError as error:
         return Finding(Status.unknown, f"could not check: {error}")
+    except Exception as error:  # noqa: BLE001 - see above; the finding says what went wrong
+        return Finding(Status.unknown, f"could not check: {type(error).__name__}: {error}"[:500])
 
 
 def params_of(step: Step, facts: Mapping[str, str]) -> dict[str, Any]:
