@@ -78,7 +78,7 @@ def _run(argv: list[str], what: str, **kwargs: Any) -> str:
     if result.returncode != 0:
         tail = " / ".join((result.stderr or result.stdout).strip().splitlines()[-4:])
         raise ImageError(f"{what} failed (exit {result.returncode}): {tail}")
-    return result.stdout
+    return str(result.stdout)
 
 
 def tool_missing() -> str | None:
@@ -230,7 +230,7 @@ def _bind(destination: str, source: Path, *options: str) -> dict[str, Any]:
 
 def runtime_config(base: dict[str, Any], mounts: Mounts) -> dict[str, Any]:
     """`base` (umoci's config.json for the image) made privileged, with the host's parts mounted."""
-    config = json.loads(json.dumps(base))
+    config: dict[str, Any] = json.loads(json.dumps(base))  # a deep copy
     process = config["process"]
     process["args"] = [*ENTRYPOINT, *CMD, *mounts.args]
     process["terminal"] = False

@@ -204,9 +204,9 @@ def ensure_agent_image(layout: Layout) -> str:
         return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL).stdout
 
     changes = hashlib.sha256(git("diff", "HEAD") + git("status", "--porcelain")).hexdigest()[:16]
-    key = f"{git('rev-parse', 'HEAD').decode().strip()} {changes} {agentimage.__version__}"
+    key = f"{git('rev-parse', 'HEAD').decode().strip()} {changes} {__version__}"
     stamp = cache_dir() / "agent-image.key"
-    reference = f"{out}:{agentimage.__version__}"
+    reference = f"{out}:{__version__}"
     if stamp.exists() and stamp.read_text() == key and (out / "index.json").exists():
         return reference
     started = time.monotonic()

@@ -307,7 +307,8 @@ async def supervise(layout: Layout) -> None:
     machines = [Machine(layout.node(node.name), bus_outside=image) for node in spec.nodes]
     agents = [ImageAgent(layout.node(n.name)) if image else agent(layout.node(n.name)) for n in spec.nodes]
     store, fleetd = etcd(layout, spec), controller(layout, spec)
-    tasks = [asyncio.create_task(item.run()) for item in (*machines, *agents, store, fleetd)]
+    running: list[Machine | Supervised] = [*machines, *agents, store, fleetd]
+    tasks = [asyncio.create_task(item.run()) for item in running]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

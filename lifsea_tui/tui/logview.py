@@ -131,7 +131,7 @@ class LogView(ScrollView, can_focus=True):
         if self.wrap:
             lines = list(text.wrap(console, width)) or [Text("")]
         else:
-            lines = text.split("\n", allow_blank=True) or [Text("")]
+            lines = list(text.split("\n", allow_blank=True)) or [Text("")]
         strips = [Strip(list(line.render(console, end="")), line.cell_len) for line in lines]
         self._cache[key] = strips
         return strips

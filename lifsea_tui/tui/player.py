@@ -32,7 +32,7 @@ TICK = 1 / 30
 
 class PlayerScreen(Screen[None]):
     BINDINGS = [
-        Binding("space", "toggle", "Play/pause", id="player-toggle"),
+        Binding("space", "play_pause", "Play/pause", id="player-toggle"),
         Binding("left", "seek(-5)", "-5 s", id="player-back"),
         Binding("right", "seek(5)", "+5 s", id="player-forward"),
         Binding("minus", "speed(-1)", "Slower", key_display="-", id="player-slower"),
@@ -145,7 +145,7 @@ class PlayerScreen(Screen[None]):
             text.append(f" · next marker at {upcoming.at:.1f} s: {visible(upcoming.data)[:60]}")
         self.query_one("#status", Static).update(text)
 
-    def action_toggle(self) -> None:
+    def action_play_pause(self) -> None:
         if not self.playing and self.position >= self.cast.duration:
             self.seek(0)
         self.playing = not self.playing

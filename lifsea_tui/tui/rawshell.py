@@ -16,7 +16,9 @@ import signal
 import sys
 import termios
 import tty
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from lifsea_tui.api import ACCESS_TEXT, EndRequest, OpsAccess, OpsSessionRequest
 from lifsea_tui.client.netloop import new_event_loop
@@ -106,8 +108,8 @@ async def run(target: NodeTarget, options: Options) -> int:
     ended_by_user = asyncio.Event()
     pending: set[asyncio.Task[object]] = set()
 
-    def later(coroutine: object) -> None:
-        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+    def later(coroutine: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.ensure_future(coroutine)
         pending.add(task)
         task.add_done_callback(pending.discard)
 

@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    class ConsoleServer(Server):  # type: ignore[misc]
+    class ConsoleServer(Server):
         def initialize_logging(self) -> None:
             logging.basicConfig(level="WARNING", format="lifsea-tui serve: %(message)s")
 

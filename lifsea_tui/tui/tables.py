@@ -53,11 +53,11 @@ class PlainTable(DataTable[Any]):
             return
         rows = {row for row, _ in cells}
         indices = {self._row_locations.get(row) for row in rows}
-        for key in [key for key in self._row_renderable_cache.keys() if key[1] in indices]:
-            self._row_renderable_cache.discard(key)  # (count, row index): the row's cells as renderables
-        for key in [key for key in self._cell_render_cache.keys() if (key[0], key[1]) in cells]:
-            self._cell_render_cache.discard(key)
-        for key in [key for key in self._row_render_cache.keys() if key[0] in rows]:
-            self._row_render_cache.discard(key)
+        for renderables in [key for key in self._row_renderable_cache.keys() if key[1] in indices]:
+            self._row_renderable_cache.discard(renderables)  # (count, row index): the row's cells as renderables
+        for cell in [key for key in self._cell_render_cache.keys() if (key[0], key[1]) in cells]:
+            self._cell_render_cache.discard(cell)
+        for rendered in [key for key in self._row_render_cache.keys() if key[0] in rows]:
+            self._row_render_cache.discard(rendered)
         self._line_cache.clear()
         self.refresh()

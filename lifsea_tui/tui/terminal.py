@@ -69,7 +69,7 @@ def key_bytes(key: str, character: str | None, *, app_cursor: bool = False) -> b
     return None
 
 
-class Screen(pyte.Screen):  # type: ignore[misc]
+class Screen(pyte.Screen):
     """pyte's screen with the alternate screen buffer (pyte only records the mode)."""
 
     def __init__(self, columns: int, lines: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from textual.color import Color, ColorParseError
 from textual.theme import Theme
@@ -57,7 +58,8 @@ def load_theme(path: Path) -> Theme:
         raise ValueError("needs a name")
     if "primary" not in data:
         raise ValueError("needs a primary colour")
-    colours = {key: _colour(data[key], key) for key in BASE_COLOURS if key in data}
+    # Any: Theme's keyword arguments are of several types; these are all of its colour ones (str).
+    colours: dict[str, Any] = {key: _colour(data[key], key) for key in BASE_COLOURS if key in data}
     unknown = set(data) - set(BASE_COLOURS) - {"name", "dark", "ansi", "variables"}
     if unknown:
         raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")

@@ -196,7 +196,7 @@ class OpsModal(ModalScreen[OpsSessionRequest | None]):
             problem.update("Time to live: a number of seconds, or like 15m or 1h (at least 10 s).")
             self.query_one("#ttl", Input).focus()
             return
-        access = self.fixed if self.fixed is not None else OpsAccess(self.query_one("#access", Select).value)
+        access = self.fixed if self.fixed is not None else OpsAccess(str(self.query_one("#access", Select).value))
         try:
             request = OpsSessionRequest(reason=reason, ticket=ticket, ttl_seconds=ttl, access=access)
         except ValidationError as error:  # what the API takes: a day at most, a ticket without blanks

@@ -123,7 +123,9 @@ class NewRolloutModal(ModalScreen[RolloutSpec | None]):
             nodes = [name for name in nodes if selects(selector, self.labels.get(name, {}))]
             if not nodes:
                 raise ValueError(f"no node is labelled {value['selector']}")
-        group_by, groups, group_max = None, {}, {}
+        group_by: str | None = None
+        groups: dict[str, str] = {}
+        group_max: dict[str, int] = {}
         if value["per-group"]:
             group_by, limit = store_keys.parse_group_limit(value["per-group"])
             nodes, groups, group_max = store_keys.grouped(nodes, self.labels, group_by, limit)

@@ -36,8 +36,8 @@ class NodeTab(Vertical):
 
     REACTS_TO: ClassVar[frozenset[EventKind]] = frozenset()
 
-    def __init__(self, node: str, **kwargs: str) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, node: str, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self.node = node
 
     @property
@@ -51,7 +51,8 @@ class NodeTab(Vertical):
     def on_mount(self) -> None:
         self.load()
 
-    def load(self) -> None:
+    def load(self) -> object:
+        """Start reading the tab's data (a worker, in each tab)."""
         raise NotImplementedError
 
     @on(NodeChanged)

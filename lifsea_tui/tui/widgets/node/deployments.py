@@ -36,7 +36,9 @@ class DeploymentsTab(NodeTab):
     async def load(self) -> None:
         client = self.client
 
-        async def fetch() -> list[DeploymentList | UpdateStatus | HistoryList | BaseException]:
+        async def fetch() -> tuple[
+            DeploymentList | BaseException, UpdateStatus | BaseException, HistoryList | BaseException
+        ]:
             return await asyncio.gather(
                 client.deployments(), client.upgrades(), client.history(), return_exceptions=True
             )

@@ -41,7 +41,7 @@ class OpsTab(NodeTab):
     async def load(self) -> None:
         client = self.client
 
-        async def fetch() -> list[OpsSessionList | RecordingList | BaseException]:
+        async def fetch() -> tuple[OpsSessionList | BaseException, RecordingList | BaseException]:
             return await asyncio.gather(client.ops_sessions(), client.recordings(), return_exceptions=True)
 
         sessions, recordings = await self.lifsea.net.run(fetch())
