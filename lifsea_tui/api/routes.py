@@ -45,6 +45,7 @@ def path(template: str, **params: str) -> str:
     (or fail on the node), never become another route or an invalid URL."""
     return template.format(**{name: quote(value, safe="") for name, value in params.items()})
 
+
 # Websocket close codes used by the agent (4000-4999 is the application range).
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403

@@ -16,6 +16,7 @@ controller's, and every write of the controller's is a transaction that also che
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import hashlib
 import json
@@ -28,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from lifsea_tui.api.models import LABEL_KEY
+from lifsea_tui.api.models import LABEL_KEY, ActionRequest
 from lifsea_tui.api.rollouts import (
     FINISHED,
     Intent,
@@ -41,6 +42,7 @@ from lifsea_tui.api.rollouts import (
     spread,
 )
 from lifsea_tui.client.etcd import KV, Store
+from lifsea_tui.client.node import NodeClient, NodeError
 
 LEADER = "leader"
 ROLLOUTS = "rollouts/"
@@ -456,3 +458,38 @@ def free_slot_ops(store: Store, group: str, holder: str) -> list[Any]:
 async def free_slot(store: Store, group: str, holder: str, *, guard: list[Any] | None = None) -> bool:
     """Let go of a slot (True also when it was not held); False when a guard failed."""
     return await store.txn(list(guard or []), free_slot_ops(store, group, holder))
+
+
+REBOOT_BACK = 600.0  # seconds a node may take to answer again after its reboot
+
+
+async def reboot_in_slot(client: NodeClient, store: Store | None, reason: str, slots: int) -> None:
+    """Reboot a node from the console in a slot of the default group, `slots` wide (the slots rollouts and
+    FleetLock clients take): take one (waiting while all are held), reboot, wait until the node has booted
+    again, free it. The slot is bound to a lease, so a console that dies meanwhile does not hold it for ever.
+    With no store there are no slots: the reboot and the wait alone."""
+    name = client.target.name
+    lease = None
+    if store is not None:
+        lease = await store.lease(int(REBOOT_BACK))
+        what = f"console reboot by {who()}"
+        while not await take_slot(store, "default", name, slots, what, lease=lease):
+            await asyncio.sleep(2)
+    try:
+        sent = time.time()
+        await client.action("reboot", ActionRequest(reason=reason))
+        deadline = time.monotonic() + REBOOT_BACK
+        while True:
+            await asyncio.sleep(2)
+            try:
+                info = await client.node()
+            except NodeError:
+                info = None  # going down, or not up yet
+            if info is not None and info.uptime_seconds is not None and time.time() - info.uptime_seconds > sent - 2:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not answer within {REBOOT_BACK:.0f} s of its reboot")
+    finally:
+        if store is not None:
+            await free_slot(store, "default", name)
+            await store.revoke(lease)

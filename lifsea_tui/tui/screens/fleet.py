@@ -1,8 +1,8 @@
 """The fleet: every node in one table, a version-drift summary, and actions on a selection of nodes.
 
 It also shows what the fleet store says of the fleet (a running rollout in the header, nodes whose audit
-log no longer holds what the controller collected off them, in their rows): about 500 lines, kept in
-one screen because every part of it paints the same table and header.
+log no longer holds what the controller collected off them, in their rows). What a row and the version
+bar look like is widgets/fleet_table.py; this screen decides which rows, when, and what keys do.
 """
 
 from __future__ import annotations
@@ -21,86 +21,18 @@ from lifsea_tui.api import ActionRequest
 from lifsea_tui.client import rollouts as store_keys
 from lifsea_tui.client.etcd import Store, StoreUnavailable
 from lifsea_tui.client.fleet import NodeSnapshot, version_drift
-from lifsea_tui.client.node import NodeClient, NodeError
+from lifsea_tui.client.node import NodeError
 from lifsea_tui.client.trail import read_states
-from lifsea_tui.tui.pictures import LATENCY_TOP_MS, meter, spark
 from lifsea_tui.tui.plain import plain
 from lifsea_tui.tui.screens.base import ConsoleScreen
 from lifsea_tui.tui.screens.modals import ReasonModal, RebootModal
-from lifsea_tui.tui.tables import PlainTable
+from lifsea_tui.tui.widgets import fleet_table
+from lifsea_tui.tui.widgets.fleet_table import COLUMNS, NodeTable, ago, share_bar
 
-# Fixed widths: cells change all the time, and measuring a thousand rows on each change would cost more
-# than the repaint. Long reasons are cut here and shown whole on the node screen.
-COLUMNS = (
-    ("sel", " ", 1),
-    ("name", "Node", 14),
-    ("state", "Reachability", 30),
-    ("booted", "Booted", 10),
-    ("next", "Next boot", 10),
-    ("update", "Update", 16),
-    ("failed", "Failed", 6),
-    ("ops", "Ops", 4),
-    ("load", "Load", 8),
-    ("var", "/var", 8),
-    ("latency", "Latency", 10),
-    ("seen", "Last seen", 9),
-)
 SORTS = ("name", "state", "booted", "latency")
-CELL = 64  # characters of node text a fleet cell keeps (its column is narrower; the node screen has all)
 BUSY_STATES = ("checking", "staging")
 REBOOT_SLOTS = 1  # nodes a multi-node reboot from the fleet takes down at once
-REBOOT_BACK = 600.0  # seconds a node may take to answer again after its reboot
-SHARE_WIDTH = 24  # cells of the version-share bar
-SPARK = 4  # cells of a row's sparklines: its last answers (the node's overview draws the last 44)
-VAR_HIGH, VAR_FULL = 0.8, 0.9  # /var shares drawn as a warning, and as trouble
 ROLLOUT_POLL = 3.0
-
-
-def ago(when: float | None) -> str:
-    if when is None:
-        return "never"
-    seconds = max(0, int(time.time() - when))
-    if seconds < 60:
-        return f"{seconds}s ago"
-    if seconds < 3600:
-        return f"{seconds // 60}m ago"
-    return f"{seconds // 3600}h ago"
-
-
-async def reboot_in_slot(client: NodeClient, store: Store | None, reason: str) -> None:
-    """Take a reboot slot (waiting while all are held), reboot, wait until the node has booted again, free
-    the slot. The slot is bound to a lease, so a console that dies meanwhile does not hold it forever."""
-    name = client.target.name
-    lease = None
-    if store is not None:
-        lease = await store.lease(int(REBOOT_BACK))
-        what = f"console reboot by {store_keys.who()}"
-        while not await store_keys.take_slot(store, "default", name, REBOOT_SLOTS, what, lease=lease):
-            await asyncio.sleep(2)
-    try:
-        sent = time.time()
-        await client.action("reboot", ActionRequest(reason=reason))
-        deadline = time.monotonic() + REBOOT_BACK
-        while True:
-            await asyncio.sleep(2)
-            try:
-                info = await client.node()
-            except NodeError:
-                info = None  # going down, or not up yet
-            if info is not None and info.uptime_seconds is not None and time.time() - info.uptime_seconds > sent - 2:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} did not answer within {REBOOT_BACK:.0f} s of its reboot")
-    finally:
-        if store is not None:
-            await store_keys.free_slot(store, "default", name)
-            await store.revoke(lease)
-
-
-class NodeTable(PlainTable):
-    """The fleet table: enter opens the node under the cursor (and says so in the footer)."""
-
-    BINDINGS = [Binding("enter", "select_cursor", "Open", id="fleet-open")]
 
 
 class FleetScreen(ConsoleScreen[None]):
@@ -240,71 +172,9 @@ class FleetScreen(ConsoleScreen[None]):
         return self.lifsea.colour(variable)
 
     def _cells(self, snapshot: NodeSnapshot) -> list[Text]:
-        """The row of a node; every string in it came from the node or the inventory, so each is plain."""
-        flagged = self.trail_flags.get(snapshot.name)
-        if snapshot.problem:
-            state = plain(f"✗ {snapshot.problem}", self._style("node-down"), limit=CELL)
-        elif flagged:
-            state = plain(f"⚠ {flagged}", self._style("node-down"), limit=CELL)
-        elif snapshot.audit_warning:
-            state = plain(f"⚠ {snapshot.audit_warning}", self._style("node-down"), limit=CELL)
-        elif snapshot.reachable:
-            state = Text("● ok", style=self._style("node-ok"))
-        else:
-            state = Text("… connecting", style=self._style("node-unknown"))
-        booted = plain(snapshot.booted_version or "?", self._style("booted"), limit=CELL)
-        pending = snapshot.pending
-        next_boot = (
-            plain(pending.version or pending.checksum[:10], self._style("pending"), limit=CELL) if pending else Text()
-        )
-        update = ""
-        if snapshot.update is not None:
-            update = snapshot.update.state.value
-            if snapshot.update.state.value == "available" and snapshot.update.targets:
-                update += f" → {snapshot.update.targets[0].version}"
-            if snapshot.update.state.value == "failed" and snapshot.update.last_error:
-                update += f": {snapshot.update.last_error}"
-            progress = snapshot.update.progress
-            if progress is not None and progress.fraction is not None:
-                update += f" {meter(progress.fraction, 4)}{100 * progress.fraction:3.0f}%"
-        latency = Text()
-        if snapshot.latency_ms is not None:
-            latency.append(spark(snapshot.latency_history, SPARK, top=LATENCY_TOP_MS), style=self._style("text-muted"))
-            latency.append(f" {snapshot.latency_ms:.0f}ms")
-        failed, sessions = len(snapshot.failed_units or []), snapshot.ops_sessions
-        return [
-            Text("●" if snapshot.name in self.selected else " "),
-            plain(snapshot.name, limit=CELL),
-            state,
-            booted,
-            next_boot,
-            plain(update, limit=CELL),
-            Text(str(failed), style=self._style("node-down")) if failed else Text(),
-            Text(f"● {sessions}", style=self._style("recorded")) if sessions else Text(),
-            self._load(snapshot),
-            self._var(snapshot),
-            latency,
-            Text(ago(snapshot.last_seen)),
-        ]
-
-    def _load(self, snapshot: NodeSnapshot) -> Text:
-        """The 1-minute load over the last minutes, scaled to the node's CPUs, and its value now."""
-        resources = snapshot.resources
-        if resources is None or not resources.load:
-            return Text()
-        cpus = resources.cpus or 1
-        busy = resources.load[0] >= cpus
-        text = Text(spark(snapshot.load_history, SPARK, top=cpus), style=self._style("text-muted"))
-        text.append(f" {resources.load[0]:.1f}", style=self._style("node-down") if busy else "")
-        return text
-
-    def _var(self, snapshot: NodeSnapshot) -> Text:
-        """How full /var is: a full /var stops the audit log, and with it every action."""
-        ratio = snapshot.resources.var_used_ratio if snapshot.resources is not None else None
-        if ratio is None:
-            return Text()
-        style = self._style("node-down") if ratio >= VAR_FULL else self._style("pending") if ratio >= VAR_HIGH else ""
-        return Text(f"{meter(ratio, 4)}{100 * ratio:3.0f}%", style=style)
+        name = snapshot.name
+        flagged = self.trail_flags.get(name)
+        return fleet_table.row(snapshot, self._style, selected=name in self.selected, flagged=flagged)
 
     def _flush(self) -> None:
         """Repaint what changed since the last flush: a burst of node results costs one repaint."""
@@ -367,8 +237,8 @@ class FleetScreen(ConsoleScreen[None]):
         first = int(table.scroll_y)
         rows = table.ordered_rows[first : first + table.size.height]
         changes = []
-        for row in rows:
-            name = str(row.key.value)
+        for shown in rows:
+            name = str(shown.key.value)
             seen = ago(self.lifsea.fleet.snapshots[name].last_seen)
             if getattr(table.get_cell(name, "seen"), "plain", None) != seen:
                 changes.append((name, "seen", seen))
@@ -379,7 +249,7 @@ class FleetScreen(ConsoleScreen[None]):
         drift = version_drift(snapshots)
         down = sum(1 for s in snapshots if s.problem)
         text = Text("Versions  ", style="bold")
-        text.append_text(self._share_bar(drift, len(snapshots)))
+        text.append_text(share_bar(drift, len(snapshots), self._style))
         if len([v for v in drift if v != "unknown"]) > 1:
             text.append("    (drift)", style=self._style("pending"))
         if self.rollout_line is not None:
@@ -394,22 +264,6 @@ class FleetScreen(ConsoleScreen[None]):
         if text != self._drift_shown:
             self._drift_shown = text
             self.query_one("#drift", Static).update(text)
-
-    def _share_bar(self, drift: dict[str, int], total: int) -> Text:
-        """The versions as one bar, each its share of the fleet, then each named with its count."""
-        palette = [self._style(name) for name in ("booted", "pending", "node-ok", "node-down")]
-        # A version keeps its colour while shares change: colours follow the versions' order, not their counts.
-        order = sorted(drift)
-        colours = {v: self._style("node-unknown") if v == "unknown" else palette[order.index(v) % 4] for v in drift}
-        text, used = Text(), 0
-        for index, (version, count) in enumerate(drift.items()):
-            cells = SHARE_WIDTH - used if index == len(drift) - 1 else round(SHARE_WIDTH * count / max(total, 1))
-            text.append("█" * cells, style=colours[version])
-            used += cells
-        for version, count in drift.items():
-            text.append("  ■ ", style=colours[version])
-            text.append_text(plain(f"{version} {count} ({100 * count // max(total, 1)}%)", limit=40))
-        return text
 
     @work(exclusive=True, group="fleet-rollouts", exit_on_error=False)
     async def watch_rollouts(self) -> None:
@@ -604,7 +458,7 @@ class FleetScreen(ConsoleScreen[None]):
         for index, name in enumerate(nodes, start=1):
             why = f"{reason} (rolling reboot {index}/{len(nodes)})"
             try:
-                await self.lifsea.net.run(reboot_in_slot(fleet.client(name), store, why))
+                await self.lifsea.net.run(store_keys.reboot_in_slot(fleet.client(name), store, why, REBOOT_SLOTS))
                 done += 1
             except (NodeError, StoreUnavailable, TimeoutError) as error:
                 failed.append(f"{name}: {error or type(error).__name__}")
