@@ -170,58 +170,62 @@ def ssh_argv(port: int, key: Path) -> list[str]:
     ]  # fmt: skip
 
 
+class ApiShell:
+    """An ops session through the API alone (no `lifsea-tui shell` process, no terminal on this side),
+    its output gathered as it comes; ended and closed on the way out. `started` and `created` are when
+    the POST was sent and answered."""
+
+    def __init__(self, target: NodeTarget, reason: str, ttl: int) -> None:
+        self.target, self.request = target, OpsSessionRequest(reason=reason, ttl_seconds=ttl)
+        self.client = NodeClient(target)
+        self.arrived: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def __aenter__(self) -> ApiShell:
+        self.started = time.perf_counter()
+        self.session = await self.client.ops_start(self.request)
+        self.created = time.perf_counter()
+        self.shell = OpsShell(self.target, self.session.id)
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        async for event in self.shell.events():
+            if isinstance(event, Output):
+                self.arrived.put_nowait(event.data)
+
+    async def until(self, needle: bytes) -> None:
+        seen = b""
+        while needle not in seen:
+            seen += await asyncio.wait_for(self.arrived.get(), 10)
+
+    async def __aexit__(self, *_: object) -> None:
+        self.reader.cancel()
+        await self.client.ops_end(self.session.id, EndRequest(reason="benchmark done"))
+        await self.shell.close()
+        await self.client.aclose()
+
+
 async def api_first_prompt(target: NodeTarget) -> tuple[float, float]:
     """Seconds from the POST to the first prompt, and from the POST to the session's answer."""
-    client = NodeClient(target)
-    started = time.perf_counter()
-    session = await client.ops_start(OpsSessionRequest(reason="benchmark: request to first prompt", ttl_seconds=60))
-    created = time.perf_counter()
-    shell = OpsShell(target, session.id)
-    seen = b""
-    async for event in shell.events():
-        if isinstance(event, Output):
-            seen += event.data
-            if b" OPS " in seen:
-                break
-    prompt = time.perf_counter()
-    await client.ops_end(session.id, EndRequest(reason="benchmark done"))
-    await shell.close()
-    await client.aclose()
-    return prompt - started, created - started
+    async with ApiShell(target, "benchmark: request to first prompt", 60) as api:
+        await api.until(b" OPS ")
+        prompt = time.perf_counter()
+    return prompt - api.started, api.created - api.started
 
 
 async def api_echo(target: NodeTarget, keys: int) -> list[float]:
-    """Key echo through the API alone (no `lifsea-tui shell` process, no terminal on this side): what the
-    agent, its TLS websocket, the session's terminal and the recording cost, for the per-hop figures."""
-    client = NodeClient(target)
-    session = await client.ops_start(OpsSessionRequest(reason="benchmark: echo through the API", ttl_seconds=120))
-    shell = OpsShell(target, session.id)
-    arrived: asyncio.Queue[bytes] = asyncio.Queue()
-
-    async def read() -> None:
-        async for event in shell.events():
-            if isinstance(event, Output):
-                arrived.put_nowait(event.data)
-
-    async def until(needle: bytes) -> None:
-        seen = b""
-        while needle not in seen:
-            seen += await asyncio.wait_for(arrived.get(), 10)
-
-    reader = asyncio.create_task(read())
-    await until(b" OPS ")
+    """Key echo through the API alone: what the agent, its TLS websocket, the session's terminal and the
+    recording cost, for the per-hop figures."""
     out = []
-    for _ in range(keys):
-        started = time.perf_counter()
-        await shell.send(b"x")
-        await until(b"x")
-        out.append((time.perf_counter() - started) * 1000)
-        await shell.send(b"\x7f")
-        await until(b"\x08")
-    reader.cancel()
-    await client.ops_end(session.id, EndRequest(reason="benchmark done"))
-    await shell.close()
-    await client.aclose()
+    async with ApiShell(target, "benchmark: echo through the API", 120) as api:
+        await api.until(b" OPS ")
+        for _ in range(keys):
+            started = time.perf_counter()
+            await api.shell.send(b"x")
+            await api.until(b"x")
+            out.append((time.perf_counter() - started) * 1000)
+            await api.shell.send(b"\x7f")
+            await api.until(b"\x08")
     return out
 
 
