@@ -75,6 +75,11 @@ class NodeInfo(BaseModel):
     capabilities: dict[str, Capability]
     labels: Labels = Field(default_factory=dict, description="what the node is for, from the agent's [labels]")
 
+    def booted_after(self, when: float, now: float, slack: float = 2.0) -> bool:
+        """Whether this boot began after `when` (wall-clock seconds; `now` is when this answer was had),
+        give or take `slack` for the clocks of asker and node: how a reboot that was asked is seen done."""
+        return self.uptime_seconds is not None and now - self.uptime_seconds > when - slack
+
 
 class Deployment(BaseModel):
     index: int = Field(description="position in the boot order; 0 is the next boot")

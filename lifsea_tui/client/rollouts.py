@@ -485,7 +485,7 @@ async def reboot_in_slot(client: NodeClient, store: Store | None, reason: str, s
                 info = await client.node()
             except NodeError:
                 info = None  # going down, or not up yet
-            if info is not None and info.uptime_seconds is not None and time.time() - info.uptime_seconds > sent - 2:
+            if info is not None and info.booted_after(sent, time.time()):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not answer within {REBOOT_BACK:.0f} s of its reboot")

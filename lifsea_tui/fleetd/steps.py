@@ -33,7 +33,6 @@ SETTLE_SECONDS = 5.0  # a node judged this soon after boot may not have started 
 # Gate runbooks judge a node this long after systemd finished starting it (not after its boot: a node
 # that takes a minute to start would be judged before its units had a chance to loop).
 RUNBOOK_SETTLE = 20.0
-REBOOT_SLACK = 2.0
 # A node whose systemd still answers this long after its reboot was asked, and says it has not booted
 # since, never got the ask (the controller died, or its store write outlived a lost answer, between
 # writing "rebooting" and asking): ask again. While it shuts down or boots, its systemd does not answer
@@ -270,7 +269,7 @@ async def _rebooting(spec: RolloutSpec, node: NodeRollout, client: NodeClient, n
     if node.reboot_at is None:  # its reboot was refused: ask again
         return _reboot(spec, node, now, what)
     info = await client.node()
-    if info.uptime_seconds is not None and now - info.uptime_seconds > node.reboot_at - REBOOT_SLACK:
+    if info.booted_after(node.reboot_at, now):
         return Step(_update(node, state=NodeState.verifying, reason="booted again; checking its health"))
     if info.uptime_seconds is not None and now - node.reboot_at > REBOOT_ASK_AGAIN:
         return _reboot(spec, node, now, what, f"no reboot {REBOOT_ASK_AGAIN:.0f} s after it was asked; asking again")
