@@ -1,4 +1,10 @@
-"""Request and response bodies of node API v1."""
+"""Request and response bodies of node API v1.
+
+One module of a little over 500 lines, on purpose: it is the wire contract that agent, console,
+controller and the OpenAPI schema all read, and a reader checking what a route answers finds every
+body here, in the order of the API's areas. What is not node API v1 (rollouts, the ops protocol, the
+audit chain's encoding) has its own module beside it.
+"""
 
 from __future__ import annotations
 

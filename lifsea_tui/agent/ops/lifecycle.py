@@ -13,6 +13,11 @@ does the same things in the same order: kill every process of the container (`ru
 drain and close the terminal, seal the recording, write the audit record with the recording's SHA-256
 and size, tell the client, delete the bundle. A session directory still on disk when the agent starts
 belongs to an agent that was killed; it is torn down and its recording sealed as interrupted.
+
+A little over 500 lines: the session's whole life (start, watch, the one ending) is kept in one place
+so that every way a session ends visibly goes through the same steps; the runtime (runtime.py), the
+terminal pump (terminal.py), the access levels (access.py) and the session record (session.py) are
+modules of their own.
 """
 
 from __future__ import annotations
