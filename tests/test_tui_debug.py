@@ -216,6 +216,9 @@ async def test_crash_loop_is_found_and_stopped(fleet: tuple[dict, dict[str, str]
             await take(pilot, "INC-43 stop the loop")
             await waiting(pilot, screen, None)
             await finished(pilot, status, screen, in_tmp)
+            # The stop says where the unit ended up (stopped, then unloaded: its 404 is that, not an error).
+            (stopped,) = [e.summary for e in walk.entries if e.step == "stop"]
+            assert "now stopped" in stopped or "now inactive" in stopped, stopped
         with http(status) as client:
             answer = client.get("/v1/services/lifsea-app.service")  # stopped: inactive, or unloaded (404)
             assert answer.status_code == 404 or answer.json()["active_state"] in ("inactive", "failed"), answer.text

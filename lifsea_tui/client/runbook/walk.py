@@ -140,6 +140,8 @@ class Walk:
             try:
                 info = await self.client.service(unit)
             except NodeError as error:
+                if error.status == 404 and action == "stop":
+                    return "now stopped (and unloaded: nothing else wants it)"
                 return f"state unknown ({error})"
             state = f"{info.active_state} ({info.sub_state})"
             if info.active_state in arrived:
