@@ -39,10 +39,10 @@ from pathlib import Path
 
 from benchmarks.results import pct, recorder
 from lifsea_tui.api import EndRequest, OpsSessionRequest
-from lifsea_tui.client import inventory
 from lifsea_tui.client.netloop import new_event_loop
 from lifsea_tui.client.node import NodeClient, NodeTarget
 from lifsea_tui.client.ops import OpsShell, Output
+from lifsea_tui.lab import targets
 
 record = recorder("ops_shell.jsonl")
 PROMPT = b"BENCH$ "
@@ -297,7 +297,7 @@ def main() -> int:
     subprocess.run([*lab, "up", "--nodes", "1"], env=env, check=True)
     port, key, sshd = start_sshd(work)
     try:
-        target = inventory.from_lab(role="admin", lab_dir=lab_dir)[0]
+        target = targets.from_lab(role="admin", lab_dir=lab_dir)[0]
         ours_argv = [sys.executable, "-m", "lifsea_tui.tui.cli", "shell", target.name, "--reason", "benchmark",
                      "--lab-dir", str(lab_dir)]  # fmt: skip
 

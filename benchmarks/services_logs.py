@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks.results import pct, recorder
-from lifsea_tui.client import inventory
 from lifsea_tui.client.node import NodeTarget
+from lifsea_tui.lab import targets
 from lifsea_tui.lab.layout import Layout
 
 record = recorder("services_logs.jsonl")
@@ -114,7 +114,7 @@ def main() -> int:
         layout = Layout(work / "lab")
         node = layout.node("node1")
         leader = int(node.state()["leader"])  # type: ignore[call-overload]
-        target = inventory.from_lab(role="operator", lab_dir=work / "lab")[0]
+        target = targets.from_lab(role="operator", lab_dir=work / "lab")[0]
         agent_pid = int((node.root / "agent.pid").read_text())
 
         units = int(in_node(leader, "systemctl", "list-units", "--all", "--no-legend", "--plain").stdout.count("\n"))

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lifsea_tui.client.inventory import CONTEXT_ENV, InventoryError, from_file, from_lab, lab_status
+from lifsea_tui.client.inventory import CONTEXT_ENV, InventoryError, from_file
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.lab.layout import Layout
+from lifsea_tui.lab.targets import from_lab, lab_status
 from lifsea_tui.tui import sources
 from lifsea_tui.tui.cli import build_parser
 

@@ -314,7 +314,7 @@ def test_bad_requests_are_refused_clearly(lab3) -> None:
 async def test_a_multi_node_reboot_from_the_fleet_rolls_through_the_shared_slots(lab3) -> None:
     """Select all, r: one node down at a time, and none while a FleetLock client holds the only slot."""
     from lifsea_tui.client.fleet import Fleet
-    from lifsea_tui.client.inventory import from_lab
+    from lifsea_tui.lab.targets import from_lab
     from lifsea_tui.tui.app import LifseaApp
 
     status, _, layout = lab3
@@ -472,9 +472,9 @@ async def test_a_controller_on_a_three_member_etcd_goes_on_with_two_and_stops_wi
     """A controller of the test's own (in this process) on three etcd members of the test's own: one member
     stopped mid-rollout changes nothing; a second stops the dispatching (no quorum, said so) and nothing
     moves; back to two, the rollout finishes where it was."""
-    from lifsea_tui.client.inventory import from_lab
     from lifsea_tui.fleetd.controller import Controller
     from lifsea_tui.lab.etcd import EtcdCluster
+    from lifsea_tui.lab.targets import from_lab
 
     status, env, layout = lab3
     before = {name: booted(status, name) for name in NODES}

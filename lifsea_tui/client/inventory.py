@@ -219,29 +219,3 @@ def read(path: Path) -> dict[str, Any]:
 def from_file(path: Path, context: str | None = None) -> list[NodeTarget]:
     """The nodes of an inventory file; `context` (else $LIFSEA_CONTEXT, else its current_context)."""
     return parse(read(path), str(path), path.parent, context)
-
-
-def lab_status(lab_dir: Path | None = None) -> dict[str, Any]:
-    """The running lab's status (`lifsea-lab status --json`): its nodes, etcd and controller."""
-    from lifsea_tui.lab.layout import Layout  # the lab's files, read in place: no process to start
-
-    status = Layout(lab_dir).running_status()
-    if status is None:
-        raise InventoryError("no running lab (start one with `lifsea-lab up`, or give --inventory FILE)")
-    return status
-
-
-def from_lab(
-    role: str = "operator", lab_dir: Path | None = None, status: dict[str, Any] | None = None
-) -> list[NodeTarget]:
-    """The running lab's nodes; `role` "controller" takes the fleet controller's own token."""
-    status = status or lab_status(lab_dir)
-    return [
-        NodeTarget(
-            name=node["name"],
-            url=node["url"],
-            token=node["controller_token"] if role == "controller" else node["tokens"][role],
-            ca_file=Path(node["ca_file"]),
-        )
-        for node in status["nodes"]
-    ]

@@ -18,6 +18,7 @@ from lifsea_tui.client.etcd import EtcdTarget, Store
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.client.trail import DirectoryTrail
 from lifsea_tui.fleetd.controller import LEASE_TTL, TICK, Controller
+from lifsea_tui.lab import targets
 
 log = logging.getLogger("lifsea.fleetd")
 USER = "lifsea-fleetd"
@@ -110,12 +111,12 @@ def resolve(
 ) -> tuple[EtcdTarget, dict[str, NodeTarget], dict[str, NodeTarget] | None]:
     """The store, the nodes (with the controller's operator tokens), and the nodes with the tokens the
     audit collector reads with (auditor: recordings too), when they differ."""
-    lab = None if (args.inventory and args.etcd) else inventory.lab_status(args.lab_dir)
+    lab = None if (args.inventory and args.etcd) else targets.lab_status(args.lab_dir)
     if args.inventory:
         nodes = inventory.from_file(args.inventory)
     else:
         assert lab is not None
-        nodes = inventory.from_lab("controller", status=lab)
+        nodes = targets.from_lab("controller", status=lab)
     if args.etcd:
         target = EtcdTarget.from_flags(args.etcd, args.etcd_ca, args.etcd_cert, args.etcd_key, args.etcd_server_name)
     else:
@@ -125,7 +126,7 @@ def resolve(
     if args.trail_inventory:
         readers = inventory.from_file(args.trail_inventory)
     elif lab is not None and not args.inventory:
-        readers = inventory.from_lab("auditor", status=lab)
+        readers = targets.from_lab("auditor", status=lab)
     return target, {node.name: node for node in nodes}, {node.name: node for node in readers} if readers else None
 
 

@@ -37,6 +37,7 @@ from lifsea_tui.client import inventory
 from lifsea_tui.client.etcd import EtcdTarget, Store, StoreUnavailable
 from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.trail import DirectoryTrail, RecentFollower, read_states
+from lifsea_tui.lab import targets
 from lifsea_tui.tui.plain import visible
 from lifsea_tui.tui.sources import sources
 
@@ -99,7 +100,7 @@ def line(state: NodeTrail, now: float) -> str:
 def trail_dir(args: argparse.Namespace) -> Path:
     if args.trail is not None:
         return Path(args.trail)
-    status = inventory.lab_status(args.lab_dir)
+    status = targets.lab_status(args.lab_dir)
     return Path(status["controller"]["trail"])
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from lifsea_tui.client import inventory
 from lifsea_tui.client.node import NodeTarget
+from lifsea_tui.lab import targets
 from lifsea_tui.tui import locations
 
 if TYPE_CHECKING:
@@ -49,10 +50,10 @@ def sources(args: argparse.Namespace, *, store: bool = True) -> tuple[list[NodeT
     if context:
         where = locations.config_file()
         raise inventory.InventoryError(f"--context {context}: no inventory to take it from (--inventory, or {where})")
-    status = inventory.lab_status(args.lab_dir)
+    status = targets.lab_status(args.lab_dir)
     if store and target is None and "etcd" in status:
         target = EtcdTarget.from_json(status["etcd"], "console")
-    return inventory.from_lab(role=args.lab_role, status=status), target
+    return targets.from_lab(role=args.lab_role, status=status), target
 
 
 def context_label(args: argparse.Namespace) -> str:
