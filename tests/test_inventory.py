@@ -102,29 +102,25 @@ def test_the_console_takes_context_from_its_flag(inventory: Path) -> None:
     assert [t.name for t in sources.targets_from(args)] == ["edge-7", "edge-8"]
 
 
-def test_the_console_title_names_the_context(inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_console_title_names_the_context(inventory: Path) -> None:
     parser = build_parser()
-    assert sources.context_label(parser.parse_args(["--inventory", str(inventory), "--context", "prod"])) == "prod"
-    assert sources.context_label(parser.parse_args(["--inventory", str(inventory)])) == "staging"
-    monkeypatch.setenv("LIFSEA_TUI_CONFIG_DIR", str(tmp_path / "none"))
-    assert sources.context_label(parser.parse_args([])) == "lab"  # no inventory, no config: the lab
+    chosen = sources.fleet_source(parser.parse_args(["--inventory", str(inventory), "--context", "prod"]), store=False)
+    assert chosen.label == "prod" and [t.name for t in chosen.targets] == ["edge-7", "edge-8"]
+    assert sources.fleet_source(parser.parse_args(["--inventory", str(inventory)]), store=False).label == "staging"
+    assert sources.context_label(None, None) == "lab"  # no inventory: the lab
 
 
-def test_each_context_and_each_lab_is_a_fleet_of_its_own(
-    inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("LIFSEA_TUI_CONFIG_DIR", str(tmp_path / "none"))
+def test_each_context_and_each_lab_is_a_fleet_of_its_own(inventory: Path, tmp_path: Path) -> None:
     parser = build_parser()
-    prod = parser.parse_args(["--inventory", str(inventory), "--context", "prod"])
-    staging = parser.parse_args(["--inventory", str(inventory), "--context", "staging"])
-    assert sources.fleet_scope(prod, []) == f"{inventory.resolve()}#prod"
-    assert sources.fleet_scope(prod, []) != sources.fleet_scope(staging, [])
-    lab = parser.parse_args(["--lab-dir", str(tmp_path)])
+    prod = sources.fleet_source(parser.parse_args(["--inventory", str(inventory), "--context", "prod"]), store=False)
+    staging = sources.fleet_source(parser.parse_args(["--inventory", str(inventory), "--context", "staging"]))
+    assert prod.scope == f"{inventory.resolve()}#prod"
+    assert prod.scope != staging.scope
     scopes = set()
     for number in (1, 2):
         ca = tmp_path / f"ca{number}.pem"
         ca.write_text(f"a CA made the {number}. time")
-        scopes.add(sources.fleet_scope(lab, [NodeTarget(name="node1", url="https://x", token="t", ca_file=ca)]))
+        scopes.add(sources.fleet_scope(None, None, [NodeTarget(name="node1", url="https://x", token="t", ca_file=ca)]))
     assert len(scopes) == 2 and all(scope.startswith("lab:") for scope in scopes)
 
 

@@ -84,15 +84,16 @@ def extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
     if ssl_object is None:
         return None
     der = ssl_object.getpeercert(binary_form=True)
+    parsed = ssl_object.getpeercert() if der else None
     cipher = ssl_object.cipher()
     return {
         "server_cert": None,
         "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
-        "client_cert_name": describe(ssl_object.getpeercert()) if der else None,
+        "client_cert_name": describe(parsed) if parsed is not None else None,
         "client_cert_error": None,  # a certificate that fails verification ends the handshake
         "tls_version": ssl_object.version(),
         "cipher_suite": cipher[0] if cipher else None,
-        "client_cert_dict": ssl_object.getpeercert() if der else None,
+        "client_cert_dict": parsed,
     }
 
 

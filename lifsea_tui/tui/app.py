@@ -240,13 +240,13 @@ def console_main(args: argparse.Namespace) -> int:
     from lifsea_tui.client import inventory
     from lifsea_tui.client.heads import AuditHeads
     from lifsea_tui.tui import settings
-    from lifsea_tui.tui.sources import context_label, fleet_scope, sources
+    from lifsea_tui.tui.sources import fleet_source
 
     try:
         chosen = settings.load(
             locations.config_file(), binding_ids
         )  # the user's own file first: its mistakes are theirs
-        targets, store = sources(args)
+        source = fleet_source(args)
     except (inventory.InventoryError, settings.SettingsError) as error:
         print(visible(f"lifsea-tui: {error}"), file=sys.stderr)
         return 2
@@ -257,12 +257,12 @@ def console_main(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     LifseaApp(
-        Fleet(targets, heads=AuditHeads(locations.audit_heads_file(), fleet_scope(args, targets))),
+        Fleet(source.targets, heads=AuditHeads(locations.audit_heads_file(), source.scope)),
         read_only=chosen.read_only if args.read_only is None else args.read_only,
         refresh_interval=chosen.refresh if args.refresh is None else args.refresh,
         events_limit=chosen.events_limit if args.events_limit is None else args.events_limit,
-        rollout_store=store,
-        context=context_label(args),
+        rollout_store=source.store,
+        context=source.label,
         theme=chosen.theme,
         keymap=chosen.keymap,
     ).run(loop=new_event_loop())

@@ -39,22 +39,22 @@ from lifsea_tui.client.node import NodeClient, NodeError
 from lifsea_tui.client.trail import DirectoryTrail, RecentFollower, read_states
 from lifsea_tui.lab import targets
 from lifsea_tui.tui.plain import visible
-from lifsea_tui.tui.sources import sources
+from lifsea_tui.tui.sources import Source, fleet_source
 
 EXIT_FLAGGED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 FOLLOW_EVERY = 1.0  # seconds between looks for newly collected records
 
 
-def store_target(args: argparse.Namespace) -> EtcdTarget:
-    _, target = sources(args)
+def store_target(source: Source) -> EtcdTarget:
+    target = source.store
     if target is None:
         raise SystemExit("lifsea-tui audit: no fleet store: give --etcd (and its certificates), or run the lab")
     return target
 
 
 async def collected(args: argparse.Namespace) -> list[NodeTrail]:
-    targets, _ = sources(args)
-    store = Store(store_target(args))
+    source = fleet_source(args)
+    targets, store = source.targets, Store(store_target(source))
     try:
         found = await read_states(store)
     finally:
@@ -144,14 +144,14 @@ def from_trail(trail: DirectoryTrail, nodes: list[str]) -> Iterator[tuple[str, A
 
 
 async def log_main(args: argparse.Namespace) -> int:
-    targets, _ = sources(args)
-    nodes = args.node or [target.name for target in targets]
+    source = fleet_source(args, store=args.trail is None)
+    nodes = args.node or [target.name for target in source.targets]
     if args.trail is not None:
         shown = show(
             ((n, r) for n, r in from_trail(DirectoryTrail(Path(args.trail)), nodes) if wanted(r, args)), args.json
         )
         return 0 if shown else EXIT_FLAGGED
-    store = Store(store_target(args))
+    store = Store(store_target(source))
     follower = RecentFollower(store)
     printed: dict[str, int] = {}  # node -> newest seq printed
     shown = 0
@@ -222,8 +222,7 @@ def collected_seal(trail: DirectoryTrail, node: str, recording_id: str) -> str |
 async def recording(args: argparse.Namespace) -> tuple[bytes, str]:
     """A recording's bytes and where they came from: the node's, served while they match the seal in its
     audit log; else the collected copy, checked against the seal the copy's records hold."""
-    targets, _ = sources(args)
-    target = next((t for t in targets if t.name == args.node), None)
+    target = next((t for t in fleet_source(args, store=False).targets if t.name == args.node), None)
     why = f"no node {args.node!r} in the inventory"
     if target is not None:
         client = NodeClient(target)

@@ -23,7 +23,7 @@ from lifsea_tui.client.fleet import Fleet
 from lifsea_tui.client.node import NodeTarget
 from lifsea_tui.client.rollouts import parse_group_limit
 from lifsea_tui.tui.plain import visible
-from lifsea_tui.tui.sources import sources
+from lifsea_tui.tui.sources import fleet_source
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 
@@ -33,7 +33,7 @@ class Usage(Exception):
 
 
 def etcd_target(args: argparse.Namespace) -> EtcdTarget:
-    _, store = sources(args)
+    store = fleet_source(args).store
     if store is None:
         raise Usage("no fleet store: give --etcd (and --etcd-ca, --etcd-cert, --etcd-key), or run the lab")
     return store
@@ -52,7 +52,7 @@ async def labels_of(targets: list[NodeTarget]) -> tuple[dict[str, dict[str, str]
 
 
 async def plan(args: argparse.Namespace) -> RolloutSpec:
-    targets = sources(args)[0]
+    targets = fleet_source(args, store=False).targets
     known = [target.name for target in targets]
     nodes = [name for name in (args.nodes or "").split(",") if name] if args.nodes is not None else known
     unknown = [name for name in nodes if name not in known]
