@@ -190,7 +190,7 @@ def main() -> None:
     finally:
         agent.terminate()
         agent.wait(10)
-        node.server.stop()
+        node.close()
         subprocess.run(["chattr", "-R", "-i", str(base)], capture_output=True)  # ostree's immutable deployments
         subprocess.run(["rm", "-rf", str(base)], check=False)
 

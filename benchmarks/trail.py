@@ -109,7 +109,7 @@ def main() -> None:
     finally:
         agent.terminate()
         agent.wait(10)
-        node.server.stop()
+        node.close()
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def tiny_node(tmp_path: Path) -> Iterator[TinyNode]:
         pytest.skip(missing)
     node = make_tiny_node(tmp_path / "node")
     yield node
-    node.server.stop()
+    node.close()
 
 
 @pytest.fixture

@@ -58,6 +58,12 @@ class TinyNode:
         """What the node 'booted': the deployment a bootloader would pick, as the lab's supervisor does."""
         return sysroot.default_deployment(self.sysroot)
 
+    def close(self) -> None:
+        """Stop its update server, and leave its sysroot removable (pytest deletes old temporary
+        directories; ostree's immutable deployment roots made that fail, and the runs piled up)."""
+        self.server.stop()
+        sysroot.release(self.sysroot)
+
 
 def make_tiny_node(base: Path) -> TinyNode:
     repo = base / "repo"

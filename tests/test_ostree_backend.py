@@ -51,7 +51,7 @@ def test_each_deploy_is_seen_even_when_the_bootloader_flips_back(tmp_path: Path)
             assert len(versions) <= KEEP_DEPLOYMENTS
             assert "1.0" in versions  # the booted deployment is never trimmed
     finally:
-        node.server.stop()
+        node.close()
     assert seen[-1] == ["5.0", "4.0", "1.0"]  # the new default, the newest kept, the booted
 
 
@@ -74,7 +74,7 @@ def test_a_change_made_behind_the_agents_back_is_seen(tmp_path: Path) -> None:
             versions = [d.version for d in asyncio.run(backend.deployments())[0]]
             assert versions[0] == version, f"after deploying {version} by hand the backend says {versions}"
     finally:
-        node.server.stop()
+        node.close()
 
 
 def test_a_sysroot_without_boot_entries_is_answered_not_crashed_on(tmp_path: Path) -> None:
@@ -91,4 +91,4 @@ def test_a_sysroot_without_boot_entries_is_answered_not_crashed_on(tmp_path: Pat
         entries.with_name("entries.away").rename(entries)
         assert [d.version for d in asyncio.run(backend.deployments())[0]] == ["1.0"]
     finally:
-        node.server.stop()
+        node.close()

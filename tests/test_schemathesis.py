@@ -29,7 +29,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
     running = start_agent(base / "agent", host_root=node.host_root, sysroot_path=node.sysroot)
     yield running
     running.stop()
-    node.server.stop()
+    node.close()
 
 
 def test_api_conforms(live: RunningAgent) -> None:

@@ -344,10 +344,8 @@ def down(layout: Layout, purge: bool) -> int:
     for var_dir in layout.root.glob("nodes/*/sysroot/ostree/deploy/*/var"):
         varfs.unmount(var_dir)
     if purge and layout.root.exists():
-        # ostree marks each deployment's root directory immutable; lift that before removing it.
-        for deployment in layout.root.glob("nodes/*/sysroot/ostree/deploy/*/deploy/*"):
-            if deployment.is_dir():
-                subprocess.run(["chattr", "-i", str(deployment)], capture_output=True)
+        for node_sysroot in layout.root.glob("nodes/*/sysroot"):
+            sysroot.release(node_sysroot)
         shutil.rmtree(layout.root)
     progress("the lab is down" + (" and its state removed" if purge else ""))
     return 0

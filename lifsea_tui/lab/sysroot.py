@@ -28,6 +28,14 @@ def create(sysroot: Path, remote_url: str) -> None:
     _run(["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={OSNAME}", f"{REMOTE}:{REF}"], "first deploy")
 
 
+def release(sysroot: Path) -> None:
+    """Lift the immutable bit ostree sets on each deployment's root directory, so the sysroot can be
+    removed (by `down --purge`, or a test's temporary directory) like any other tree."""
+    for deployment in sysroot.glob("ostree/deploy/*/deploy/*"):
+        if deployment.is_dir():
+            subprocess.run(["chattr", "-i", str(deployment)], capture_output=True)
+
+
 def set_remote(sysroot: Path, remote_url: str) -> None:
     """Point the node at the update server's current address (its port may change between lab runs)."""
     repo = sysroot / "ostree" / "repo"
